@@ -1,0 +1,192 @@
+"""Benchmark helpers: the roofline ceilings measured in the same run, timing, rates, and a
+table, CSV and PNG plot of the results.
+
+Plotting needs matplotlib (``pip install tri-shared[bench]``); everything else needs only
+torch and triton.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """What the device reaches in this run: copy bandwidth (bytes read + written per second)
+    and the bf16 matrix-multiply rate."""
+
+    copy_gbps: float
+    matmul_tflops: float
+    device_name: str
+
+    def fraction_of_copy(self, gbps: float) -> float:
+        return gbps / self.copy_gbps if self.copy_gbps > 0 else float("nan")
+
+    def fraction_of_matmul(self, tflops: float) -> float:
+        return tflops / self.matmul_tflops if self.matmul_tflops > 0 else float("nan")
+
+
+def time_fn(fn: Callable[[], Any], *, warmup: int = 25, rep: int = 100) -> float:
+    """Median milliseconds per call of ``fn``.
+
+    On a GPU: ``triton.testing.do_bench`` (CUDA events, L2 flushed between calls), with
+    ``warmup`` and ``rep`` in milliseconds. On the CPU: wall clock over a few calls.
+    """
+    if torch.cuda.is_available():
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+    fn()
+    samples = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def tflops(flops: float, ms: float) -> float:
+    """TFLOP/s for ``flops`` operations done in ``ms`` milliseconds."""
+    return flops / (ms * 1e-3) / 1e12
+
+
+def gbps(nbytes: float, ms: float) -> float:
+    """GB/s (10**9 bytes per second) for ``nbytes`` moved in ``ms`` milliseconds."""
+    return nbytes / (ms * 1e-3) / 1e9
+
+
+def measure_ceilings(
+    device: torch.device | str = "cuda", *, copy_bytes: int = 2**31, matmul_n: int = 8192
+) -> Ceilings:
+    """Measure the device-to-device copy bandwidth (read + write) and the bf16 matmul rate
+    on random data, the two ceilings every benchmark reports against."""
+    device = torch.device(device)
+    src = torch.randn(copy_bytes // 4, device=device, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    copy_ms = time_fn(lambda: dst.copy_(src))
+    a = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16)
+    mm_ms = time_fn(lambda: a @ b)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return Ceilings(
+        copy_gbps=gbps(2 * copy_bytes, copy_ms),
+        matmul_tflops=tflops(2 * matmul_n**3, mm_ms),
+        device_name=name,
+    )
+
+
+def environment() -> dict[str, str]:
+    """Device and library versions, for the header of a results file."""
+    import triton
+
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {
+        "device": dev,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def results_dir(package: str | None = None) -> Path:
+    """Where results go: ``$OUT`` when set, else ``bench-results/`` (created)."""
+    root = Path(os.environ.get("OUT") or "bench-results")
+    path = root / package if package and not os.environ.get("OUT") else root
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value != value:
+            return "-"
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
+    return str(value)
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A plain-text table of ``rows`` (dicts), columns in the order given or first seen."""
+    if not rows:
+        return "(no rows)"
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(out)
+
+
+def print_table(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str] | None = None,
+    title: str | None = None,
+) -> None:
+    """Print :func:`format_table`, with an optional title line."""
+    if title:
+        print(f"\n{title}")
+    print(format_table(rows, columns), flush=True)
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Write ``rows`` (dicts) to a CSV file; columns in first-seen order."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def plot(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    x: str,
+    y: str,
+    series: str,
+    path: str | os.PathLike[str],
+    title: str = "",
+    logx: bool = True,
+) -> Path | None:
+    """Line plot of ``y`` against ``x``, one line per value of ``series``, saved as PNG.
+
+    Returns None (and prints why) when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plot: matplotlib is not installed (pip install tri-shared[bench]); no PNG written")
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(r[series] for r in rows):
+        pts = sorted((r[x], r[y]) for r in rows if r[series] == name and r.get(y) == r.get(y))
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=str(name))
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
