@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Run the tests or the benchmarks on a GPU machine that has python3 with torch, triton and
+# pytest but no package index: nothing is installed, the workspace sources go on PYTHONPATH.
+#
+#   bash tools/gpu.sh test [pytest args]     the whole suite (gpu-marked and bf16 tests included)
+#   bash tools/gpu.sh bench [package]        every bench/*.py of one package, or of all
+#   bash tools/gpu.sh demo                   the demo table
+#
+# Results (CSV, PNG, logs) go to $OUT when set, else bench-results/.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+PY=${PYTHON:-python3}
+paths="$root/shared/src"
+for src in "$root"/packages/*/src; do
+  [ -d "$src" ] && paths="$paths:$src"
+done
+export PYTHONPATH="$paths${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+results=${OUT:-$root/bench-results}
+mkdir -p "$results"
+
+cmd=${1:-test}
+shift || true
+case "$cmd" in
+  test)
+    "$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, "cuda", torch.cuda.is_available())'
+    set -o pipefail
+    "$PY" -m pytest -p no:cacheprovider "$@" 2>&1 | tee "$results/gpu-test.log"
+    ;;
+  bench)
+    pkg=${1:-}
+    if [ -n "$pkg" ]; then dirs="packages/$pkg/bench"; else dirs=$(ls -d packages/*/bench 2>/dev/null || true); fi
+    [ -n "$dirs" ] || { echo "no bench/ folders found"; exit 1; }
+    for d in $dirs; do
+      [ -d "$d" ] || { echo "no such folder: $d"; exit 1; }
+      for script in "$d"/bench_*.py; do
+        [ -e "$script" ] || continue
+        echo "== $script"
+        "$PY" "$script" 2>&1 | tee -a "$results/bench.log"
+      done
+    done
+    ;;
+  demo)
+    "$PY" tools/demo.py
+    ;;
+  *)
+    echo "usage: bash tools/gpu.sh {test [pytest args] | bench [package] | demo}" >&2
+    exit 2
+    ;;
+esac
