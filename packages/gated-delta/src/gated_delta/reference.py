@@ -1,0 +1,1 @@
+"""Plain PyTorch versions of the operators: the specification the kernels are tested against."""
