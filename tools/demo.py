@@ -9,7 +9,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
 
-from tri_shared.demo import main  # noqa: E402
+from tri_shared.demo import main
 
 OPERATOR_MODULES = ["tri_shared", "gated_delta", "flash_attn_tri", "indexer_loss"]
 

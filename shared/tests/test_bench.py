@@ -1,0 +1,47 @@
+"""Benchmark helpers (timing, rates, table, CSV, plot)."""
+
+import csv
+
+import pytest
+
+from tri_shared.bench import (
+    Ceilings,
+    format_table,
+    gbps,
+    plot,
+    results_dir,
+    tflops,
+    time_fn,
+    write_csv,
+)
+
+
+def test_rates():
+    assert tflops(2e12, 1000.0) == pytest.approx(2.0)
+    assert gbps(4e9, 2.0) == pytest.approx(2000.0)
+    c = Ceilings(copy_gbps=4000.0, matmul_tflops=800.0, device_name="x")
+    assert c.fraction_of_copy(3600.0) == pytest.approx(0.9)
+    assert c.fraction_of_matmul(400.0) == pytest.approx(0.5)
+
+
+def test_time_fn_measures_something():
+    calls = []
+    ms = time_fn(lambda: calls.append(sum(range(20000))), warmup=1, rep=3)
+    assert ms > 0 and len(calls) >= 2
+
+
+def test_table_csv_and_plot(tmp_path, monkeypatch):
+    rows = [
+        {"n": 1, "impl": "a", "ms": 1.5},
+        {"n": 2, "impl": "a", "ms": 2.5},
+        {"n": 1, "impl": "b", "ms": float("nan")},
+    ]
+    text = format_table(rows)
+    assert text.splitlines()[0].split() == ["n", "impl", "ms"] and "2.5" in text
+    path = write_csv(rows, tmp_path / "r.csv")
+    assert [r["impl"] for r in csv.DictReader(path.open())] == ["a", "a", "b"]
+    pytest.importorskip("matplotlib")
+    png = plot(rows, x="n", y="ms", series="impl", path=tmp_path / "r.png")
+    assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    assert results_dir("pkg") == tmp_path / "out" and (tmp_path / "out").is_dir()
