@@ -23,9 +23,11 @@ RANGE = re.compile(r'"tri-shared>=([^,"]+),<([^"]+)"')
 
 def run(*cmd: str) -> str:
     print("+", " ".join(cmd), flush=True)
-    return subprocess.run(
-        cmd, cwd=ROOT, check=True, text=True, capture_output=False, stdout=subprocess.PIPE
-    ).stdout
+    result = subprocess.run(cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE)
+    if result.returncode != 0:
+        print(result.stdout)
+        raise SystemExit(f"release: `{' '.join(cmd)}` failed (exit {result.returncode})")
+    return result.stdout
 
 
 def is_breaking(old: str, new: str) -> bool:
