@@ -1,4 +1,7 @@
-"""Gated DeltaNet kernels in Triton: the fused sigmoid-gating delta-rule update for decode and chunked prefill on a shared state pool."""
+"""Gated DeltaNet kernels in Triton: the fused sigmoid-gating delta-rule update for decode
+and chunked prefill on a shared state pool."""
 
-__all__: list[str] = []
+from .fused_sigmoid_gating_recurrent import fused_sigmoid_gating_delta_rule_update
+
+__all__: list[str] = ["fused_sigmoid_gating_delta_rule_update"]
 __version__ = "0.1.0"

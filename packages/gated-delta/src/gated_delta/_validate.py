@@ -133,9 +133,7 @@ def validate_gdn_args(
     B, T, H, K = (int(s) for s in q.shape)
     HV, V = int(v.shape[2]), int(v.shape[3])
     if tuple(v.shape[:2]) != (B, T):
-        raise ValueError(
-            f"v: expected shape [{B}, {T}, HV, V] (B and T of q), got {list(v.shape)}"
-        )
+        raise ValueError(f"v: expected shape [{B}, {T}, HV, V] (B and T of q), got {list(v.shape)}")
     if H == 0 or HV == 0 or HV % H != 0:
         raise ValueError(
             f"v: expected a number of value heads HV that is a positive multiple of the "
@@ -183,16 +181,16 @@ def validate_gdn_args(
 
     num_slots = 0
     if (initial_state_source is None) != (initial_state_indices is None):
-        missing = "initial_state_indices" if initial_state_indices is None else "initial_state_source"
+        missing = (
+            "initial_state_indices" if initial_state_indices is None else "initial_state_source"
+        )
         raise ValueError(
             f"{missing}: initial_state_source and initial_state_indices come together; "
             f"got one of them without the other"
         )
     sizes = GDNSizes(B, T, H, HV, K, V, N, B * T, is_varlen, state_layout, 0, scale, device)
     if initial_state_source is not None:
-        _check_pool(
-            "initial_state_source", initial_state_source, (None,), sizes.state_shape()
-        )
+        _check_pool("initial_state_source", initial_state_source, (None,), sizes.state_shape())
         num_slots = int(initial_state_source.shape[0])
         check_int_tensor("initial_state_indices", initial_state_indices, shape=(N,))
         sizes = GDNSizes(
@@ -215,6 +213,15 @@ def validate_gdn_args(
     return sizes
 
 
+def check_softplus(softplus_beta: float, softplus_threshold: float) -> None:
+    """softplus_beta a number > 0 (it divides), softplus_threshold a number."""
+    check_positive("softplus_beta", softplus_beta)
+    if isinstance(softplus_threshold, bool) or not isinstance(softplus_threshold, (int, float)):
+        raise TypeError(
+            f"softplus_threshold: expected a number, got {type(softplus_threshold).__name__}"
+        )
+
+
 def validate_intermediate_buffer(
     buffer: torch.Tensor | None,
     indices: torch.Tensor | None,
@@ -233,8 +240,7 @@ def validate_intermediate_buffer(
     if buffer is None:
         if indices is not None:
             raise ValueError(
-                "intermediate_states_buffer: intermediate_state_indices was given without a "
-                "buffer"
+                "intermediate_states_buffer: intermediate_state_indices was given without a buffer"
             )
         return 0
     if indices is None:
@@ -250,9 +256,7 @@ def validate_intermediate_buffer(
         device=sizes.device,
         contiguous=True,
     )
-    check_int_tensor(
-        "intermediate_state_indices", indices, shape=(sizes.N,), device=sizes.device
-    )
+    check_int_tensor("intermediate_state_indices", indices, shape=(sizes.N,), device=sizes.device)
     steps = int(buffer.shape[1])
     if cache_steps is not None:
         check_int("cache_steps", cache_steps, min_value=0, max_value=steps)
@@ -312,6 +316,7 @@ __all__ = [
     "MAX_HEAD_DIM",
     "STATE_LAYOUTS",
     "GDNSizes",
+    "check_softplus",
     "check_token_head_tensor",
     "debug_check_cu_seqlens",
     "debug_check_indices",

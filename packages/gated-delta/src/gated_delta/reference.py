@@ -5,8 +5,8 @@
 
 
 def _l2norm_last(x, eps=1e-6):
-    """``x / (sqrt(sum(x**2)) + eps)`` over the last dimension (the kernels' l2norm)."""
-    return x / (x.square().sum(-1, keepdim=True).sqrt() + eps)
+    """``x / sqrt(sum(x**2) + eps)`` over the last dimension (the kernels' l2norm)."""
+    return x / (x.square().sum(-1, keepdim=True) + eps).sqrt()
 
 
 def _sequence_bounds(cu_seqlens, B: int, T: int) -> list[tuple[int, int, int]]:
@@ -127,8 +127,11 @@ def chunk_gated_delta_rule_native(
             lower = torch.ones(C, C, dtype=torch.bool, device=v.device).tril(-1)
             # exp(G_t - G_s) only where s <= t, so exp never sees a positive exponent
             diff = G[:, :, None] - G[:, None, :]
-            decay = torch.where(lower | torch.eye(C, dtype=torch.bool, device=v.device),
-                                diff, torch.full_like(diff, float("-inf"))).exp()
+            decay = torch.where(
+                lower | torch.eye(C, dtype=torch.bool, device=v.device),
+                diff,
+                torch.full_like(diff, float("-inf")),
+            ).exp()
             A = bc[:, :, None] * (kc @ kc.transpose(1, 2)) * decay * lower
             eye = torch.eye(C, dtype=ct, device=v.device).expand(HV, C, C)
             Tinv = torch.linalg.solve_triangular(eye + A, eye, upper=False, unitriangular=True)
@@ -139,9 +142,10 @@ def chunk_gated_delta_rule_native(
             oc = G.exp()[..., None] * (qc @ S) + attn @ U
             o[row, start:end] = oc.transpose(0, 1)
             G_last = G[:, -1]
-            S = G_last.exp()[:, None, None] * S + (
-                kc * (G_last[:, None] - G).exp()[..., None]
-            ).transpose(1, 2) @ U
+            S = (
+                G_last.exp()[:, None, None] * S
+                + (kc * (G_last[:, None] - G).exp()[..., None]).transpose(1, 2) @ U
+            )
         finals.append(S)
     final = torch.stack(finals).to(torch.float32) if output_final_state else None
     return o.to(v.dtype), final
@@ -186,8 +190,9 @@ def _decode_prepare(args):
     """Validate (the kernel's checks) and return sizes, per-token flat inputs and bounds."""
     import torch
 
-    from ._validate import validate_gdn_args, validate_intermediate_buffer
+    from ._validate import check_softplus, validate_gdn_args, validate_intermediate_buffer
 
+    check_softplus(args["softplus_beta"], args["softplus_threshold"])
     sizes = validate_gdn_args(
         args["q"],
         args["k"],

@@ -51,9 +51,7 @@ def check_query_key(query: torch.Tensor, key: torch.Tensor) -> tuple[int, int, i
     check_same_dtype(query=query, key=key)
     B, H, S, D = query.shape
     if key.shape[0] != B:
-        raise ValueError(
-            f"key: expected batch size {B} (query's), got shape {list(key.shape)}"
-        )
+        raise ValueError(f"key: expected batch size {B} (query's), got shape {list(key.shape)}")
     if key.shape[2] != D:
         raise ValueError(
             f"key: expected head dim {D} (query's last dimension), got shape {list(key.shape)}"
@@ -114,9 +112,7 @@ def rows_with_entries(n_valid: torch.Tensor) -> torch.Tensor:
     return (n_valid > 0).sum().clamp_min(1).to(torch.float32)
 
 
-def row_grad(
-    grad_output: torch.Tensor, n_valid: torch.Tensor, reduction: str
-) -> torch.Tensor:
+def row_grad(grad_output: torch.Tensor, n_valid: torch.Tensor, reduction: str) -> torch.Tensor:
     """The gradient reaching each row's loss, ``[B, S]`` fp32, from the gradient of the
     reduced loss (``[B, S]`` for ``"none"``, a scalar otherwise)."""
     g = grad_output.to(torch.float32)
@@ -156,13 +152,19 @@ def _index_score_grad_kernel(
     offs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     inb = offs < N
     if HAS_INDICES:
-        pos = tl.load(idx_ptr + wide(b) * stride_ib + wide(t) * stride_is + wide(offs) * stride_in,
-                      mask=inb, other=-1)
+        pos = tl.load(
+            idx_ptr + wide(b) * stride_ib + wide(t) * stride_is + wide(offs) * stride_in,
+            mask=inb,
+            other=-1,
+        )
     else:
         pos = offs
     valid = inb & (pos >= 0) & (pos < L) & (pos <= chunk_offset + t)
-    x = tl.load(x_ptr + wide(b) * stride_xb + wide(t) * stride_xs + wide(offs) * stride_xn,
-                mask=valid, other=0.0).to(tl.float32)
+    x = tl.load(
+        x_ptr + wide(b) * stride_xb + wide(t) * stride_xs + wide(offs) * stride_xn,
+        mask=valid,
+        other=0.0,
+    ).to(tl.float32)
     # p and out are contiguous [B*S, N] buffers allocated by the caller.
     p = tl.load(p_ptr + wide(row) * N + offs, mask=valid, other=0.0)
     lse = tl.load(lse_ptr + row)

@@ -31,7 +31,7 @@ def sparse_attention_target_ref(
     the valid entries, mean over heads; 0 on invalid entries and on rows with none valid.
     Computed in fp32 (the inputs are treated as constants: no gradient flows through).
     """
-    B, H, S, _ = query.shape
+    B, H = query.shape[:2]
     L = key.shape[1]
     valid = _sparse_valid(indices, L, chunk_offset)
     safe = torch.where(valid, indices.long(), 0)

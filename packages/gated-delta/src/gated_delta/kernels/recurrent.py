@@ -26,6 +26,13 @@ def _softplus(x, beta, threshold):
     return tl.where(bx <= threshold, soft, x)
 
 
+@triton.jit
+def _mask_if(mask, cond):
+    """``mask & cond`` for a scalar ``cond``, broadcast explicitly (the interpreter rejects
+    a scalar mask broadcast implicitly into a tile)."""
+    return mask & ((tl.zeros(mask.shape, tl.int32) + cond.to(tl.int32)) != 0)
+
+
 @triton.jit(do_not_specialize=["T", "cache_steps"])
 def fused_gdn_update_kernel(
     A_log,
@@ -86,10 +93,10 @@ def fused_gdn_update_kernel(
     if IS_VARLEN:
         bos = tl.load(cu_seqlens + i_n).to(tl.int64)
         eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        row = 0  # all sequences live in batch row 0, at absolute token positions
+        row = i_n * 0  # all sequences live in batch row 0, at absolute token positions
     else:
-        bos = 0
-        eos = T
+        bos = wide(i_n * 0)
+        eos = bos + T
         row = i_n
     row = wide(row)
 
@@ -104,7 +111,7 @@ def fused_gdn_update_kernel(
     else:
         off_h = o_v[:, None] * K + o_k[None, :]
     mask_h = tl.expand_dims(mask_k, KEEP) & tl.expand_dims(mask_v, RED)
-    head_off = i_hv * (K * V)
+    head_off = wide(i_hv) * (K * V)
 
     # gating constants of this value head
     neg_A = -tl.exp(tl.load(A_log + i_hv).to(tl.float32))
@@ -115,28 +122,33 @@ def fused_gdn_update_kernel(
         has_slot = slot >= 0
         # 64-bit: slot * HV * K * V passes 2**31 beyond 4096 slots at HV=32, K=V=128
         p_pool = pool + tl.maximum(slot, 0) * stride_pool + head_off + off_h
-        h = tl.load(p_pool, mask=mask_h & has_slot, other=0.0).to(tl.float32)
+        h = tl.load(p_pool, mask=_mask_if(mask_h, has_slot), other=0.0).to(tl.float32)
     else:
-        h = tl.zeros([BLOCK_K, BLOCK_V] if RED == 0 else [BLOCK_V, BLOCK_K], tl.float32)
+        h = tl.zeros_like(off_h).to(tl.float32)
     if HAS_BUFFER:
         cache = tl.load(buf_idx + i_n).to(tl.int64)
         p_buf = buf + tl.maximum(cache, 0) * stride_buf + head_off + off_h
 
-    p_q = q + row * stride_qb + i_h * stride_qh + o_k
-    p_k = k + row * stride_kb + i_h * stride_kh + o_k
-    p_v = v + row * stride_vb + i_hv * stride_vh + o_v
-    p_a = a + row * stride_ab + i_hv
-    p_b = b + row * stride_bb + i_hv
+    # pointers to the sequence's first token (64-bit), advanced by one token per step
+    p_q = q + row * stride_qb + bos * stride_qt + i_h * stride_qh + o_k
+    p_k = k + row * stride_kb + bos * stride_kt + i_h * stride_kh + o_k
+    p_v = v + row * stride_vb + bos * stride_vt + i_hv * stride_vh + o_v
+    p_a = a + row * stride_ab + bos * stride_at + i_hv
+    p_b = b + row * stride_bb + bos * stride_bt + i_hv
     # o is a fresh contiguous [B, T, HV, V]
-    p_o = o + (row * T) * (HV * V) + i_hv * V + o_v
+    p_o = o + (row * T + bos) * (HV * V) + i_hv * V + o_v
 
-    for t in range(bos, eos):
-        t64 = wide(t)
-        b_q = tl.load(p_q + t64 * stride_qt, mask=mask_k, other=0.0).to(tl.float32)
-        b_k = tl.load(p_k + t64 * stride_kt, mask=mask_k, other=0.0).to(tl.float32)
-        b_v = tl.load(p_v + t64 * stride_vt, mask=mask_v, other=0.0).to(tl.float32)
-        b_a = tl.load(p_a + t64 * stride_at).to(tl.float32)
-        b_b = tl.load(p_b + t64 * stride_bt).to(tl.float32)
+    for step in range(eos - bos):
+        b_q = tl.load(p_q, mask=mask_k, other=0.0).to(tl.float32)
+        b_k = tl.load(p_k, mask=mask_k, other=0.0).to(tl.float32)
+        b_v = tl.load(p_v, mask=mask_v, other=0.0).to(tl.float32)
+        b_a = tl.load(p_a).to(tl.float32)
+        b_b = tl.load(p_b).to(tl.float32)
+        p_q += stride_qt
+        p_k += stride_kt
+        p_v += stride_vt
+        p_a += stride_at
+        p_b += stride_bt
 
         decay = tl.exp(neg_A * _softplus(b_a + bias, softplus_beta, softplus_threshold))
         beta = 1.0 / (1.0 + tl.exp(-b_b))
@@ -150,19 +162,16 @@ def fused_gdn_update_kernel(
         v_new = (b_v - tl.sum(h * kk, axis=RED)) * beta
         h = h + kk * tl.expand_dims(v_new, RED)
         b_o = tl.sum(h * tl.expand_dims(b_q, KEEP), axis=RED)
-        tl.store(p_o + t64 * (HV * V), b_o.to(p_o.dtype.element_ty), mask=mask_v)
+        tl.store(p_o, b_o.to(p_o.dtype.element_ty), mask=mask_v)
+        p_o += HV * V
 
         if HAS_BUFFER:
-            step = t64 - bos
             keep = (cache >= 0) & (step < cache_steps)
-            tl.store(
-                p_buf + step * stride_buf_step,
-                h.to(p_buf.dtype.element_ty),
-                mask=mask_h & keep,
-            )
+            tl.store(p_buf, h.to(p_buf.dtype.element_ty), mask=_mask_if(mask_h, keep))
+            p_buf += stride_buf_step
 
     if UPDATE_STATE:
         # an empty sequence touches nothing; a negative slot has no state to write
         tl.store(
-            p_pool, h.to(p_pool.dtype.element_ty), mask=mask_h & has_slot & (eos > bos)
+            p_pool, h.to(p_pool.dtype.element_ty), mask=_mask_if(mask_h, has_slot & (eos > bos))
         )

@@ -16,6 +16,7 @@ exponential is one ``exp2``.
 
 import triton
 import triton.language as tl
+
 from tri_shared.launch import autotune_configs
 from tri_shared.offsets import block_range, tile_pointers, wide
 from tri_shared.softmax import LN2, LOG2E, log2_sum_exp2, online_softmax_update
@@ -68,12 +69,12 @@ def _lse_configs():
                 (64, 64, 4, 3),
                 (128, 64, 4, 3),
                 (64, 128, 4, 3),
+                (128, 128, 8, 2),
             ]
         ]
     )
 
 
-@triton.autotune(configs=_lse_configs(), key=["D", "NUM_D", "PREC"])
 @triton.jit
 def _dense_head_lse_kernel(
     q_ptr,
@@ -114,21 +115,45 @@ def _dense_head_lse_kernel(
     # Keys [0, full_hi) are valid for every row of the block: no mask there.
     hi = tl.minimum(L, chunk_offset + m0 + BLOCK_M)
     full_hi = (tl.minimum(L, chunk_offset + m0 + 1) // BLOCK_N) * BLOCK_N
+    if NUM_D == 1:
+        # The query tile stays in registers for the whole key loop.
+        offs_d, mask_d = block_range(0, BLOCK_D, D)
+        qt = tl.load(
+            tile_pointers(q_base, offs_m, offs_d, stride_qs, stride_qd),
+            mask=mask_m[:, None] & mask_d[None, :],
+            other=0.0,
+        )
     for n0 in range(0, full_hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        s = _qk_tile(
-            q_base, k_base, offs_m, offs_n, mask_m, offs_n < L,
-            stride_qs, stride_qd, stride_kl, stride_kd, D,
-            BLOCK_M, BLOCK_N, BLOCK_D, NUM_D, PREC,
-        )  # fmt: skip
+        if NUM_D == 1:
+            kt = tl.load(
+                tile_pointers(k_base, offs_d, offs_n, stride_kd, stride_kl),
+                mask=mask_d[:, None],
+                other=0.0,
+            )
+            s = tl.dot(qt, kt, input_precision=PREC)
+        else:
+            s = _qk_tile(
+                q_base, k_base, offs_m, offs_n, mask_m, offs_n < L,
+                stride_qs, stride_qd, stride_kl, stride_kd, D,
+                BLOCK_M, BLOCK_N, BLOCK_D, NUM_D, PREC,
+            )  # fmt: skip
         m_i, l_i, _, _ = online_softmax_update(m_i, l_i, s * qk_scale2)
     for n0 in range(full_hi, hi, BLOCK_N):
         offs_n, mask_n = block_range(n0, BLOCK_N, L)
-        s = _qk_tile(
-            q_base, k_base, offs_m, offs_n, mask_m, mask_n,
-            stride_qs, stride_qd, stride_kl, stride_kd, D,
-            BLOCK_M, BLOCK_N, BLOCK_D, NUM_D, PREC,
-        )  # fmt: skip
+        if NUM_D == 1:
+            kt = tl.load(
+                tile_pointers(k_base, offs_d, offs_n, stride_kd, stride_kl),
+                mask=mask_d[:, None] & mask_n[None, :],
+                other=0.0,
+            )
+            s = tl.dot(qt, kt, input_precision=PREC)
+        else:
+            s = _qk_tile(
+                q_base, k_base, offs_m, offs_n, mask_m, mask_n,
+                stride_qs, stride_qd, stride_kl, stride_kd, D,
+                BLOCK_M, BLOCK_N, BLOCK_D, NUM_D, PREC,
+            )  # fmt: skip
         valid = (offs_n[None, :] <= chunk_offset + offs_m[:, None]) & mask_n[None, :]
         s = tl.where(valid, s * qk_scale2, float("-inf"))
         m_i, l_i, _, _ = online_softmax_update(m_i, l_i, s)
@@ -176,12 +201,11 @@ def _target_configs():
     return autotune_configs(
         [
             triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-            for bn, w, s in [(128, 8, 3), (64, 4, 3), (128, 4, 3), (64, 8, 2)]
+            for bn, w, s in [(128, 8, 3), (128, 4, 3), (64, 4, 3), (256, 8, 2), (128, 8, 2)]
         ]
     )
 
 
-@triton.autotune(configs=_target_configs(), key=["D", "NUM_D", "PREC", "WRITE_GRAD"])
 @triton.jit
 def _dense_target_kernel(
     q_ptr,
@@ -255,15 +279,36 @@ def _dense_target_kernel(
     for nb in range(start, stop):
         offs_n, mask_n = block_range(nb * BLOCK_N, BLOCK_N, L)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for h in range(H):
-            s = _qk_tile(
-                q_base + wide(h) * stride_qh, k_base, offs_m, offs_n, mask_m, mask_n,
-                stride_qs, stride_qd, stride_kl, stride_kd, D,
-                BLOCK_M, BLOCK_N, BLOCK_D, NUM_D, PREC,
-            )  # fmt: skip
-            lse_h = tl.load(lse_base + wide(h) * stride_lh + offs_m, mask=mask_m, other=0.0)
+        # Per-head pointers advance by pointer increments (64-bit), not h * stride products.
+        q_h = q_base
+        lse_h_ptr = lse_base + offs_m
+        if NUM_D == 1:
+            # The key tile is shared by every head: load it once per key block.
+            offs_d, mask_d = block_range(0, BLOCK_D, D)
+            kt = tl.load(
+                tile_pointers(k_base, offs_d, offs_n, stride_kd, stride_kl),
+                mask=mask_d[:, None] & mask_n[None, :],
+                other=0.0,
+            )
+        for _ in range(H):
+            if NUM_D == 1:
+                qt = tl.load(
+                    tile_pointers(q_h, offs_m, offs_d, stride_qs, stride_qd),
+                    mask=mask_m[:, None] & mask_d[None, :],
+                    other=0.0,
+                )
+                s = tl.dot(qt, kt, input_precision=PREC)
+            else:
+                s = _qk_tile(
+                    q_h, k_base, offs_m, offs_n, mask_m, mask_n,
+                    stride_qs, stride_qd, stride_kl, stride_kd, D,
+                    BLOCK_M, BLOCK_N, BLOCK_D, NUM_D, PREC,
+                )  # fmt: skip
+            lse_h = tl.load(lse_h_ptr, mask=mask_m, other=0.0)
             # Future keys may overflow to +inf here; they are masked out below, never multiplied.
             acc += tl.math.exp2(s * qk_scale2 - lse_h[:, None])
+            q_h += stride_qh
+            lse_h_ptr += stride_lh
         valid = (
             (offs_n[None, :] <= chunk_offset + offs_m[:, None]) & mask_n[None, :] & mask_m[:, None]
         )
@@ -299,3 +344,14 @@ def _dense_target_kernel(
     else:
         out = out_ptr + wide(b) * stride_ob + wide(offs_m) * stride_os + split * stride_ol
         tl.store(out, kl * LN2, mask=mask_m)
+
+
+# Autotuned launchers for large problems; the plain kernels above take a fixed config for
+# small ones, where tuning would cost more than it saves (and every new head dim retunes).
+# The keys leave out the lengths so a new S or L never retunes.
+_dense_head_lse_tuned = triton.autotune(configs=_lse_configs(), key=["BLOCK_D", "NUM_D", "PREC"])(
+    _dense_head_lse_kernel
+)
+_dense_target_tuned = triton.autotune(
+    configs=_target_configs(), key=["BLOCK_D", "NUM_D", "PREC", "WRITE_GRAD"]
+)(_dense_target_kernel)

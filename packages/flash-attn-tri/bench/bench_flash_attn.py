@@ -1,0 +1,161 @@
+"""Benchmark flash_attn_tri against PyTorch SDPA's flash and cuDNN backends (and flash_attn when
+installed) at the FlashAttention setup of ANCHORS.md: batch × seqlen = 16384 tokens, hidden
+2048 (heads = 2048 / head dim), bf16, forward and forward+backward, causal and not.
+
+Run on a GPU: ``python3 bench_flash_attn.py`` (or ``bash tools/gpu.sh bench flash-attn-tri``).
+Prints a table and writes CSV + PNG plots to ``results_dir("flash-attn-tri")``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from tri_shared.bench import (
+    environment,
+    measure_ceilings,
+    plot,
+    print_table,
+    results_dir,
+    tflops,
+    time_fn,
+    write_csv,
+)
+
+TOKENS = 16384
+HIDDEN = 2048
+SEQLENS = (1024, 2048, 4096, 8192, 16384)
+HEAD_DIMS = (64, 128)
+
+
+def _sdpa(backend_name: str):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = getattr(SDPBackend, backend_name)
+
+    def run(q, k, v, causal):
+        with sdpa_kernel(backend):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    return run
+
+
+def _impls():
+    from flash_attn_tri import flash_attn_func
+
+    impls = {"flash_attn_tri": (lambda q, k, v, c: flash_attn_func(q, k, v, causal=c), "bshd")}
+    impls["sdpa_flash"] = (_sdpa("FLASH_ATTENTION"), "bhsd")
+    impls["sdpa_cudnn"] = (_sdpa("CUDNN_ATTENTION"), "bhsd")
+    try:
+        from flash_attn import flash_attn_func as fa2
+
+        impls["flash_attn"] = (lambda q, k, v, c: fa2(q, k, v, causal=c), "bshd")
+    except ImportError:
+        print("flash_attn is not installed: skipping that baseline")
+    return impls
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("no CUDA device: this benchmark needs a GPU")
+        return 0
+    env = environment()
+    print(env)
+    ceil = measure_ceilings("cuda")
+    print(
+        f"ceilings: bf16 matmul {ceil.matmul_tflops:.0f} TFLOP/s, "
+        f"copy {ceil.copy_gbps:.0f} GB/s ({ceil.device_name})"
+    )
+    only = sys.argv[1:]  # optional filter: impl names
+    rows = []
+    for d in HEAD_DIMS:
+        heads = HIDDEN // d
+        for causal in (False, True):
+            for s in SEQLENS:
+                batch = TOKENS // s
+                g = torch.Generator(device="cuda").manual_seed(s + d)
+                shape = (batch, s, heads, d)
+                q, k, v = (
+                    torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g)
+                    for _ in range(3)
+                )
+                dout = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g)
+                fwd_flops = 4 * batch * heads * s * s * d * (0.5 if causal else 1.0)
+                for name, (fn, layout) in _impls().items():
+                    if only and name not in only:
+                        continue
+                    if layout == "bhsd":
+                        qi, ki, vi, doi = (t.transpose(1, 2).contiguous() for t in (q, k, v, dout))
+                    else:
+                        qi, ki, vi, doi = q, k, v, dout
+                    qi, ki, vi = (t.detach().requires_grad_() for t in (qi, ki, vi))
+                    row = {"impl": name, "D": d, "causal": causal, "seqlen": s, "batch": batch}
+                    try:
+                        fwd_ms = time_fn(
+                            lambda fn=fn, qi=qi, ki=ki, vi=vi, c=causal: fn(qi, ki, vi, c)
+                        )
+
+                        def fwd_bwd(fn=fn, qi=qi, ki=ki, vi=vi, doi=doi, c=causal):
+                            out = fn(qi, ki, vi, c)
+                            torch.autograd.grad(out, (qi, ki, vi), doi)
+
+                        fb_ms = time_fn(fwd_bwd)
+                    except RuntimeError as exc:  # backend not available for this shape / build
+                        print(f"{name} D={d} causal={causal} S={s}: skipped ({str(exc)[:80]})")
+                        continue
+                    row.update(
+                        fwd_ms=fwd_ms,
+                        fwd_tflops=tflops(fwd_flops, fwd_ms),
+                        fwdbwd_ms=fb_ms,
+                        fwdbwd_tflops=tflops(3.5 * fwd_flops, fb_ms),
+                    )
+                    rows.append(row)
+                    print(
+                        f"{name:15s} D={d:3d} causal={causal!s:5s} S={s:5d}: "
+                        f"fwd {row['fwd_tflops']:6.1f}  "
+                        f"fwd+bwd {row['fwdbwd_tflops']:6.1f} TFLOP/s",
+                        flush=True,
+                    )
+                del q, k, v, dout
+    # ratios against the SDPA backends measured in this run
+    by_key = {(r["impl"], r["D"], r["causal"], r["seqlen"]): r for r in rows}
+    for r in rows:
+        for base in ("sdpa_flash", "sdpa_cudnn"):
+            b = by_key.get((base, r["D"], r["causal"], r["seqlen"]))
+            if b is not None and r["impl"] == "flash_attn_tri":
+                r[f"fwd_vs_{base}"] = r["fwd_tflops"] / b["fwd_tflops"]
+                r[f"fwdbwd_vs_{base}"] = r["fwdbwd_tflops"] / b["fwdbwd_tflops"]
+    cols = ["impl", "D", "causal", "seqlen", "fwd_tflops", "fwdbwd_tflops"]
+    ratio_cols = [f"{m}_vs_{b}" for b in ("sdpa_flash", "sdpa_cudnn") for m in ("fwd", "fwdbwd")]
+    print_table(rows, cols + ratio_cols, title=f"attention TFLOP/s, bf16, {env}")
+    out = results_dir("flash-attn-tri")
+    write_csv(rows, out / "flash_attn_tri.csv")
+    for d in HEAD_DIMS:
+        for causal in (False, True):
+            sub = [r for r in rows if r["D"] == d and r["causal"] == causal]
+            pts = []
+            for r in sub:
+                pts.append(
+                    {"series": f"{r['impl']} fwd", "seqlen": r["seqlen"], "tflops": r["fwd_tflops"]}
+                )
+                pts.append(
+                    {
+                        "series": f"{r['impl']} fwd+bwd",
+                        "seqlen": r["seqlen"],
+                        "tflops": r["fwdbwd_tflops"],
+                    }
+                )
+            plot(
+                pts,
+                x="seqlen",
+                y="tflops",
+                series="series",
+                path=out / f"flash_attn_tri_d{d}_{'causal' if causal else 'full'}.png",
+                title=f"bf16, D={d}, {'causal' if causal else 'non-causal'}, 16K tokens",
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,586 @@
+"""FlashAttention-2 forward and backward: input checks, launches, torch custom ops with autograd,
+and the flash_attn-compatible entry points.
+
+The forward and backward are ``torch.library`` custom ops (``flash_attn_tri::fwd`` and
+``flash_attn_tri::bwd``) with fake implementations and a registered autograd formula, so
+``torch.compile(fullgraph=True)`` traces through them and CUDA graphs can capture them (no host
+synchronisation: the dropout seed lives in a device tensor drawn from torch's generator).
+"""
+
+import math
+import os
+
+import torch
+import triton
+
+from tri_shared.checks import (
+    FLOAT_DTYPES,
+    check_multiple,
+    check_same_device,
+    check_same_dtype,
+    check_tensor,
+)
+from tri_shared.launch import autotune_configs, cdiv, is_interpreter, make_grid, next_power_of_2
+from tri_shared.softmax import LOG2E
+
+from .kernels import attention as _k
+
+MAX_HEAD_DIM = 256
+
+# ------------------------------------------------------------------------------------------
+# launch configurations
+# ------------------------------------------------------------------------------------------
+
+# Autotuning on every new option combination costs compile time (tests compile dozens of
+# variants); FLASH_ATTN_TRI_AUTOTUNE=0 keeps the first (hand-picked) config only.
+_AUTOTUNE = os.environ.get("FLASH_ATTN_TRI_AUTOTUNE", "1") not in ("", "0")
+
+
+def _configs(candidates: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+    if is_interpreter():
+        # small blocks in the interpreter: more loop steps and edge cases per test
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    configs = [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in candidates
+    ]
+    return autotune_configs(configs if _AUTOTUNE else configs[:1])
+
+
+def _fwd_candidates(block_d: int) -> list[tuple[int, int, int, int]]:
+    if block_d <= 64:
+        return [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 4, 4)]
+    if block_d <= 128:
+        return [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)]
+    return [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)]
+
+
+def _dkdv_candidates(block_d: int) -> list[tuple[int, int, int, int]]:
+    # (BLOCK_M = query rows per step, BLOCK_N = keys owned by the program)
+    if block_d <= 64:
+        return [(32, 128, 4, 4), (64, 128, 8, 3), (32, 64, 4, 3)]
+    if block_d <= 128:
+        return [(32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3)]
+    return [(32, 64, 4, 2), (16, 64, 4, 2), (32, 32, 4, 2)]
+
+
+def _dq_candidates(block_d: int) -> list[tuple[int, int, int, int]]:
+    if block_d <= 64:
+        return [(128, 32, 4, 4), (128, 64, 8, 3), (64, 32, 4, 3)]
+    if block_d <= 128:
+        return [(128, 32, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3)]
+    return [(64, 32, 4, 2), (64, 16, 4, 2), (32, 32, 4, 2)]
+
+
+_KEY = ["HEAD_DIM", "HEAD_DIM_V", "IS_VARLEN", "HAS_LEFT", "HAS_RIGHT", "HAS_DROPOUT"]
+_kernels: dict[tuple[str, int], object] = {}
+
+
+def _kernel(name: str, block_d: int):
+    """The autotuned wrapper of kernel ``name`` for one head-dim class (built once)."""
+    key = (name, 64 if block_d <= 64 else 128 if block_d <= 128 else 256)
+    if key not in _kernels:
+        fn, cands = {
+            "fwd": (_k._fwd_kernel, _fwd_candidates),
+            "dkdv": (_k._bwd_dkdv_kernel, _dkdv_candidates),
+            "dq": (_k._bwd_dq_kernel, _dq_candidates),
+        }[name]
+        _kernels[key] = triton.autotune(configs=_configs(cands(key[1])), key=_KEY)(fn)
+    return _kernels[key]
+
+
+# ------------------------------------------------------------------------------------------
+# launches
+# ------------------------------------------------------------------------------------------
+
+
+def _strides3(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
+    """(batch, seq, head) strides; batch stride 0 for packed varlen tensors."""
+    if varlen:
+        return 0, t.stride(0), t.stride(1)
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _lse_strides(lse: torch.Tensor, varlen: bool) -> tuple[int, int]:
+    if varlen:  # [heads, total_q]
+        return 0, lse.stride(0)
+    return lse.stride(0), lse.stride(1)  # [batch, heads, seqlen_q]
+
+
+class _Opts:
+    """Scalars derived once from the user's options, shared by forward and backward."""
+
+    def __init__(
+        self,
+        head_dim: int,
+        softmax_scale: float,
+        window_left: int,
+        window_right: int,
+        softcap: float,
+        dropout_p: float,
+    ) -> None:
+        self.sm_scale = softmax_scale
+        self.qk_scale2 = softmax_scale * LOG2E.value
+        self.is_softcap = softcap > 0
+        # tanh(scale·qk / cap) = 1 - 2 / (exp2(qk · 2·log2e·scale/cap) + 1); logit = cap·tanh
+        self.softcap_in = 2.0 * LOG2E.value * softmax_scale / softcap if softcap > 0 else 0.0
+        self.softcap_out2 = softcap * LOG2E.value
+        self.has_left = window_left >= 0
+        self.has_right = window_right >= 0
+        self.win_left = max(window_left, 0)
+        self.win_right = max(window_right, 0)
+        self.dropout_p = dropout_p
+        self.dropout_scale = 1.0 / (1.0 - dropout_p) if dropout_p > 0 else 1.0
+
+
+def _geometry(q, k, v, cu_seqlens_q, max_seqlen_q, max_seqlen_k):
+    varlen = cu_seqlens_q is not None
+    if varlen:
+        batch = cu_seqlens_q.shape[0] - 1
+        heads, heads_k = q.shape[1], k.shape[1]
+        seqlen_q, seqlen_k = max_seqlen_q, max_seqlen_k
+    else:
+        batch, seqlen_q, heads = q.shape[0], q.shape[1], q.shape[2]
+        seqlen_k, heads_k = k.shape[1], k.shape[2]
+    return varlen, batch, heads, heads_k, seqlen_q, seqlen_k
+
+
+def _alibi_args(alibi_slopes: torch.Tensor | None, q: torch.Tensor) -> tuple:
+    if alibi_slopes is None:
+        return q, 0, 0, False  # any pointer: never read
+    if alibi_slopes.dim() == 1:
+        return alibi_slopes, 0, alibi_slopes.stride(0), True
+    return alibi_slopes, alibi_slopes.stride(0), alibi_slopes.stride(1), True
+
+
+def _forward_impl(
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
+    window_left, window_right, softcap, alibi_slopes, dropout_p, rng_state,
+):  # fmt: skip
+    varlen, batch, heads, heads_k, seqlen_q, seqlen_k = _geometry(
+        q, k, v, cu_seqlens_q, max_seqlen_q, max_seqlen_k
+    )
+    d, dv = q.shape[-1], v.shape[-1]
+    out = torch.empty((*q.shape[:-1], dv), dtype=q.dtype, device=q.device)
+    if varlen:
+        lse = torch.empty((heads, q.shape[0]), dtype=torch.float32, device=q.device)
+    else:
+        lse = torch.empty((batch, heads, seqlen_q), dtype=torch.float32, device=q.device)
+    if out.numel() == 0 or batch == 0 or seqlen_q == 0:
+        return out, lse
+    o = _Opts(d, softmax_scale, window_left, window_right, softcap, dropout_p)
+    slopes, s_ab, s_ah, has_alibi = _alibi_args(alibi_slopes, q)
+    block_d, block_dv = next_power_of_2(max(d, 16)), next_power_of_2(max(dv, 16))
+    has_dropout = dropout_p > 0
+    rng = rng_state if has_dropout else q
+    cu_q = cu_seqlens_q if varlen else q
+    cu_k = cu_seqlens_k if varlen else q
+    kern = _kernel("fwd", max(block_d, block_dv))
+    grid = lambda meta: make_grid(cdiv(seqlen_q, meta["BLOCK_M"]), heads, batch)
+    kern[grid](
+        q, k, v, out, lse, cu_q, cu_k, slopes, rng,
+        *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen),
+        *_strides3(out, varlen), *_lse_strides(lse, varlen), s_ab, s_ah,
+        seqlen_q, seqlen_k, heads, heads // heads_k,
+        o.qk_scale2, o.softcap_in, o.softcap_out2, o.win_left, o.win_right,
+        o.dropout_p, o.dropout_scale,
+        HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=block_d, BLOCK_DV=block_dv, IS_VARLEN=varlen,
+        HAS_LEFT=o.has_left, HAS_RIGHT=o.has_right, IS_SOFTCAP=o.is_softcap,
+        HAS_ALIBI=has_alibi, HAS_DROPOUT=has_dropout, IEEE=q.dtype == torch.float32,
+    )  # fmt: skip
+    return out, lse
+
+
+def _backward_impl(
+    dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+    softmax_scale, window_left, window_right, softcap, alibi_slopes, dropout_p, rng_state,
+):  # fmt: skip
+    varlen, batch, heads, heads_k, seqlen_q, seqlen_k = _geometry(
+        q, k, v, cu_seqlens_q, max_seqlen_q, max_seqlen_k
+    )
+    d, dv_dim = q.shape[-1], v.shape[-1]
+    if dout.stride(-1) != 1:
+        dout = dout.contiguous()  # read-only: a copy loses nothing
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    if batch == 0 or q.numel() == 0 or k.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    if seqlen_k == 0 or seqlen_q == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    o = _Opts(d, softmax_scale, window_left, window_right, softcap, dropout_p)
+    slopes, s_ab, s_ah, has_alibi = _alibi_args(alibi_slopes, q)
+    block_d, block_dv = next_power_of_2(max(d, 16)), next_power_of_2(max(dv_dim, 16))
+    has_dropout = dropout_p > 0
+    rng = rng_state if has_dropout else q
+    cu_q = cu_seqlens_q if varlen else q
+    cu_k = cu_seqlens_k if varlen else q
+    delta = torch.empty_like(lse)
+    pre_bm = 64
+    _k._bwd_preprocess_kernel[make_grid(cdiv(seqlen_q, pre_bm), heads, batch)](
+        out, dout, delta, cu_q, *_strides3(out, varlen), *_strides3(dout, varlen),
+        *_lse_strides(lse, varlen), seqlen_q,
+        HEAD_DIM_V=dv_dim, BLOCK_DV=block_dv, BLOCK_M=pre_bm, IS_VARLEN=varlen,
+    )  # fmt: skip
+    common = (
+        *_lse_strides(lse, varlen), s_ab, s_ah, seqlen_q, seqlen_k, heads, heads // heads_k,
+        o.sm_scale, o.qk_scale2, o.softcap_in, o.softcap_out2, o.win_left, o.win_right,
+        o.dropout_p, o.dropout_scale,
+    )  # fmt: skip
+    consts = {
+        "HEAD_DIM": d, "HEAD_DIM_V": dv_dim, "BLOCK_D": block_d, "BLOCK_DV": block_dv,
+        "IS_VARLEN": varlen, "HAS_LEFT": o.has_left, "HAS_RIGHT": o.has_right,
+        "IS_SOFTCAP": o.is_softcap, "HAS_ALIBI": has_alibi, "HAS_DROPOUT": has_dropout,
+        "IEEE": q.dtype == torch.float32,
+    }  # fmt: skip
+    kv_grid = lambda meta: make_grid(cdiv(seqlen_k, meta["BLOCK_N"]), heads_k, batch)
+    _kernel("dkdv", max(block_d, block_dv))[kv_grid](
+        q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, slopes, rng,
+        *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen),
+        *_strides3(dout, varlen), *_strides3(dk, varlen), *_strides3(dv, varlen),
+        *common, **consts,
+    )  # fmt: skip
+    q_grid = lambda meta: make_grid(cdiv(seqlen_q, meta["BLOCK_M"]), heads, batch)
+    _kernel("dq", max(block_d, block_dv))[q_grid](
+        q, k, v, dout, lse, delta, dq, cu_q, cu_k, slopes, rng,
+        *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen),
+        *_strides3(dout, varlen), *_strides3(dq, varlen), *common, **consts,
+    )  # fmt: skip
+    return dq, dk, dv
+
+
+# ------------------------------------------------------------------------------------------
+# custom ops
+# ------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("flash_attn_tri::fwd", mutates_args=(), device_types=None)
+def _fwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor | None,
+    cu_seqlens_k: torch.Tensor | None,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    softmax_scale: float,
+    window_left: int,
+    window_right: int,
+    softcap: float,
+    alibi_slopes: torch.Tensor | None,
+    dropout_p: float,
+    rng_state: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward_impl(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
+        window_left, window_right, softcap, alibi_slopes, dropout_p, rng_state,
+    )  # fmt: skip
+
+
+@_fwd_op.register_fake
+def _fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *args):
+    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
+    if cu_seqlens_q is not None:
+        lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+    else:
+        lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.custom_op("flash_attn_tri::bwd", mutates_args=(), device_types=None)
+def _bwd_op(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens_q: torch.Tensor | None,
+    cu_seqlens_k: torch.Tensor | None,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    softmax_scale: float,
+    window_left: int,
+    window_right: int,
+    softcap: float,
+    alibi_slopes: torch.Tensor | None,
+    dropout_p: float,
+    rng_state: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward_impl(
+        dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+        softmax_scale, window_left, window_right, softcap, alibi_slopes, dropout_p, rng_state,
+    )  # fmt: skip
+
+
+@_bwd_op.register_fake
+def _bwd_fake(dout, q, k, v, *args):
+    return (
+        torch.empty_like(q, memory_format=torch.contiguous_format),
+        torch.empty_like(k, memory_format=torch.contiguous_format),
+        torch.empty_like(v, memory_format=torch.contiguous_format),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    (q, k, v, cu_q, cu_k, max_q, max_k, scale, left, right, softcap, slopes, p, rng) = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, slopes, rng)
+    ctx.args = (max_q, max_k, scale, left, right, softcap, p)
+
+
+def _backward(ctx, dout, dlse):
+    # dlse is ignored: like flash_attn, the log-sum-exp output carries no gradient
+    q, k, v, out, lse, cu_q, cu_k, slopes, rng = ctx.saved_tensors
+    max_q, max_k, scale, left, right, softcap, p = ctx.args
+    dq, dk, dv = _bwd_op(
+        dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, left, right, softcap,
+        slopes, p, rng,
+    )  # fmt: skip
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------------------
+# checks and public entry points
+# ------------------------------------------------------------------------------------------
+
+
+def _draw_rng_state(device: torch.device) -> torch.Tensor:
+    """Seed and salt (int64 ``[2]``) for the dropout stream, drawn on ``device`` from torch's
+    generator: no host sync, and CUDA graph replays draw fresh values."""
+    return torch.randint(0, 2**31 - 1, (2,), device=device, dtype=torch.int64)
+
+
+def _check_common(
+    q, k, v, dropout_p, softmax_scale, window_size, softcap, alibi_slopes, batch, heads
+):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, dtypes=FLOAT_DTYPES)
+    check_same_dtype(q=q, k=k, v=v)
+    check_same_device(q=q, k=k, v=v)
+    d = q.shape[-1]
+    if k.shape[-1] != d:
+        raise ValueError(f"k: expected head dim {d} (the head dim of q), got {k.shape[-1]}")
+    for name, dim in (("q", d), ("v", v.shape[-1])):
+        if not 1 <= dim <= MAX_HEAD_DIM:
+            raise ValueError(f"{name}: expected a head dim between 1 and {MAX_HEAD_DIM}, got {dim}")
+    heads_k = k.shape[-2]
+    if v.shape[-2] != heads_k:
+        raise ValueError(f"v: expected {heads_k} heads (the heads of k), got {v.shape[-2]}")
+    check_multiple("q", heads, "the number of key heads", heads_k)
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+        raise TypeError(f"dropout_p: expected a float, got {type(dropout_p).__name__}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p: expected a value in [0, 1), got {dropout_p}")
+    if softmax_scale is not None and not isinstance(softmax_scale, (int, float)):
+        raise TypeError(f"softmax_scale: expected a float, got {type(softmax_scale).__name__}")
+    if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
+        raise ValueError(f"window_size: expected a pair (left, right), got {window_size!r}")
+    for w in window_size:
+        if isinstance(w, bool) or not isinstance(w, int):
+            raise TypeError(f"window_size: expected ints, got {window_size!r}")
+        if w < -1:
+            raise ValueError(f"window_size: expected values >= -1, got {tuple(window_size)}")
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or softcap < 0:
+        raise ValueError(f"softcap: expected a number >= 0, got {softcap!r}")
+    if alibi_slopes is not None:
+        check_tensor("alibi_slopes", alibi_slopes, dtypes=(torch.float32,))
+        check_same_device(q=q, alibi_slopes=alibi_slopes)
+        if tuple(alibi_slopes.shape) not in ((heads,), (batch, heads)):
+            raise ValueError(
+                f"alibi_slopes: expected shape [{heads}] or [{batch}, {heads}], "
+                f"got {list(alibi_slopes.shape)}"
+            )
+    return d
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    # inputs are only read: copying a strided one loses nothing
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _window(causal: bool, window_size) -> tuple[int, int]:
+    left, right = int(window_size[0]), int(window_size[1])
+    if causal:
+        right = 0
+    return left, right
+
+
+def _run(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, softmax_scale, causal, window_size,
+         softcap, alibi_slopes, return_attn_probs):  # fmt: skip
+    d = q.shape[-1]
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(d)
+    left, right = _window(causal, window_size)
+    rng = _draw_rng_state(q.device) if dropout_p > 0 else None
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    out, lse = _fwd_op(
+        q, k, v, cu_q, cu_k, int(max_q), int(max_k), scale, left, right, float(softcap),
+        alibi_slopes, float(dropout_p), rng,
+    )  # fmt: skip
+    if return_attn_probs:
+        return out, lse, None
+    return out
+
+
+def flash_attn_func(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: torch.Tensor | None = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+):
+    """Exact attention, FlashAttention-2 algorithm; drop-in for ``flash_attn.flash_attn_func``.
+
+    ``q`` ``[batch, seqlen_q, heads, d]``, ``k`` ``[batch, seqlen_k, heads_k, d]``, ``v``
+    ``[batch, seqlen_k, heads_k, dv]`` (fp16, bf16 or fp32, one dtype; ``heads`` a multiple of
+    ``heads_k``; ``d``, ``dv`` ≤ 256). Causal masking and the window ``(left, right)`` are
+    aligned to the bottom-right; ``softcap`` > 0 caps logits with ``softcap·tanh(·/softcap)``;
+    ``alibi_slopes`` fp32 ``[heads]`` or ``[batch, heads]``. Returns ``out``
+    ``[batch, seqlen_q, heads, dv]``, or ``(out, softmax_lse [batch, heads, seqlen_q] fp32,
+    None)`` with ``return_attn_probs``. Gradients are always deterministic (no atomics);
+    ``deterministic`` is accepted for compatibility.
+    """
+    del deterministic  # every backward pass here is deterministic
+    check_tensor("q", q, ndim=4)
+    check_tensor("k", k, ndim=4)
+    check_tensor("v", v, ndim=4)
+    batch, seqlen_q, heads = q.shape[0], q.shape[1], q.shape[2]
+    _check_common(
+        q, k, v, dropout_p, softmax_scale, window_size, softcap, alibi_slopes, batch, heads
+    )
+    if k.shape[0] != batch or v.shape[0] != batch:
+        raise ValueError(
+            f"k: expected batch {batch} (the batch of q), got k {k.shape[0]}, v {v.shape[0]}"
+        )
+    if v.shape[1] != k.shape[1]:
+        raise ValueError(f"v: expected seqlen {k.shape[1]} (the seqlen of k), got {v.shape[1]}")
+    return _run(q, k, v, None, None, seqlen_q, k.shape[1], dropout_p, softmax_scale, causal,
+                window_size, softcap, alibi_slopes, return_attn_probs)  # fmt: skip
+
+
+def flash_attn_varlen_func(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: torch.Tensor | None = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+):
+    """:func:`flash_attn_func` over packed sequences; drop-in for
+    ``flash_attn.flash_attn_varlen_func``.
+
+    ``q`` ``[total_q, heads, d]``, ``k``/``v`` ``[total_k, heads_k, d / dv]``; int32
+    ``cu_seqlens_q``/``cu_seqlens_k`` ``[batch + 1]`` (start offsets, last = total);
+    ``max_seqlen_q``/``max_seqlen_k`` at least the longest sequence (not checked: that would
+    sync). Returns ``out [total_q, heads, dv]`` or ``(out, softmax_lse [heads, total_q], None)``.
+    """
+    del deterministic
+    check_tensor("q", q, ndim=3)
+    check_tensor("k", k, ndim=3)
+    check_tensor("v", v, ndim=3)
+    check_tensor("cu_seqlens_q", cu_seqlens_q, ndim=1, dtypes=(torch.int32,))
+    check_tensor("cu_seqlens_k", cu_seqlens_k, ndim=1, dtypes=(torch.int32,))
+    check_same_device(q=q, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+    batch = cu_seqlens_q.shape[0] - 1
+    if batch < 0:
+        raise ValueError("cu_seqlens_q: expected at least one entry (batch + 1), got 0")
+    if cu_seqlens_k.shape[0] != batch + 1:
+        raise ValueError(
+            f"cu_seqlens_k: expected length {batch + 1} (the length of cu_seqlens_q), "
+            f"got {cu_seqlens_k.shape[0]}"
+        )
+    for name, val in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 0:
+            raise ValueError(f"{name}: expected an int >= 0, got {val!r}")
+    heads = q.shape[1]
+    _check_common(
+        q, k, v, dropout_p, softmax_scale, window_size, softcap, alibi_slopes, batch, heads
+    )
+    if v.shape[0] != k.shape[0]:
+        raise ValueError(f"v: expected {k.shape[0]} tokens (the tokens of k), got {v.shape[0]}")
+    cu_q = cu_seqlens_q if cu_seqlens_q.is_contiguous() else cu_seqlens_q.contiguous()
+    cu_k = cu_seqlens_k if cu_seqlens_k.is_contiguous() else cu_seqlens_k.contiguous()
+    return _run(q, k, v, cu_q, cu_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+                causal, window_size, softcap, alibi_slopes, return_attn_probs)  # fmt: skip
+
+
+def flash_attn_qkvpacked_func(
+    qkv: torch.Tensor,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: torch.Tensor | None = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+):
+    """:func:`flash_attn_func` with ``qkv`` ``[batch, seqlen, 3, heads, d]`` (views, no copy)."""
+    check_tensor("qkv", qkv, ndim=5)
+    if qkv.shape[2] != 3:
+        raise ValueError(f"qkv: expected size 3 in dimension 2, got {list(qkv.shape)}")
+    return flash_attn_func(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], dropout_p, softmax_scale,
+                           causal, window_size, softcap, alibi_slopes, deterministic,
+                           return_attn_probs)  # fmt: skip
+
+
+def flash_attn_kvpacked_func(
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: torch.Tensor | None = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+):
+    """:func:`flash_attn_func` with ``kv`` ``[batch, seqlen_k, 2, heads_k, d]`` (views)."""
+    check_tensor("kv", kv, ndim=5)
+    if kv.shape[2] != 2:
+        raise ValueError(f"kv: expected size 2 in dimension 2, got {list(kv.shape)}")
+    return flash_attn_func(q, kv[:, :, 0], kv[:, :, 1], dropout_p, softmax_scale, causal,
+                           window_size, softcap, alibi_slopes, deterministic,
+                           return_attn_probs)  # fmt: skip
+
+
+def _dropout_mask(
+    rng_state: torch.Tensor,
+    batch: int,
+    heads: int,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float,
+) -> torch.Tensor:
+    """Internal, for tests: the keep mask (bool ``[batch, heads, max_seqlen_q, max_seqlen_k]``)
+    the kernels draw for ``rng_state`` (see :func:`_draw_rng_state`). Sequence ``b`` of a varlen
+    call uses the top-left ``[seqlen_q_b, seqlen_k_b]`` corner of ``mask[b]``."""
+    keep = torch.empty(
+        (batch, heads, max_seqlen_q, max_seqlen_k), dtype=torch.int8, device=rng_state.device
+    )
+    if keep.numel() == 0:
+        return keep.bool()
+    bm, bn = 32, 64
+    _k._dropout_mask_kernel[make_grid(cdiv(max_seqlen_q, bm), heads, batch)](
+        keep, rng_state, heads, max_seqlen_q, max_seqlen_k, float(dropout_p), BLOCK_M=bm, BLOCK_N=bn
+    )
+    return keep.bool()

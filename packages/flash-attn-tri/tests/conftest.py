@@ -1,0 +1,44 @@
+"""Fixtures of the flash-attn-tri tests: a checker that runs the kernel forward and backward
+and compares both with the reference under the FlashAttention error rule."""
+
+import os
+
+# Tests compile many option variants: one hand-picked config each instead of autotuning.
+os.environ.setdefault("FLASH_ATTN_TRI_AUTOTUNE", "0")
+
+import pytest
+import torch
+
+from tri_shared.testing import assert_close, rel_err
+
+# Floors under the FlashAttention rule, for cases where PyTorch in the input dtype happens to
+# be almost exact (short rows): fp32 1e-5 (1e-3 where the GPU's tf32 is involved is not the
+# case here: fp32 dots are IEEE), fp16 2e-3, bf16 1e-2.
+FLOORS = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def _check(name, actual, expected_f64, pytorch_lowp, factor):
+    """FlashAttention rule: error vs the fp64 reference at most ``factor`` × the error of the
+    same computation done by PyTorch in the input dtype (or the dtype floor, if larger)."""
+    dtype = actual.dtype
+    limit = FLOORS[dtype]
+    if dtype != torch.float32:
+        limit = max(limit, factor * rel_err(pytorch_lowp, expected_f64))
+    assert_close(actual, expected_f64, max_rel_err=limit, name=name)
+
+
+@pytest.fixture
+def check_grads():
+    """``check_grads(outs, refs_f64, refs_lowp, inputs, grad_out)``: compare outputs (2×)
+    and the gradients of ``inputs`` (3×) with the fp64 and input-dtype references."""
+
+    def run(out, ref64, reflow, inputs, grad_out, names=("dq", "dk", "dv")):
+        _check("out", out, ref64, reflow, 2.0)
+        grads = torch.autograd.grad(out, inputs, grad_out)
+        g64 = torch.autograd.grad(ref64, inputs, grad_out.double())
+        glow = torch.autograd.grad(reflow, inputs, grad_out)
+        for n, g, r, lo in zip(names, grads, g64, glow, strict=True):
+            _check(n, g, r, lo, 3.0)
+        return grads
+
+    return run

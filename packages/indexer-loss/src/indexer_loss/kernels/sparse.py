@@ -1,0 +1,472 @@
+"""The fused sparse indexer-loss forward: sparse top-k attention target and KL in one kernel.
+
+One program per query row ``(b, t)``. Key rows are gathered by index straight from ``key``
+(pointer arithmetic on the loaded indices, never a gathered copy). Three sweeps over the
+row's top-k entries, in blocks of ``BLOCK_K``:
+
+0. the softmax statistics of ``index_score`` over the valid entries (cheap, no matmul);
+1. per head block: ``s = scale · Q_h · K_jᵀ`` with ``tl.dot`` (D looped in ``BLOCK_D``
+   chunks), online max/sum per head → per-head base-2 log-sum-exp;
+2. recompute ``s``, ``P = exp2(s − lse_h)``, sum over heads into ``p`` (registers, one
+   top-k block at a time), store ``p`` when the backward needs it, and add the KL terms.
+
+Extra memory: ``p`` ``[B, S, topk]`` fp32 (only when asked) and, when ``H > BLOCK_H``, the
+per-head log-sum-exp ``[B·S, H]`` fp32 handed from sweep 1 to sweep 2.
+"""
+
+import triton
+import triton.language as tl
+
+from tri_shared.offsets import wide
+from tri_shared.softmax import (
+    LN2,
+    LOG2E,
+    log2_sum_exp2,
+    online_softmax_update,
+    online_softmax_update_1d,
+    safe_max_shift,
+)
+
+
+@triton.jit
+def _row_indices(i_row, offs_k, stride_ik, TOPK, L, last_pos):
+    """Key rows of one top-k block (0 where invalid, int64) and the validity mask."""
+    inb = offs_k < TOPK
+    idx = tl.load(i_row + wide(offs_k) * stride_ik, mask=inb, other=-1)
+    valid = inb & (idx >= 0) & (idx < L) & (idx <= last_pos)
+    return tl.where(valid, idx, 0).to(tl.int64), valid
+
+
+@triton.jit
+def _load_q(
+    q_row, heads, hmask, d0, stride_qh, stride_qd, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr
+):
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    mask = hmask[:, None] & (offs_d < HEAD_DIM)[None, :]
+    return tl.load(
+        q_row + wide(heads)[:, None] * stride_qh + offs_d[None, :] * stride_qd, mask=mask, other=0.0
+    )
+
+
+@triton.jit
+def _dot(a, b, DOT_IEEE: tl.constexpr):
+    # fp32 inputs: exact fp32 products (the GPU would use tf32 otherwise); fp16/bf16 go to
+    # the tensor cores as they are, accumulating in fp32.
+    if DOT_IEEE:
+        out = tl.dot(a, b, input_precision="ieee")
+    else:
+        out = tl.dot(a, b)
+    return out
+
+
+@triton.jit
+def _scores(
+    q_row,
+    k_bat,
+    q_pre,
+    heads,
+    hmask,
+    kidx,
+    valid,
+    stride_qh,
+    stride_qd,
+    stride_kl,
+    stride_kd,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    Q_PRELOADED: tl.constexpr,
+    DOT_IEEE: tl.constexpr,
+    KT: tl.constexpr,
+):
+    """Raw scores ``Q[heads] · K[kidx]ᵀ`` ``[BLOCK_H, BLOCK_K]`` fp32, or their transpose
+    ``[BLOCK_K, BLOCK_H]`` when KT (keys on the M side of the matmul: the gathered key tile
+    is the left operand, the query tile, transposed once, the right one)."""
+    if Q_PRELOADED:
+        # HEAD_DIM fits one BLOCK_D chunk and the query operand is already loaded.
+        offs_d = tl.arange(0, BLOCK_D)
+        kt = tl.load(
+            k_bat + kidx[:, None] * stride_kl + offs_d[None, :] * stride_kd,
+            mask=valid[:, None] & (offs_d < HEAD_DIM)[None, :],
+            other=0.0,
+        )
+        if KT:
+            acc = _dot(kt, q_pre, DOT_IEEE)
+        else:
+            acc = _dot(q_pre, tl.trans(kt), DOT_IEEE)
+    else:
+        if KT:
+            acc = tl.zeros([BLOCK_K, BLOCK_H], dtype=tl.float32)
+        else:
+            acc = tl.zeros([BLOCK_H, BLOCK_K], dtype=tl.float32)
+        for d0 in tl.range(0, HEAD_DIM, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            qt = _load_q(q_row, heads, hmask, d0, stride_qh, stride_qd, HEAD_DIM, BLOCK_D)
+            kt = tl.load(
+                k_bat + kidx[:, None] * stride_kl + offs_d[None, :] * stride_kd,
+                mask=valid[:, None] & (offs_d < HEAD_DIM)[None, :],
+                other=0.0,
+            )
+            if KT:
+                acc += _dot(kt, tl.trans(qt), DOT_IEEE)
+            else:
+                acc += _dot(qt, tl.trans(kt), DOT_IEEE)
+    return acc
+
+
+@triton.jit
+def _q_operand(
+    q_row,
+    heads,
+    hmask,
+    stride_qh,
+    stride_qd,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    KT: tl.constexpr,
+):
+    """The whole query tile of a head block (D in one chunk), in the orientation _scores
+    uses: ``[BLOCK_H, BLOCK_D]``, or ``[BLOCK_D, BLOCK_H]`` when KT."""
+    q = _load_q(q_row, heads, hmask, 0, stride_qh, stride_qd, HEAD_DIM, BLOCK_D)
+    if KT:
+        q = tl.trans(q)
+    return q
+
+
+@triton.jit
+def _head_lse(
+    q_row,
+    k_bat,
+    i_row,
+    h0,
+    H,
+    TOPK,
+    L,
+    last_pos,
+    qk_scale,
+    stride_qh,
+    stride_qd,
+    stride_kl,
+    stride_kd,
+    stride_ik,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_IEEE: tl.constexpr,
+    KT: tl.constexpr,
+):
+    """Sweep 1 for heads ``h0 .. h0 + BLOCK_H``: base-2 log-sum-exp of the scaled scores over
+    the valid entries, ``[BLOCK_H]`` (-inf for a row with no valid entry)."""
+    heads = h0 + tl.arange(0, BLOCK_H)
+    hmask = heads < H
+    ONE_D: tl.constexpr = HEAD_DIM <= BLOCK_D
+    if ONE_D:
+        q_pre = _q_operand(q_row, heads, hmask, stride_qh, stride_qd, HEAD_DIM, BLOCK_D, KT)
+    else:
+        q_pre = 0
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    for k0 in tl.range(0, TOPK, BLOCK_K):
+        kidx, valid = _row_indices(i_row, k0 + tl.arange(0, BLOCK_K), stride_ik, TOPK, L, last_pos)
+        s = _scores(
+            q_row,
+            k_bat,
+            q_pre,
+            heads,
+            hmask,
+            kidx,
+            valid,
+            stride_qh,
+            stride_qd,
+            stride_kl,
+            stride_kd,
+            HEAD_DIM,
+            BLOCK_H,
+            BLOCK_K,
+            BLOCK_D,
+            ONE_D,
+            DOT_IEEE,
+            KT,
+        )
+        if KT:
+            # Column form of online_softmax_update: heads are the columns of s here.
+            s = tl.where(valid[:, None], s * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=0))
+            shift = safe_max_shift(m_new)
+            l_i = l_i * tl.math.exp2(m_i - shift) + tl.sum(tl.math.exp2(s - shift[None, :]), axis=0)
+            m_i = m_new
+        else:
+            s = tl.where(valid[None, :], s * qk_scale, float("-inf"))
+            m_i, l_i, _, _ = online_softmax_update(m_i, l_i, s)
+    return log2_sum_exp2(m_i, l_i)
+
+
+@triton.jit
+def _head_probs(
+    q_row,
+    k_bat,
+    q_pre,
+    lse_h,
+    h0,
+    H,
+    kidx,
+    valid,
+    qk_scale,
+    stride_qh,
+    stride_qd,
+    stride_kl,
+    stride_kd,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    Q_PRELOADED: tl.constexpr,
+    DOT_IEEE: tl.constexpr,
+    KT: tl.constexpr,
+):
+    """Sweep 2 for one head block and one top-k block: ``Σ_h P[h, j]`` ``[BLOCK_K]``."""
+    heads = h0 + tl.arange(0, BLOCK_H)
+    hmask = heads < H
+    s = _scores(
+        q_row,
+        k_bat,
+        q_pre,
+        heads,
+        hmask,
+        kidx,
+        valid,
+        stride_qh,
+        stride_qd,
+        stride_kl,
+        stride_kd,
+        HEAD_DIM,
+        BLOCK_H,
+        BLOCK_K,
+        BLOCK_D,
+        Q_PRELOADED,
+        DOT_IEEE,
+        KT,
+    )
+    # Masked entries (padding heads, invalid keys, rows with lse = -inf) give exactly 0.
+    if KT:
+        probs = tl.where(
+            valid[:, None] & hmask[None, :], tl.math.exp2(s * qk_scale - lse_h[None, :]), 0.0
+        )
+        p = tl.sum(probs, axis=1)
+    else:
+        probs = tl.where(
+            hmask[:, None] & valid[None, :], tl.math.exp2(s * qk_scale - lse_h[:, None]), 0.0
+        )
+        p = tl.sum(probs, axis=0)
+    return p
+
+
+@triton.jit
+def sparse_indexer_fwd_kernel(
+    q_ptr,
+    k_ptr,
+    x_ptr,
+    idx_ptr,
+    loss_ptr,
+    p_ptr,
+    lse_ptr,
+    nvalid_ptr,
+    hlse_ptr,
+    S,
+    H,
+    L,
+    TOPK,
+    chunk_offset,
+    qk_scale,
+    eps,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_qd,
+    stride_kb,
+    stride_kl,
+    stride_kd,
+    stride_xb,
+    stride_xs,
+    stride_xk,
+    stride_ib,
+    stride_is,
+    stride_ik,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    ONE_HEAD_BLOCK: tl.constexpr,
+    DOT_IEEE: tl.constexpr,
+    STORE_P: tl.constexpr,
+    COMPUTE_LOSS: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    KT: tl.constexpr,
+):
+    """Forward for one query row.
+
+    ``qk_scale`` = scaling · log2(e) (scores in base 2). Writes ``loss[row]``, the natural
+    log-sum-exp of index_score over the valid entries ``lse[row]`` and their count
+    ``nvalid[row]`` (when COMPUTE_LOSS), ``p[row, :]`` (when STORE_P; p, lse, nvalid, loss
+    and hlse are contiguous buffers allocated by the wrapper).
+    """
+    row = tl.program_id(0)
+    b = row // S
+    t = row % S
+    last_pos = chunk_offset + t
+    q_row = q_ptr + wide(b) * stride_qb + wide(t) * stride_qs
+    k_bat = k_ptr + wide(b) * stride_kb
+    x_row = x_ptr + wide(b) * stride_xb + wide(t) * stride_xs
+    i_row = idx_ptr + wide(b) * stride_ib + wide(t) * stride_is
+    ONE_D: tl.constexpr = HEAD_DIM <= BLOCK_D
+
+    # Sweep 0: softmax statistics of index_score over the valid entries.
+    lse_x = 0.0
+    if COMPUTE_LOSS:
+        m_x = tl.max(tl.full([BLOCK_K], float("-inf"), tl.float32), axis=0)
+        l_x = tl.sum(tl.zeros([BLOCK_K], tl.float32), axis=0)
+        n_x = tl.sum(tl.zeros([BLOCK_K], tl.int32), axis=0)
+        for k0 in tl.range(0, TOPK, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            _, valid = _row_indices(i_row, offs_k, stride_ik, TOPK, L, last_pos)
+            x = tl.load(x_row + wide(offs_k) * stride_xk, mask=valid, other=float("-inf"))
+            m_x, l_x, _, _ = online_softmax_update_1d(m_x, l_x, x.to(tl.float32) * LOG2E)
+            n_x += tl.sum(valid.to(tl.int32), axis=0)
+        lse_x = log2_sum_exp2(m_x, l_x) * LN2
+        tl.store(lse_ptr + row, lse_x)
+        tl.store(nvalid_ptr + row, n_x)
+
+    # Sweep 1: per-head log-sum-exp. With one head block it stays in registers; otherwise
+    # it goes through a small [rows, H] scratch buffer, read back by the same program.
+    if ONE_HEAD_BLOCK:
+        lse_h0 = _head_lse(
+            q_row,
+            k_bat,
+            i_row,
+            0,
+            H,
+            TOPK,
+            L,
+            last_pos,
+            qk_scale,
+            stride_qh,
+            stride_qd,
+            stride_kl,
+            stride_kd,
+            stride_ik,
+            HEAD_DIM,
+            BLOCK_H,
+            BLOCK_K,
+            BLOCK_D,
+            DOT_IEEE,
+            KT,
+        )
+        if ONE_D:
+            q_pre = _q_operand(
+                q_row,
+                tl.arange(0, BLOCK_H),
+                tl.arange(0, BLOCK_H) < H,
+                stride_qh,
+                stride_qd,
+                HEAD_DIM,
+                BLOCK_D,
+                KT,
+            )
+        else:
+            q_pre = 0
+    else:
+        for h0 in tl.range(0, H, BLOCK_H):
+            heads = h0 + tl.arange(0, BLOCK_H)
+            lse_h = _head_lse(
+                q_row,
+                k_bat,
+                i_row,
+                h0,
+                H,
+                TOPK,
+                L,
+                last_pos,
+                qk_scale,
+                stride_qh,
+                stride_qd,
+                stride_kl,
+                stride_kd,
+                stride_ik,
+                HEAD_DIM,
+                BLOCK_H,
+                BLOCK_K,
+                BLOCK_D,
+                DOT_IEEE,
+                KT,
+            )
+            tl.store(hlse_ptr + wide(row) * H + heads, lse_h, mask=heads < H)
+        # The values are read back by other threads of this program: make them visible.
+        tl.debug_barrier()
+
+    # Sweep 2: head-averaged probabilities p, then the KL terms.
+    kl = tl.sum(tl.zeros([BLOCK_K], tl.float32), axis=0)
+    for k0 in tl.range(0, TOPK, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        kidx, valid = _row_indices(i_row, offs_k, stride_ik, TOPK, L, last_pos)
+        if ONE_HEAD_BLOCK:
+            p = _head_probs(
+                q_row,
+                k_bat,
+                q_pre,
+                lse_h0,
+                0,
+                H,
+                kidx,
+                valid,
+                qk_scale,
+                stride_qh,
+                stride_qd,
+                stride_kl,
+                stride_kd,
+                HEAD_DIM,
+                BLOCK_H,
+                BLOCK_K,
+                BLOCK_D,
+                ONE_D,
+                DOT_IEEE,
+                KT,
+            )
+        else:
+            p = tl.zeros([BLOCK_K], tl.float32)
+            for h0 in tl.range(0, H, BLOCK_H):
+                heads = h0 + tl.arange(0, BLOCK_H)
+                lse_h = tl.load(hlse_ptr + wide(row) * H + heads, mask=heads < H, other=0.0)
+                p += _head_probs(
+                    q_row,
+                    k_bat,
+                    0,
+                    lse_h,
+                    h0,
+                    H,
+                    kidx,
+                    valid,
+                    qk_scale,
+                    stride_qh,
+                    stride_qd,
+                    stride_kl,
+                    stride_kd,
+                    HEAD_DIM,
+                    BLOCK_H,
+                    BLOCK_K,
+                    BLOCK_D,
+                    False,
+                    DOT_IEEE,
+                    KT,
+                )
+        p = p / H
+        if STORE_P:
+            tl.store(p_ptr + wide(row) * TOPK + offs_k, p, mask=offs_k < TOPK)
+        if COMPUTE_LOSS:
+            x = tl.load(x_row + wide(offs_k) * stride_xk, mask=valid, other=0.0)
+            q = tl.math.exp2((x.to(tl.float32) - lse_x) * LOG2E)
+            # eps guards the logarithms only; entries with p = 0 contribute 0.
+            terms = p * (tl.log(p + eps) - tl.log(q + eps))
+            kl += tl.sum(tl.where(valid & (p > 0.0), terms, 0.0), axis=0)
+    if COMPUTE_LOSS:
+        tl.store(loss_ptr + row, kl)

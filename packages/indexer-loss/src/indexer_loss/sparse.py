@@ -1,0 +1,237 @@
+"""The sparse DSA indexer loss: KL between the main model's attention over the top-k
+selected keys (head-averaged) and the softmax of the indexer's scores, with its gradient
+to the indexer scores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tri_shared.checks import check_int_tensor
+from tri_shared.launch import make_grid, next_power_of_2
+from tri_shared.softmax import LOG2E
+
+from ._common import (
+    check_index_score,
+    check_indices,
+    check_options,
+    check_query_key,
+    index_score_grad,
+    reduce_rows,
+    row_grad,
+)
+from .kernels.sparse import sparse_indexer_fwd_kernel
+
+__all__ = ["compute_index_loss_sparse", "sparse_attention_target"]
+
+_MAX_BLOCK_H = 64
+
+
+def _block_sizes(num_heads: int, head_dim: int) -> tuple[int, int]:
+    """(BLOCK_H, BLOCK_D): heads padded to a power of two (at least 16 for tl.dot), at most
+    64 per block; D in one chunk up to 128, above that in chunks that divide it when one
+    of 128/64/32 does (576 = 9 × 64, 192 = 3 × 64)."""
+    block_h = min(_MAX_BLOCK_H, max(16, next_power_of_2(num_heads)))
+    if head_dim <= 128:
+        block_d = max(16, next_power_of_2(head_dim))
+    else:
+        block_d = next((c for c in (128, 64, 32) if head_dim % c == 0), 64)
+    return block_h, block_d
+
+
+def _launch_config(num_heads: int, head_dim: int) -> dict[str, int | bool]:
+    """BLOCK_K, KT (keys as the matmul's M side), num_warps and num_stages of the forward
+    kernel. A fixed choice rather than autotuning: no tuning pause on each new shape; the
+    bench script sweeps the alternatives (see BENCHMARKS.md)."""
+    if head_dim > 128:
+        return {"BLOCK_K": 64, "KT": False, "num_warps": 4, "num_stages": 3}
+    return {"BLOCK_K": 32, "KT": False, "num_warps": 4, "num_stages": 2}
+
+
+def _forward(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    index_score: torch.Tensor | None,
+    indices: torch.Tensor,
+    scaling: float,
+    chunk_offset: int,
+    eps: float,
+    store_p: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the fused kernel. Returns ``(loss [B, S], p [B, S, topk] or empty,
+    lse [B, S], n_valid [B, S])``; loss, lse and n_valid are meaningful only when
+    ``index_score`` is given."""
+    B, H, S, D = query.shape
+    L = key.shape[1]
+    topk = indices.shape[2]
+    dev = query.device
+    loss = torch.empty((B, S), dtype=torch.float32, device=dev)
+    lse = torch.empty((B, S), dtype=torch.float32, device=dev)
+    n_valid = torch.empty((B, S), dtype=torch.int32, device=dev)
+    p = torch.empty((B, S, topk) if store_p else (1,), dtype=torch.float32, device=dev)
+    if B * S == 0:
+        return loss, p, lse, n_valid
+    block_h, block_d = _block_sizes(H, D)
+    config = dict(_launch_config(H, D))
+    block_h = int(config.pop("BLOCK_H", block_h))
+    one_head_block = block_h >= H
+    # Per-head log-sum-exp handed between the kernel's two sweeps when H spans several
+    # head blocks: [B·S, H] fp32, small next to p (H <= 128 against topk entries).
+    hlse = (
+        torch.empty((1,), dtype=torch.float32, device=dev)
+        if one_head_block
+        else torch.empty((B * S, H), dtype=torch.float32, device=dev)
+    )
+    x = index_score if index_score is not None else loss  # dummy pointer without a loss
+    xs = index_score.stride() if index_score is not None else (0, 0, 0)
+    grid = make_grid(B * S)
+    sparse_indexer_fwd_kernel[grid](
+        query,
+        key,
+        x,
+        indices,
+        loss,
+        p,
+        lse,
+        n_valid,
+        hlse,
+        S,
+        H,
+        L,
+        topk,
+        chunk_offset,
+        float(scaling) * LOG2E.value,
+        float(eps),
+        *query.stride(),
+        *key.stride(),
+        *xs,
+        *indices.stride(),
+        HEAD_DIM=D,
+        BLOCK_H=block_h,
+        BLOCK_D=block_d,
+        ONE_HEAD_BLOCK=one_head_block,
+        DOT_IEEE=query.dtype == torch.float32,
+        STORE_P=store_p,
+        COMPUTE_LOSS=index_score is not None,
+        **config,
+    )
+    return loss, p, lse, n_valid
+
+
+def _check(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    index_score: torch.Tensor | None,
+    indices: torch.Tensor,
+    scaling: float,
+    chunk_offset: int,
+    reduction: str,
+    eps: float,
+) -> None:
+    B, _, S, _, _ = check_query_key(query, key)
+    check_options(scaling, chunk_offset, reduction, eps)
+    if index_score is not None:
+        topk = check_index_score(index_score, B, S, None, query.device)
+    else:
+        check_int_tensor("indices", indices, ndim=3)
+        topk = indices.shape[2]
+    check_indices(indices, B, S, topk, query.device)
+
+
+class _SparseIndexLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        index_score: torch.Tensor,
+        indices: torch.Tensor,
+        scaling: float,
+        chunk_offset: int,
+        reduction: str,
+        eps: float,
+        needs_grad: bool,
+    ) -> torch.Tensor:
+        loss, p, lse, n_valid = _forward(
+            query, key, index_score, indices, scaling, chunk_offset, eps, store_p=needs_grad
+        )
+        ctx.reduction = reduction
+        ctx.chunk_offset = chunk_offset
+        ctx.key_len = key.shape[1]
+        if needs_grad:
+            ctx.save_for_backward(index_score, indices, p, lse, n_valid)
+        return reduce_rows(loss, n_valid, reduction)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        index_score, indices, p, lse, n_valid = ctx.saved_tensors
+        g_rows = row_grad(grad_output, n_valid, ctx.reduction)
+        grad = index_score_grad(index_score, p, lse, g_rows, indices, ctx.key_len, ctx.chunk_offset)
+        # query and key are constants of this loss: no gradient, even if they require one.
+        return None, None, grad, None, None, None, None, None, None
+
+
+def compute_index_loss_sparse(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    index_score: torch.Tensor,
+    indices: torch.Tensor,
+    scaling: float,
+    chunk_offset: int = 0,
+    *,
+    reduction: str = "none",
+    eps: float = 1e-10,
+) -> torch.Tensor:
+    """The DSA indexer loss over the top-k selected keys, fused in one Triton kernel.
+
+    Args:
+        query: ``[B, H, S, D]`` fp32/fp16/bf16, the main model's query heads for S tokens.
+        key: ``[B, L, D]``, same dtype, one key row per position shared by all heads.
+        index_score: ``[B, S, topk]`` fp32/fp16/bf16, the indexer's logits.
+        indices: ``[B, S, topk]`` int32/int64, the selected key positions. Entry j of row t
+            is valid when ``0 <= indices[b, t, j] < L`` and
+            ``indices[b, t, j] <= chunk_offset + t``; others (−1 padding, out of range,
+            future) take no part; duplicates count as separate entries.
+        scaling: score scale, usually ``D ** -0.5``.
+        chunk_offset: absolute position of query row 0 (>= 0).
+        reduction: ``"none"`` → ``[B, S]`` fp32; ``"sum"``; ``"mean"`` over rows with at
+            least one valid entry (0 when no row has one).
+        eps: guards the logarithms only: ``p (log(p + eps) − log(q + eps))``.
+
+    ``p[j]`` is the per-head softmax of ``scaling · q·k`` over the valid entries, averaged
+    over heads; ``q`` the softmax of ``index_score`` over the valid entries; the loss of a row
+    is ``Σ p (log p − log q)`` (0 for a row without valid entry).
+
+    Gradient: only to ``index_score``, ``g · (q − p)`` on valid entries, 0 elsewhere, in
+    ``index_score``'s dtype. ``query`` and ``key`` are constants of this loss (DSA detaches
+    the main model from the indexer loss): they get no gradient from it even when they
+    require one. Extra memory: ``p`` ``[B, S, topk]`` fp32 is kept for the backward only
+    when ``index_score`` requires a gradient.
+    """
+    _check(query, key, index_score, indices, scaling, chunk_offset, reduction, eps)
+    # p is kept for the backward only when a gradient will be asked for (inside forward,
+    # grad mode is always off, so decide here).
+    needs_grad = index_score.requires_grad and torch.is_grad_enabled()
+    return _SparseIndexLoss.apply(
+        query, key, index_score, indices, scaling, chunk_offset, reduction, eps, needs_grad
+    )
+
+
+def sparse_attention_target(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    indices: torch.Tensor,
+    scaling: float,
+    chunk_offset: int = 0,
+) -> torch.Tensor:
+    """The target distribution ``p`` ``[B, S, topk]`` fp32 of the sparse indexer loss.
+
+    Shapes and validity rules as in :func:`compute_index_loss_sparse`: the per-head softmax
+    of ``scaling · query · key[indices]`` over the valid entries, averaged over the H heads;
+    0 on invalid entries and on rows with no valid entry. No gradient flows through it.
+    """
+    _check(query, key, None, indices, scaling, chunk_offset, "none", 0.0)
+    with torch.no_grad():
+        _, p, _, _ = _forward(query, key, None, indices, scaling, chunk_offset, 0.0, store_p=True)
+    return p
