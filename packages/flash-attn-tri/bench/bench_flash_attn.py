@@ -126,6 +126,11 @@ def main() -> int:
             if b is not None and r["impl"] == "flash_attn_tri":
                 r[f"fwd_vs_{base}"] = r["fwd_tflops"] / b["fwd_tflops"]
                 r[f"fwdbwd_vs_{base}"] = r["fwdbwd_tflops"] / b["fwdbwd_tflops"]
+    from flash_attn_tri import attention as fa_mod
+
+    for key, kern in fa_mod._kernels.items():  # the launch configs the autotuner picked
+        for tuned_for, cfg in getattr(kern, "cache", {}).items():
+            print(f"autotuned {key}: {cfg} for {tuned_for}")
     cols = ["impl", "D", "causal", "seqlen", "fwd_tflops", "fwdbwd_tflops"]
     ratio_cols = [f"{m}_vs_{b}" for b in ("sdpa_flash", "sdpa_cudnn") for m in ("fwd", "fwdbwd")]
     print_table(rows, cols + ratio_cols, title=f"attention TFLOP/s, bf16, {env}")

@@ -86,7 +86,7 @@ def nbytes(N: int, pool_dtype: torch.dtype) -> int:
     return state + qk + vo + ab
 
 
-def graph_time(fn) -> float:
+def graph_time(fn, **timing) -> float:
     """Median ms of ``fn`` replayed from a CUDA graph (one call per replay)."""
     fn()  # compile and warm up outside the capture
     torch.cuda.synchronize()
@@ -98,7 +98,7 @@ def graph_time(fn) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return time_fn(graph.replay)
+    return time_fn(graph.replay, **timing)
 
 
 def fla_baseline():
@@ -131,30 +131,43 @@ def fla_baseline():
 
 
 def sweep(ceil) -> list[dict]:
+    """Every (BLOCK_V, num_warps, L2 hints) per batch size, timed from a CUDA graph."""
     rows = []
+    configs = [
+        (bv, w, st)
+        for bv in (8, 16, 32, 64, 128)
+        for w in (1, 2, 4, 8)
+        for st in (False, True)
+        if 4 <= bv * K // (32 * w) <= 128  # state elements per thread (more spills)
+    ]
     for layout in ("kv", "vk"):
-        for N in SWEEP_BATCHES:
+        for N in BATCHES:
             x = make_inputs(N, layout, torch.float32)
-            best = None
-            for block_v in (8, 16, 32, 64, 128):
-                for warps in (1, 2, 4, 8):
-                    if block_v * K // (32 * warps) > 256:  # too many registers per thread
-                        continue
-                    ms = time_fn(
-                        lambda x=x, bv=block_v, w=warps, lay=layout: _forward(
-                            *positional(x), state_layout=lay, block_v=bv, num_warps=w
-                        ),
-                        warmup=10,
-                        rep=40,
-                    )
-                    frac = ceil.fraction_of_copy(gbps(nbytes(N, torch.float32), ms))
-                    row = {"layout": layout, "N": N, "block_v": block_v, "warps": warps}
-                    row |= {"us": ms * 1e3, "frac_copy": frac}
-                    rows.append(row)
-                    if best is None or ms < best["us"] / 1e3:
-                        best = row
+            found = []
+            for block_v, warps, stream in configs:
+                ms = graph_time(
+                    lambda x=x, bv=block_v, w=warps, lay=layout, st=stream: _forward(
+                        *positional(x),
+                        state_layout=lay,
+                        block_v=bv,
+                        num_warps=w,
+                        stream_state=st,
+                    ),
+                    warmup=5,
+                    rep=20,
+                )
+                frac = ceil.fraction_of_copy(gbps(nbytes(N, torch.float32), ms))
+                row = {"layout": layout, "N": N, "block_v": block_v, "warps": warps}
+                row |= {"stream": stream, "us": ms * 1e3, "frac_copy": frac}
+                rows.append(row)
+                found.append(row)
+            found.sort(key=lambda r: r["us"])
             auto = pick_config(N * HV, K, V, torch.device("cuda"))
-            print(f"sweep {layout} N={N}: best {best}; heuristic picks {auto}", flush=True)
+            top = [
+                (r["block_v"], r["warps"], r["stream"], round(r["us"], 1), round(r["frac_copy"], 3))
+                for r in found[:5]
+            ]
+            print(f"sweep {layout} N={N}: heuristic {auto}; best {top}", flush=True)
     return rows
 
 
@@ -166,6 +179,9 @@ def main() -> None:
     print(env)
     ceil = measure_ceilings("cuda")
     print(f"ceilings: copy {ceil.copy_gbps:.0f} GB/s, bf16 matmul {ceil.matmul_tflops:.0f} TFLOP/s")
+    if "--sweep-only" in sys.argv:
+        write_csv(sweep(ceil), results_dir("gated-delta") / "bench_decode_sweep.csv")
+        return
     fla = fla_baseline()
     print("SGLang baseline skipped: sglang is not part of this environment")
     rows = []

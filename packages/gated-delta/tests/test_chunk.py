@@ -153,10 +153,10 @@ def test_chunk_dtypes_heads_dims(device, on_gpu, dtype, l2norm, with_h0, H, HV, 
     )
 
 
-@pytest.mark.parametrize("split_o", [False, True])
-def test_chunk_both_kernel_variants(device, on_gpu, split_o, monkeypatch):
-    # split_o moves the state-independent part of the output into the parallel kernel
-    monkeypatch.setitem(chunk_mod.TUNING, "split_o", split_o)
+@pytest.mark.parametrize("assemble_t", [False, True])
+def test_chunk_both_kernel_variants(device, on_gpu, assemble_t, monkeypatch):
+    # w, u from one [64, 64] product each, or from 16-row block products
+    monkeypatch.setitem(chunk_mod.TUNING, "assemble_t", assemble_t)
     lengths = [70, 0, 129]
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=device)
     _run_chunk(
@@ -480,6 +480,10 @@ def test_prefill_errors(device):
         fused_sigmoid_gating_delta_rule_prefill(*args[:9], pool[:, :, :8], args[10])
     with pytest.raises(ValueError, match=r"^initial_state_indices"):
         fused_sigmoid_gating_delta_rule_prefill(*args[:9], pool, None)
+    with pytest.raises(ValueError, match=r"^softplus_beta"):
+        fused_sigmoid_gating_delta_rule_prefill(*args[:3], 0.0, *args[4:])
+    with pytest.raises(TypeError, match=r"^b"):
+        fused_sigmoid_gating_delta_rule_prefill(*args[:8], None, *args[9:])
     with pytest.raises(ValueError, match=r"^A_log"):
         fused_sigmoid_gating_delta_rule_prefill(args[0][:1], *args[1:])
     with pytest.raises(ValueError, match=r"^a"):

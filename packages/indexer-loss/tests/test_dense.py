@@ -20,6 +20,7 @@ CASES = [
     (1, 2, 1, 1, 16, 0),
     (1, 1, 9, 200, 96, 7),
     (1, 2, 20, 30, 576, 3),
+    (1, 2, 24, 50, 192, 26),
     (1, 2, 150, 333, 32, 110),
 ]
 LIMITS = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -63,14 +64,14 @@ def test_autotuned_launch_path(device, monkeypatch):
 
     monkeypatch.setattr(dense_mod, "_AUTOTUNE_MIN_WORK", 0)
     shape = (1, 3, 140, 300, 40, 200)
-    query, key, index_score = _inputs(shape, torch.float32, device, seed=5)
+    query, key, index_score = _inputs(shape, torch.float16, device, seed=5)
     x = index_score.clone().requires_grad_()
     loss = compute_index_loss_dense(query, key, x, 40**-0.5, 200)
     g = randn(loss.shape, seed=6, device=device)
     loss.backward(g)
     ref, ref_grad = _ref_loss_and_grad(query, key, index_score, 200, g)
-    assert_close(loss, ref, max_rel_err=1e-5, name="loss")
-    assert_close(x.grad, ref_grad, max_rel_err=1e-5, name="grad")
+    assert_close(loss, ref, max_rel_err=2e-3, name="loss")
+    assert_close(x.grad, ref_grad, max_rel_err=2e-3, name="grad")
 
 
 def test_grad_is_q_minus_p_and_zero_on_future_keys(device):

@@ -48,27 +48,41 @@ def _configs(candidates: list[tuple[int, int, int, int]]) -> list[triton.Config]
 
 
 def _fwd_candidates(block_d: int) -> list[tuple[int, int, int, int]]:
+    # (BLOCK_M, BLOCK_N, num_warps, num_stages); the first is the default without autotuning
     if block_d <= 64:
-        return [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 4, 4)]
+        return [
+            (128, 64, 4, 3),
+            (128, 128, 8, 3),
+            (64, 64, 4, 3),
+            (128, 64, 4, 4),
+            (128, 128, 4, 3),
+        ]
     if block_d <= 128:
-        return [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)]
+        return [
+            (128, 64, 8, 3),
+            (128, 128, 8, 3),
+            (128, 64, 4, 3),
+            (64, 64, 4, 3),
+            (128, 64, 8, 4),
+            (128, 128, 8, 2),
+        ]
     return [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)]
 
 
 def _dkdv_candidates(block_d: int) -> list[tuple[int, int, int, int]]:
-    # (BLOCK_M = query rows per step, BLOCK_N = keys owned by the program)
+    # BLOCK_M = query rows per step, BLOCK_N = keys owned by the program
     if block_d <= 64:
-        return [(32, 128, 4, 4), (64, 128, 8, 3), (32, 64, 4, 3)]
+        return [(32, 128, 4, 4), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3), (32, 128, 4, 3)]
     if block_d <= 128:
-        return [(32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3)]
+        return [(32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 3), (32, 128, 4, 3)]
     return [(32, 64, 4, 2), (16, 64, 4, 2), (32, 32, 4, 2)]
 
 
 def _dq_candidates(block_d: int) -> list[tuple[int, int, int, int]]:
     if block_d <= 64:
-        return [(128, 32, 4, 4), (128, 64, 8, 3), (64, 32, 4, 3)]
+        return [(128, 32, 4, 4), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 8, 3)]
     if block_d <= 128:
-        return [(128, 32, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3)]
+        return [(128, 32, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3)]
     return [(64, 32, 4, 2), (64, 16, 4, 2), (32, 32, 4, 2)]
 
 

@@ -15,7 +15,7 @@ import torch
 from tri_shared.checks import FLOAT_DTYPES, check_choice, check_tensor
 from tri_shared.launch import cdiv, make_grid, next_power_of_2
 
-from ._validate import GDNSizes, validate_gdn_args
+from ._validate import GDNSizes, check_softplus, validate_gdn_args
 from .kernels.chunk import chunk_prepare_kernel, chunk_state_output_kernel
 
 __all__ = ["chunk_gated_delta_rule", "fused_sigmoid_gating_delta_rule_prefill"]
@@ -48,23 +48,29 @@ def _chunk_map(cu: torch.Tensor, N: int, num_tokens: int) -> tuple[torch.Tensor,
 TUNING: dict[str, tuple[int, int, int] | int | bool | None] = {
     "state": None,
     "prepare_warps": 4,
-    "split_o": True,
+    "assemble_t": True,
+    "prepare_only": False,
 }
 """Launch settings the benchmark sweeps: ``state`` = ``(BLOCK_V, num_warps, num_stages)`` of
 the sequential kernel (None: the default below), ``prepare_warps`` of the chunk kernel,
-``split_o``: the chunk kernel computes the state-independent part of the output, so the
-sequential kernel does 3 products per chunk instead of 5 (at the cost of one more
-``[tokens, HV, K]`` intermediate)."""
+``assemble_t``: form w and u with one [64, 64] product each (else 16-row block products);
+``prepare_only``: skip the sequential kernel (benchmark breakdown only: o is not written)."""
 
 
 def _state_config(sizes: GDNSizes, config: tuple[int, int, int] | None) -> tuple[int, int, int]:
-    """``(BLOCK_V, num_warps, num_stages)`` of the sequential kernel."""
+    """``(BLOCK_V, num_warps, num_stages)`` of the sequential kernel.
+
+    The whole V in one block (up to 128) measured fastest at 4 x 8192 tokens on an H200:
+    splitting V repeats the q k^T and P work per block and buys little parallelism, since
+    each program is one long chain of dependent chunk updates anyway.
+    """
     if config is None:
         config = TUNING["state"]  # type: ignore[assignment]
     if config is not None:
         return config
-    bv = min(64, max(16, next_power_of_2(sizes.V)))
-    return bv, 4, 2
+    bk = max(16, next_power_of_2(sizes.K))
+    bv = min(128, max(16, next_power_of_2(sizes.V)))
+    return bv, 8 if bk * bv >= 128 * 64 else 4, 2
 
 
 def _chunk_forward(
@@ -94,8 +100,8 @@ def _chunk_forward(
     B, T, H, HV, K, V, N = sizes.B, sizes.T, sizes.H, sizes.HV, sizes.K, sizes.V, sizes.N
     dev = q.device
     o = torch.empty(B, T, HV, V, dtype=q.dtype, device=dev)
-    if N == 0:
-        return o
+    if N == 0 or sizes.num_tokens == 0:
+        return o.zero_()  # as the decode op: nothing to compute, a defined result
     q, k, v = _contiguous(q), _contiguous(k), _contiguous(v)
     g, beta, a, b = _contiguous(g), _contiguous(beta), _contiguous(a), _contiguous(b)
     A_log, dt_bias = _contiguous(A_log), _contiguous(dt_bias)
@@ -112,8 +118,6 @@ def _chunk_forward(
     w = torch.empty(nt, HV, K, dtype=q.dtype, device=dev)
     u = torch.empty(nt, HV, V, dtype=q.dtype, device=dev)
     Gc = torch.empty(nt, HV, dtype=torch.float32, device=dev)
-    split_o = bool(TUNING["split_o"])
-    qp = torch.empty(nt, HV, K, dtype=q.dtype, device=dev) if split_o else None
     fused = a is not None
     if bound > 0:
         chunk_prepare_kernel[make_grid(bound, HV)](
@@ -136,10 +140,6 @@ def _chunk_forward(
             w,
             u,
             Gc,
-            q,
-            qp,
-            o,
-            sizes.scale,
             H=H,
             HV=HV,
             K=K,
@@ -150,9 +150,11 @@ def _chunk_forward(
             USE_L2NORM=use_qk_l2norm,
             IS_VARLEN=varlen,
             PREC=prec,
-            SPLIT_O=split_o,
+            ASSEMBLE_T=bool(TUNING["assemble_t"]),
             num_warps=int(TUNING["prepare_warps"]),  # type: ignore[arg-type]
         )
+    if TUNING["prepare_only"]:
+        return o
     bv, warps, stages = _state_config(sizes, config)
     chunk_state_output_kernel[make_grid(N * HV, cdiv(V, bv))](
         q,
@@ -160,7 +162,6 @@ def _chunk_forward(
         w,
         u,
         Gc,
-        qp,
         o,
         h0,
         ht,
@@ -183,7 +184,6 @@ def _chunk_forward(
         STORE_EMPTY=store_empty,
         IS_VARLEN=varlen,
         PREC=prec,
-        SPLIT_O=split_o,
         num_warps=warps,
         num_stages=stages,
     )
@@ -290,6 +290,10 @@ def fused_sigmoid_gating_delta_rule_prefill(
     Returns o ``[B, T, HV, V]`` in q's dtype.
     """
     check_choice("chunk_size", chunk_size, (CHUNK_SIZE,))
+    check_softplus(softplus_beta, softplus_threshold)
+    for name, val in (("a", a), ("b", b), ("A_log", A_log), ("dt_bias", dt_bias)):
+        if val is None:
+            raise TypeError(f"{name}: expected a torch.Tensor, got None")
     sizes = validate_gdn_args(
         q,
         k,

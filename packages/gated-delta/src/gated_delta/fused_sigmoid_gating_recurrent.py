@@ -146,9 +146,10 @@ def _forward(
     block_v: int | None = None,
     num_warps: int | None = None,
     num_stages: int = 1,
+    stream_state: bool = False,
 ) -> torch.Tensor:
-    """The launch behind the public function; ``block_v``/``num_warps`` override the
-    heuristic (benchmark sweeps)."""
+    """The launch behind the public function; ``block_v``/``num_warps``/``stream_state``
+    (L2 eviction hints on the state) override the heuristic (benchmark sweeps)."""
     check_softplus(softplus_beta, softplus_threshold)
     sizes = validate_gdn_args(
         q,
@@ -245,6 +246,7 @@ def _forward(
         UPDATE_STATE=has_state and not disable_state_update,
         HAS_BUFFER=has_buf,
         USE_L2NORM=bool(use_qk_l2norm_in_kernel),
+        STREAM_STATE=stream_state,
         num_warps=num_warps,
         num_stages=num_stages,
     )

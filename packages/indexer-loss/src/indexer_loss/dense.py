@@ -38,11 +38,13 @@ def _tuned(query: torch.Tensor, key: torch.Tensor) -> bool:
     return H * S * key.shape[1] >= _AUTOTUNE_MIN_WORK
 
 
-def _head_dim_blocks(d: int) -> tuple[int, int]:
-    """``(BLOCK_D, NUM_D)``: one power-of-two block up to 256, else chunks of 128."""
-    if d <= 256:
+def _head_dim_blocks(d: int, dtype: torch.dtype) -> tuple[int, int]:
+    """``(BLOCK_D, NUM_D)``: the whole head dim in one block (kept in registers across the
+    inner loop) up to 128, or 256 for 2-byte types; else chunks of 64, which keep the
+    pipelined query and key tiles of every config inside shared memory."""
+    if d <= 128 or (d <= 256 and dtype != torch.float32):
         return max(16, next_power_of_2(d)), 1
-    return 128, triton.cdiv(d, 128)
+    return 64, triton.cdiv(d, 64)
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -75,7 +77,7 @@ def _launch_target(
     """Forward (``g`` None): per-row KL ``[B, S]`` fp32. Backward: the gradient ``[B, S, L]``."""
     B, H, S, D = query.shape
     L = key.shape[1]
-    block_d, num_d = _head_dim_blocks(D)
+    block_d, num_d = _head_dim_blocks(D, query.dtype)
     m_blocks = B * triton.cdiv(S, _TARGET_BLOCK_M)
     splits = _n_splits(query.device, m_blocks, L)
     grid = make_grid(m_blocks, splits)
@@ -139,7 +141,7 @@ def _forward_rows(
     if B * S == 0 or L == 0:
         # No row has a valid key: loss 0 (and, in backward, gradient 0).
         return torch.zeros((B, S), dtype=torch.float32, device=dev), lse, lsex
-    block_d, num_d = _head_dim_blocks(D)
+    block_d, num_d = _head_dim_blocks(D, query.dtype)
     tuned = _tuned(query, key)
     kernel = _dense_head_lse_tuned if tuned else _dense_head_lse_kernel
     fixed = {} if tuned else {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}

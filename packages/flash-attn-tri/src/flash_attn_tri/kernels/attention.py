@@ -23,6 +23,10 @@ import triton.language as tl
 from tri_shared.offsets import wide
 from tri_shared.softmax import LN2, LOG2E, log2_sum_exp2, online_softmax_update
 
+# lengths, head counts and window sizes change from call to call: specialising on them (value 1,
+# divisibility by 16) would recompile the kernels for every new sequence length
+_NO_SPEC = ["seqlen_q", "seqlen_k", "n_heads", "group", "win_left", "win_right"]
+
 
 @triton.jit
 def _dot(a, b, IEEE: tl.constexpr):
@@ -30,6 +34,25 @@ def _dot(a, b, IEEE: tl.constexpr):
     if IEEE:
         return tl.dot(a, b, input_precision="ieee")
     return tl.dot(a, b)
+
+
+@triton.jit
+def _load(ptrs, rows_ok, cols_ok, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr):
+    """Load a 2-D tile, masking only the dimensions that can be out of bounds (zero fill).
+
+    ``rows_ok`` / ``cols_ok`` are already broadcastable to the tile; the unmasked variants
+    let the compiler vectorise fully inside the sequence with an exact head dim."""
+    if MASK_ROWS:
+        if MASK_COLS:
+            x = tl.load(ptrs, mask=rows_ok & cols_ok, other=0.0)
+        else:
+            x = tl.load(ptrs, mask=rows_ok, other=0.0)
+    else:
+        if MASK_COLS:
+            x = tl.load(ptrs, mask=cols_ok, other=0.0)
+        else:
+            x = tl.load(ptrs)
+    return x
 
 
 @triton.jit
@@ -210,6 +233,8 @@ def _fwd_inner(
     dropout_p,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
     BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr,
     HAS_LEFT: tl.constexpr,
@@ -220,17 +245,15 @@ def _fwd_inner(
     IEEE: tl.constexpr,
 ):
     offs_n0 = tl.arange(0, BLOCK_N)
+    # 64-bit pointers built once and advanced: no per-element 64-bit multiply in the loop
+    k_ptrs = k_base + wide(lo + offs_n0)[None, :] * stride_kn + offs_d[:, None]
+    v_ptrs = v_base + wide(lo + offs_n0)[:, None] * stride_vn + offs_dv[None, :]
+    d_ok = offs_d[:, None] < HEAD_DIM
+    dv_ok = offs_dv[None, :] < HEAD_DIM_V
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
-        kv_rows = wide(offs_n)
-        k_ptrs = k_base + kv_rows[None, :] * stride_kn + offs_d[:, None]
-        v_ptrs = v_base + kv_rows[:, None] * stride_vn + offs_dv[None, :]
-        if MASKED:
-            k = tl.load(
-                k_ptrs, mask=(offs_n[None, :] < seqlen_k) & (offs_d[:, None] < HEAD_DIM), other=0.0
-            )
-        else:
-            k = tl.load(k_ptrs, mask=offs_d[:, None] < HEAD_DIM, other=0.0)
+        # interior blocks (MASKED False) lie entirely inside the key sequence
+        k = _load(k_ptrs, offs_n[None, :] < seqlen_k, d_ok, MASKED, HEAD_DIM != BLOCK_D)
         qk = _dot(q, k, IEEE)
         s, _t = _logits(
             qk,
@@ -251,19 +274,14 @@ def _fwd_inner(
         acc = acc * alpha[:, None]
         if HAS_DROPOUT:
             p = tl.where(_keep(seed, salt, bh, offs_m, offs_n, dropout_p), p, 0.0)
-        if MASKED:
-            v = tl.load(
-                v_ptrs,
-                mask=(offs_n[:, None] < seqlen_k) & (offs_dv[None, :] < HEAD_DIM_V),
-                other=0.0,
-            )
-        else:
-            v = tl.load(v_ptrs, mask=offs_dv[None, :] < HEAD_DIM_V, other=0.0)
+        v = _load(v_ptrs, offs_n[:, None] < seqlen_k, dv_ok, MASKED, HEAD_DIM_V != BLOCK_DV)
+        k_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
         acc += _dot(p.to(v.dtype), v, IEEE)
     return acc, m_i, l_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_NO_SPEC)
 def _fwd_kernel(
     Q,
     K,
@@ -315,7 +333,8 @@ def _fwd_kernel(
     HAS_DROPOUT: tl.constexpr,
     IEEE: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
+    # last query blocks first: under a causal mask they have the most keys (better tail)
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
     q_start, len_q = _seq_range(CU_Q, b, seqlen_q, IS_VARLEN)
@@ -359,20 +378,20 @@ def _fwd_kernel(
     acc, m_i, l_i = _fwd_inner(
         acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, offs_dv,
         lo, mid_lo, len_k, diag, win_left, win_right, qk_scale2, softcap_in, softcap_out2,
-        slope2, seed, salt, bh, dropout_p, HEAD_DIM, HEAD_DIM_V, BLOCK_N, True, HAS_LEFT,
-        HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
+        slope2, seed, salt, bh, dropout_p, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N,
+        True, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
     )  # fmt: skip
     acc, m_i, l_i = _fwd_inner(
         acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, offs_dv,
         mid_lo, mid_hi, len_k, diag, win_left, win_right, qk_scale2, softcap_in, softcap_out2,
-        slope2, seed, salt, bh, dropout_p, HEAD_DIM, HEAD_DIM_V, BLOCK_N, False, HAS_LEFT,
-        HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
+        slope2, seed, salt, bh, dropout_p, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N,
+        False, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
     )  # fmt: skip
     acc, m_i, l_i = _fwd_inner(
         acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, offs_dv,
         mid_hi, hi, len_k, diag, win_left, win_right, qk_scale2, softcap_in, softcap_out2,
-        slope2, seed, salt, bh, dropout_p, HEAD_DIM, HEAD_DIM_V, BLOCK_N, True, HAS_LEFT,
-        HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
+        slope2, seed, salt, bh, dropout_p, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N,
+        True, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
     )  # fmt: skip
 
     # A row that saw no key: l = 0, output 0 and lse = +inf (so the backward's p is 0).
@@ -396,7 +415,7 @@ def _fwd_kernel(
 # ------------------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seqlen_q"])
 def _bwd_preprocess_kernel(
     Out,
     DO,
@@ -476,6 +495,8 @@ def _bwd_dkdv_inner(
     dropout_scale,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr,
     MASKED: tl.constexpr,
     HAS_LEFT: tl.constexpr,
@@ -486,23 +507,25 @@ def _bwd_dkdv_inner(
     IEEE: tl.constexpr,
 ):
     offs_m0 = tl.arange(0, BLOCK_M)
+    q_ptrs = q_base + wide(lo + offs_m0)[:, None] * stride_qs + offs_d[None, :]
+    do_ptrs = do_base + wide(lo + offs_m0)[:, None] * stride_dos + offs_dv[None, :]
+    d_ok = offs_d[None, :] < HEAD_DIM
+    dv_ok = offs_dv[None, :] < HEAD_DIM_V
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
         row_ok = offs_m < len_q
-        rows = wide(offs_m)
-        q = tl.load(
-            q_base + rows[:, None] * stride_qs + offs_d[None, :],
-            mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM),
-            other=0.0,
-        )
-        do = tl.load(
-            do_base + rows[:, None] * stride_dos + offs_dv[None, :],
-            mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V),
-            other=0.0,
-        )
+        # interior blocks (MASKED False) lie entirely inside the query sequence
+        q = _load(q_ptrs, row_ok[:, None], d_ok, MASKED, HEAD_DIM != BLOCK_D)
+        do = _load(do_ptrs, row_ok[:, None], dv_ok, MASKED, HEAD_DIM_V != BLOCK_DV)
+        q_ptrs += BLOCK_M * stride_qs
+        do_ptrs += BLOCK_M * stride_dos
         # rows past the end get lse = +inf, hence p = 0: they contribute nothing
-        lse2 = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf")) * LOG2E
-        delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
+        if MASKED:
+            lse2 = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf")) * LOG2E
+            delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
+        else:
+            lse2 = tl.load(lse_base + offs_m) * LOG2E
+            delta = tl.load(delta_base + offs_m)
         qk = _dot(q, tl.trans(k), IEEE)
         s, t = _logits(
             qk,
@@ -535,7 +558,7 @@ def _bwd_dkdv_inner(
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_NO_SPEC)
 def _bwd_dkdv_kernel(
     Q,
     K,
@@ -645,22 +668,22 @@ def _bwd_dkdv_kernel(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, offs_n,
             offs_d, offs_dv, lo, mid_lo, len_q, len_k, diag, win_left, win_right, qk_scale2,
             softcap_in, softcap_out2, slope2, seed, salt, bh, dropout_p, dropout_scale,
-            HEAD_DIM, HEAD_DIM_V, BLOCK_M, True, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI,
-            HAS_DROPOUT, IEEE,
+            HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_M, True, HAS_LEFT, HAS_RIGHT,
+            IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
         )  # fmt: skip
         dk, dv = _bwd_dkdv_inner(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, offs_n,
             offs_d, offs_dv, mid_lo, mid_hi, len_q, len_k, diag, win_left, win_right, qk_scale2,
             softcap_in, softcap_out2, slope2, seed, salt, bh, dropout_p, dropout_scale,
-            HEAD_DIM, HEAD_DIM_V, BLOCK_M, False, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI,
-            HAS_DROPOUT, IEEE,
+            HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_M, False, HAS_LEFT, HAS_RIGHT,
+            IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
         )  # fmt: skip
         dk, dv = _bwd_dkdv_inner(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, offs_n,
             offs_d, offs_dv, mid_hi, hi, len_q, len_k, diag, win_left, win_right, qk_scale2,
             softcap_in, softcap_out2, slope2, seed, salt, bh, dropout_p, dropout_scale,
-            HEAD_DIM, HEAD_DIM_V, BLOCK_M, True, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI,
-            HAS_DROPOUT, IEEE,
+            HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_M, True, HAS_LEFT, HAS_RIGHT,
+            IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
         )  # fmt: skip
     dk = dk * sm_scale
     tl.store(
@@ -714,6 +737,8 @@ def _bwd_dq_inner(
     dropout_scale,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
     BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr,
     HAS_LEFT: tl.constexpr,
@@ -724,20 +749,17 @@ def _bwd_dq_inner(
     IEEE: tl.constexpr,
 ):
     offs_n0 = tl.arange(0, BLOCK_N)
+    k_ptrs = k_base + wide(lo + offs_n0)[:, None] * stride_kn + offs_d[None, :]
+    v_ptrs = v_base + wide(lo + offs_n0)[:, None] * stride_vn + offs_dv[None, :]
+    d_ok = offs_d[None, :] < HEAD_DIM
+    dv_ok = offs_dv[None, :] < HEAD_DIM_V
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
-        rows = wide(offs_n)
-        col_ok = offs_n < len_k
-        k = tl.load(
-            k_base + rows[:, None] * stride_kn + offs_d[None, :],
-            mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM),
-            other=0.0,
-        )
-        v = tl.load(
-            v_base + rows[:, None] * stride_vn + offs_dv[None, :],
-            mask=col_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V),
-            other=0.0,
-        )
+        # interior blocks (MASKED False) lie entirely inside the key sequence
+        k = _load(k_ptrs, offs_n[:, None] < len_k, d_ok, MASKED, HEAD_DIM != BLOCK_D)
+        v = _load(v_ptrs, offs_n[:, None] < len_k, dv_ok, MASKED, HEAD_DIM_V != BLOCK_DV)
+        k_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
         qk = _dot(q, tl.trans(k), IEEE)
         s, t = _logits(
             qk,
@@ -766,7 +788,7 @@ def _bwd_dq_inner(
     return dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_NO_SPEC)
 def _bwd_dq_kernel(
     Q,
     K,
@@ -824,7 +846,8 @@ def _bwd_dq_kernel(
     HAS_DROPOUT: tl.constexpr,
     IEEE: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
+    # last query blocks first: under a causal mask they have the most keys (better tail)
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
     q_start, len_q = _seq_range(CU_Q, b, seqlen_q, IS_VARLEN)
@@ -870,20 +893,20 @@ def _bwd_dq_kernel(
     dq = _bwd_dq_inner(
         dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, offs_dv,
         lo, mid_lo, len_k, diag, win_left, win_right, qk_scale2, softcap_in, softcap_out2,
-        slope2, seed, salt, bh, dropout_p, dropout_scale, HEAD_DIM, HEAD_DIM_V, BLOCK_N, True,
-        HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
+        slope2, seed, salt, bh, dropout_p, dropout_scale, HEAD_DIM, HEAD_DIM_V, BLOCK_D,
+        BLOCK_DV, BLOCK_N, True, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
     )  # fmt: skip
     dq = _bwd_dq_inner(
         dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, offs_dv,
         mid_lo, mid_hi, len_k, diag, win_left, win_right, qk_scale2, softcap_in, softcap_out2,
-        slope2, seed, salt, bh, dropout_p, dropout_scale, HEAD_DIM, HEAD_DIM_V, BLOCK_N, False,
-        HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
+        slope2, seed, salt, bh, dropout_p, dropout_scale, HEAD_DIM, HEAD_DIM_V, BLOCK_D,
+        BLOCK_DV, BLOCK_N, False, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
     )  # fmt: skip
     dq = _bwd_dq_inner(
         dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, offs_dv,
         mid_hi, hi, len_k, diag, win_left, win_right, qk_scale2, softcap_in, softcap_out2,
-        slope2, seed, salt, bh, dropout_p, dropout_scale, HEAD_DIM, HEAD_DIM_V, BLOCK_N, True,
-        HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
+        slope2, seed, salt, bh, dropout_p, dropout_scale, HEAD_DIM, HEAD_DIM_V, BLOCK_D,
+        BLOCK_DV, BLOCK_N, True, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
     )  # fmt: skip
     dq = dq * sm_scale
     tl.store(

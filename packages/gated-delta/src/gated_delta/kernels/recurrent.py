@@ -82,6 +82,7 @@ def fused_gdn_update_kernel(
     UPDATE_STATE: tl.constexpr,
     HAS_BUFFER: tl.constexpr,
     USE_L2NORM: tl.constexpr,
+    STREAM_STATE: tl.constexpr,
 ):
     # axis 0 carries sequences x value heads (up to 2**31 - 1 programs), axis 1 the V blocks
     i_nh = tl.program_id(0)
@@ -122,7 +123,13 @@ def fused_gdn_update_kernel(
         has_slot = slot >= 0
         # 64-bit: slot * HV * K * V passes 2**31 beyond 4096 slots at HV=32, K=V=128
         p_pool = pool + tl.maximum(slot, 0) * stride_pool + head_off + off_h
-        h = tl.load(p_pool, mask=_mask_if(mask_h, has_slot), other=0.0).to(tl.float32)
+        if STREAM_STATE:
+            # read once, written back once: keep it from evicting anything else in L2
+            h = tl.load(
+                p_pool, mask=_mask_if(mask_h, has_slot), other=0.0, eviction_policy="evict_first"
+            ).to(tl.float32)
+        else:
+            h = tl.load(p_pool, mask=_mask_if(mask_h, has_slot), other=0.0).to(tl.float32)
     else:
         h = tl.zeros_like(off_h).to(tl.float32)
     if HAS_BUFFER:
@@ -172,6 +179,8 @@ def fused_gdn_update_kernel(
 
     if UPDATE_STATE:
         # an empty sequence touches nothing; a negative slot has no state to write
-        tl.store(
-            p_pool, h.to(p_pool.dtype.element_ty), mask=_mask_if(mask_h, has_slot & (eos > bos))
-        )
+        mask_w = _mask_if(mask_h, has_slot & (eos > bos))
+        if STREAM_STATE:
+            tl.store(p_pool, h.to(p_pool.dtype.element_ty), mask=mask_w, cache_modifier=".cs")
+        else:
+            tl.store(p_pool, h.to(p_pool.dtype.element_ty), mask=mask_w)

@@ -41,9 +41,13 @@ def _qk_tile(
     NUM_D: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """``q[offs_m] · k[offs_n]ᵀ`` over the head dim in ``NUM_D`` chunks, fp32 ``[BM, BN]``."""
+    """``q[offs_m] · k[offs_n]ᵀ`` over the head dim in ``NUM_D`` chunks, fp32 ``[BM, BN]``.
+
+    A runtime loop, not unrolled: unrolled chunks would each hold their own pipeline buffers
+    in shared memory (D = 576 in fp32 would not fit).
+    """
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for dc in tl.static_range(NUM_D):
+    for dc in range(NUM_D):
         offs_d, mask_d = block_range(dc * BLOCK_D, BLOCK_D, D)
         q = tl.load(
             tile_pointers(q_base, offs_m, offs_d, stride_qs, stride_qd),
