@@ -10,7 +10,7 @@ vectorised PyTorch reference; FLA's fused_recurrent_gated_delta_rule with a gath
 of the pool slots when ``fla`` is importable.
 
     python3 bench_decode.py            # the table, CSV and PNG
-    python3 bench_decode.py --sweep    # also time every (BLOCK_V, num_warps) per batch size
+    python3 bench_decode.py --sweep    # also a shortlist of launch configs per batch size
 """
 
 from __future__ import annotations
@@ -131,43 +131,53 @@ def fla_baseline():
 
 
 def sweep(ceil) -> list[dict]:
-    """Every (BLOCK_V, num_warps, L2 hints) per batch size, timed from a CUDA graph."""
+    """A shortlist of (BLOCK_V, num_warps) per layout, each with the flat and the 2-D grid,
+    per batch size, timed from a CUDA graph."""
     rows = []
-    configs = [
-        (bv, w, st)
-        for bv in (8, 16, 32, 64, 128)
-        for w in (1, 2, 4, 8)
-        for st in (False, True)
-        if 4 <= bv * K // (32 * w) <= 128  # state elements per thread (more spills)
-    ]
-    for layout in ("kv", "vk"):
+    shortlist = {
+        "kv": [(32, 1), (64, 2), (32, 2), (128, 4), (16, 1)],
+        "vk": [(16, 1), (32, 1), (8, 1), (64, 2), (16, 2)],
+    }
+    for layout, pool_dtype in (
+        ("kv", torch.float32),
+        ("vk", torch.float32),
+        ("kv", torch.bfloat16),
+    ):
         for N in BATCHES:
-            x = make_inputs(N, layout, torch.float32)
+            x = make_inputs(N, layout, pool_dtype)
             found = []
-            for block_v, warps, stream in configs:
+            configs = [(bv, w, fl) for bv, w in shortlist[layout] for fl in (True, False)]
+            for block_v, warps, flat in configs:
                 ms = graph_time(
-                    lambda x=x, bv=block_v, w=warps, lay=layout, st=stream: _forward(
+                    lambda x=x, bv=block_v, w=warps, lay=layout, fl=flat: _forward(
                         *positional(x),
                         state_layout=lay,
                         block_v=bv,
                         num_warps=w,
-                        stream_state=st,
+                        flat_grid=fl,
                     ),
                     warmup=5,
                     rep=20,
                 )
-                frac = ceil.fraction_of_copy(gbps(nbytes(N, torch.float32), ms))
-                row = {"layout": layout, "N": N, "block_v": block_v, "warps": warps}
-                row |= {"stream": stream, "us": ms * 1e3, "frac_copy": frac}
+                frac = ceil.fraction_of_copy(gbps(nbytes(N, pool_dtype), ms))
+                row = {"layout": layout, "pool": str(pool_dtype)[6:], "N": N}
+                row |= {"block_v": block_v, "warps": warps}
+                row |= {"flat_grid": flat, "us": ms * 1e3, "frac_copy": frac}
                 rows.append(row)
                 found.append(row)
             found.sort(key=lambda r: r["us"])
-            auto = pick_config(N * HV, K, V, torch.device("cuda"))
+            auto = pick_config(N * HV, K, V, layout)
             top = [
-                (r["block_v"], r["warps"], r["stream"], round(r["us"], 1), round(r["frac_copy"], 3))
+                (
+                    r["block_v"],
+                    r["warps"],
+                    r["flat_grid"],
+                    round(r["us"], 1),
+                    round(r["frac_copy"], 3),
+                )
                 for r in found[:5]
             ]
-            print(f"sweep {layout} N={N}: heuristic {auto}; best {top}", flush=True)
+            print(f"sweep {layout} {pool_dtype} N={N}: heuristic {auto}; best {top}", flush=True)
     return rows
 
 

@@ -150,33 +150,33 @@ def main() -> int:
     inp = make_inputs(N, L, dev)
     sweep = []
     best = None
-    configs = [(64, 8, 2), (64, 4, 2), (32, 4, 2), (128, 8, 2)]
-    trials = [(so, cfg, 4) for so in (True, False) for cfg in configs]
+    configs = [(128, 8, 2), (128, 8, 3), (64, 8, 2), (128, 16, 2)]
+    trials = [(at, cfg, 4) for at in (True, False) for cfg in configs]
+    trials += [(True, (128, 8, 2), 8), (True, (128, 8, 2), 2)]
     if quick:
         trials = trials[:2]
-    for split_o, cfg, pw in trials:
-        chunk_mod.TUNING.update(state=cfg, prepare_warps=pw, split_o=split_o)
+    for assemble_t, cfg, pw in trials:
+        chunk_mod.TUNING.update(state=cfg, prepare_warps=pw, assemble_t=assemble_t)
         try:
             ms = time_fn(ours_chunk(inp))
         except Exception as exc:  # a config that does not compile on this device
-            print(f"config {cfg} split_o {split_o}: {type(exc).__name__}: {exc}")
+            print(f"config {cfg} assemble_t {assemble_t}: {type(exc).__name__}: {exc}")
             continue
-        sweep.append({"split_o": split_o, "BV,warps,stages": str(cfg), "prep_warps": pw, "ms": ms})
+        row = {"assemble_t": assemble_t, "BV,warps,stages": str(cfg), "prep_warps": pw}
+        sweep.append({**row, "ms": ms})
         if best is None or ms < best[0]:
-            best = (ms, split_o, cfg, pw)
-    if best is not None and not quick:
-        for pw in (2, 8):
-            chunk_mod.TUNING.update(state=best[2], prepare_warps=pw, split_o=best[1])
-            ms = time_fn(ours_chunk(inp))
-            sweep.append(
-                {"split_o": best[1], "BV,warps,stages": str(best[2]), "prep_warps": pw, "ms": ms}
-            )
-            if ms < best[0]:
-                best = (ms, best[1], best[2], pw)
-    print_table(sweep, title=f"sequential-kernel configs, chunk_gated_delta_rule N={N} L={L}")
+            best = (ms, assemble_t, cfg, pw)
+    print_table(sweep, title=f"kernel configs, chunk_gated_delta_rule N={N} L={L}")
     if best is not None:
-        chunk_mod.TUNING.update(split_o=best[1], state=best[2], prepare_warps=best[3])
-        print(f"using split_o={best[1]} state config {best[2]} prepare_warps {best[3]}")
+        chunk_mod.TUNING.update(assemble_t=best[1], state=best[2], prepare_warps=best[3])
+        print(f"using assemble_t={best[1]} state config {best[2]} prepare_warps {best[3]}")
+    chunk_mod.TUNING["prepare_only"] = True
+    prep_ms = time_fn(ours_chunk(inp))
+    chunk_mod.TUNING["prepare_only"] = False
+    print(
+        f"breakdown at N={N} L={L}: chunk kernel {prep_ms:.3f} ms, the rest (sequential "
+        f"kernel + host) {best[0] - prep_ms:.3f} ms"
+    )
 
     # correctness cross-check against FLA and the decode kernel at the headline size
     o_ours, s_ours = ours_chunk(inp)()

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from gated_delta.fused_sigmoid_gating_recurrent import (
+    _forward,
     fused_sigmoid_gating_delta_rule_update,
     launch_grid,
 )
@@ -389,11 +390,33 @@ def test_non_contiguous_inputs(make_decode_args):
     check_against_refs(args, results, out_dtype=torch.float32, pool_dtype=torch.float32)
 
 
-def test_grid_puts_sequence_heads_on_axis_0():
+def test_grid_stays_inside_cuda_limits():
     """The grid math for more than 65535 sequence-heads (the launch itself is a GPU test)."""
-    assert launch_grid(2100, 32, 128, 32) == (67200, 4)
-    assert launch_grid(1, 32, 100, 16) == (32, 7)
-    assert launch_grid(70000, 64, 256, 8)[0] == 70000 * 64
+    assert launch_grid(2100, 32, 128, 32, flat=False) == (67200, 4)
+    assert launch_grid(1, 32, 100, 16, flat=False) == (32, 7)
+    assert launch_grid(70000, 64, 256, 8, flat=False)[0] == 70000 * 64
+    assert launch_grid(2100, 32, 128, 32) == (67200 * 4,)
+    assert launch_grid(1, 32, 100, 16) == (32 * 7,)
+    with pytest.raises(ValueError, match="grid axis 0"):
+        launch_grid(2**22, 64, 256, 8)
+
+
+@pytest.mark.parametrize("flat_grid", [False, True])
+@pytest.mark.parametrize("layout", ["kv", "vk"])
+def test_both_grid_orders(make_decode_args, flat_grid, layout):
+    """Both program orders (flat, V blocks fastest; or 2-D) with several V blocks."""
+    args = make_decode_args(B=2, T=2, H=1, HV=2, K=16, V=40, layout=layout)
+    ref = clone_args(args)
+    out = _forward(
+        *(args[n] for n in POSITIONAL),
+        state_layout=layout,
+        block_v=8,
+        num_warps=1,
+        flat_grid=flat_grid,
+    )
+    out_ref = call(NATIVE, ref, state_layout=layout)
+    assert_close(out, out_ref, max_rel_err=1e-5)
+    assert_close(args["initial_state_source"], ref["initial_state_source"], max_rel_err=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -664,11 +687,15 @@ def test_gpu_native_reference_qwen3_next(make_decode_args):
 
 
 @pytest.mark.gpu
-def test_gpu_more_than_65535_sequence_heads(make_decode_args):
-    N, HV = 2100, 32  # 67200 sequence-heads on grid axis 0
+@pytest.mark.parametrize("flat_grid", [True, False])
+def test_gpu_more_than_65535_sequence_heads(make_decode_args, flat_grid):
+    N, HV = 2100, 32  # 67200 sequence-heads
     args = make_decode_args(B=N, T=1, H=8, HV=HV, K=8, V=8, num_slots=N + 5)
-    results = run_all(args, refs=(OPTIMIZED,))
-    check_against_refs(args, results, out_dtype=torch.float32, pool_dtype=torch.float32)
+    ref = clone_args(args)
+    out = _forward(*(args[n] for n in POSITIONAL), flat_grid=flat_grid)
+    out_ref = call(OPTIMIZED, ref)
+    assert_close(out, out_ref, max_rel_err=1e-5)
+    assert_close(args["initial_state_source"], ref["initial_state_source"], max_rel_err=1e-5)
 
 
 @pytest.mark.gpu

@@ -35,9 +35,7 @@ def _decode_case(device: torch.device) -> DemoCase:
 
     # each call starts from the same pool (a copy), so repeated timing runs stay comparable
     def run() -> torch.Tensor:
-        return fused_sigmoid_gating_delta_rule_update(
-            *args, pool.clone(), idx, None, True
-        )
+        return fused_sigmoid_gating_delta_rule_update(*args, pool.clone(), idx, None, True)
 
     def reference() -> torch.Tensor:
         return fused_sigmoid_gating_delta_rule_update_native_optimized(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from tri_shared.launch import cdiv, make_grid, next_power_of_2, num_sms
+from tri_shared.launch import cdiv, make_grid, next_power_of_2
 
 from ._validate import check_softplus, validate_gdn_args, validate_intermediate_buffer
 from .kernels.recurrent import fused_gdn_update_kernel
@@ -29,28 +29,36 @@ def _token_head_3d(x: torch.Tensor, B: int, T: int) -> torch.Tensor:
     return _last_dim_contiguous(x)
 
 
-def pick_config(n_heads_total: int, K: int, V: int, device: torch.device) -> tuple[int, int]:
+def pick_config(n_heads_total: int, K: int, V: int, layout: str = "kv") -> tuple[int, int]:
     """``(BLOCK_V, num_warps)`` for ``n_heads_total = N * HV`` sequence-heads.
 
-    Take the widest V block (fewest redundant q/k loads, longest contiguous runs) that still
-    leaves a few programs per SM, so small batches keep enough bytes in flight; warps scale
-    with the tile so each thread holds about 32 state elements.
+    From a sweep on an H200 at the Qwen3-Next shape (K = V = 128, fp32 pool, see
+    BENCHMARKS.md): few warps, each thread holding 64-128 state elements, are fastest (more
+    bytes in flight per thread, cheap reductions). "kv" (V contiguous) wants wide V blocks
+    once the batch fills the GPU (64 at N·HV >= 1024, else 32 for more programs); "vk"
+    (K contiguous, rows of 512 B already) wants narrow V blocks (16, or 32 from N·HV >= 8192).
     """
     block_k = next_power_of_2(K)
     full_v = next_power_of_2(V)
-    sms = num_sms(device.index or 0) if device.type == "cuda" else 1
-    block_v = min(full_v, 8)
-    for cand in (64, 32, 16, 8):
-        if cand <= full_v and n_heads_total * cdiv(V, cand) >= 4 * sms:
-            block_v = cand
-            break
-    num_warps = max(1, min(8, block_k * block_v // (32 * 32)))
+    if layout == "kv":
+        block_v = 64 if n_heads_total >= 1024 else 32
+    else:
+        block_v = 32 if n_heads_total >= 8192 else 16
+    block_v = max(1, min(block_v, full_v))
+    # about 128 state elements per thread (64 lanes of 2 warps at K = 128, BLOCK_V = 64)
+    num_warps = max(1, min(8, block_k * block_v // (32 * 128)))
     return block_v, num_warps
 
 
-def launch_grid(N: int, HV: int, V: int, block_v: int) -> tuple[int, ...]:
-    """``(N * HV, cdiv(V, block_v))``: sequence-heads on axis 0, which allows 2**31 - 1
-    programs (axis 1 stops at 65535 and only holds the few V blocks)."""
+def launch_grid(N: int, HV: int, V: int, block_v: int, *, flat: bool = True) -> tuple[int, ...]:
+    """The launch grid, inside CUDA's limits for any batch (``make_grid`` raises otherwise).
+
+    ``flat`` (the default): one axis of ``N * HV * cdiv(V, block_v)`` programs, V blocks
+    fastest, up to 2**31 - 1 programs. Else ``(N * HV, cdiv(V, block_v))``: sequence-heads on
+    axis 0, the few V blocks on axis 1 (which stops at 65535).
+    """
+    if flat:
+        return make_grid(N * HV * cdiv(V, block_v))
     return make_grid(N * HV, cdiv(V, block_v))
 
 
@@ -147,9 +155,11 @@ def _forward(
     num_warps: int | None = None,
     num_stages: int = 1,
     stream_state: bool = False,
+    flat_grid: bool = True,
 ) -> torch.Tensor:
     """The launch behind the public function; ``block_v``/``num_warps``/``stream_state``
-    (L2 eviction hints on the state) override the heuristic (benchmark sweeps)."""
+    (L2 eviction hints on the state)/``flat_grid`` override the defaults (benchmark
+    sweeps)."""
     check_softplus(softplus_beta, softplus_threshold)
     sizes = validate_gdn_args(
         q,
@@ -193,11 +203,11 @@ def _forward(
     buf_idx = intermediate_state_indices.contiguous() if has_buf else o
     cu = cu_seqlens.contiguous() if cu_seqlens is not None else o
 
-    auto_bv, auto_warps = pick_config(N * HV, K, V, q.device)
+    auto_bv, auto_warps = pick_config(N * HV, K, V, state_layout)
     block_v = auto_bv if block_v is None else block_v
     num_warps = auto_warps if num_warps is None else num_warps
     red = 0 if state_layout == "kv" else 1
-    grid = launch_grid(N, HV, V, block_v)
+    grid = launch_grid(N, HV, V, block_v, flat=flat_grid)
     fused_gdn_update_kernel[grid](
         A_log,
         a3,
@@ -247,6 +257,7 @@ def _forward(
         HAS_BUFFER=has_buf,
         USE_L2NORM=bool(use_qk_l2norm_in_kernel),
         STREAM_STATE=stream_state,
+        FLAT_GRID=flat_grid,
         num_warps=num_warps,
         num_stages=num_stages,
     )

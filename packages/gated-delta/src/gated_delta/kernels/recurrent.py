@@ -83,10 +83,19 @@ def fused_gdn_update_kernel(
     HAS_BUFFER: tl.constexpr,
     USE_L2NORM: tl.constexpr,
     STREAM_STATE: tl.constexpr,
+    FLAT_GRID: tl.constexpr,
 ):
-    # axis 0 carries sequences x value heads (up to 2**31 - 1 programs), axis 1 the V blocks
-    i_nh = tl.program_id(0)
-    i_vb = tl.program_id(1)
+    if FLAT_GRID:
+        # one axis, V blocks fastest: the blocks of one head run side by side, so a head's
+        # state (one contiguous region of the pool) is read and written at one time
+        NV = (V + BLOCK_V - 1) // BLOCK_V
+        pid = tl.program_id(0)
+        i_nh = pid // NV
+        i_vb = pid % NV
+    else:
+        # axis 0 carries sequences x value heads (up to 2**31 - 1 programs), axis 1 V blocks
+        i_nh = tl.program_id(0)
+        i_vb = tl.program_id(1)
     i_n = i_nh // HV
     i_hv = i_nh % HV
     i_h = i_hv // (HV // H)
