@@ -28,6 +28,7 @@ def _qkv(shape_q, shape_k, dv, dtype, seed):
         (torch.bfloat16, 192, 128, True, 513, 513, 4, 1),
         (torch.bfloat16, 256, 256, False, 300, 700, 2, 2),
         (torch.float16, 40, 40, False, 2047, 2047, 2, 1),
+        (torch.bfloat16, 128, 128, False, 1100, 900, 4, 2),
     ],
 )
 def test_large(check_grads, dtype, d, dv, causal, sq, sk, heads, heads_k):
