@@ -166,7 +166,7 @@ def sweep(ceil) -> list[dict]:
                 rows.append(row)
                 found.append(row)
             found.sort(key=lambda r: r["us"])
-            auto = pick_config(N * HV, K, V, layout)
+            auto = pick_config(N * HV, K, V, layout, pool_dtype.itemsize)
             top = [
                 (
                     r["block_v"],

@@ -29,21 +29,26 @@ def _token_head_3d(x: torch.Tensor, B: int, T: int) -> torch.Tensor:
     return _last_dim_contiguous(x)
 
 
-def pick_config(n_heads_total: int, K: int, V: int, layout: str = "kv") -> tuple[int, int]:
+def pick_config(
+    n_heads_total: int, K: int, V: int, layout: str = "kv", state_bytes: int = 4
+) -> tuple[int, int]:
     """``(BLOCK_V, num_warps)`` for ``n_heads_total = N * HV`` sequence-heads.
 
-    From a sweep on an H200 at the Qwen3-Next shape (K = V = 128, fp32 pool, see
-    BENCHMARKS.md): few warps, each thread holding 64-128 state elements, are fastest (more
-    bytes in flight per thread, cheap reductions). "kv" (V contiguous) wants wide V blocks
-    once the batch fills the GPU (64 at N·HV >= 1024, else 32 for more programs); "vk"
-    (K contiguous, rows of 512 B already) wants narrow V blocks (16, or 32 from N·HV >= 8192).
+    From a sweep on an H200 at the Qwen3-Next shape (K = V = 128, see BENCHMARKS.md): few
+    warps, each thread holding 64-128 state elements, are fastest (more bytes in flight per
+    thread, cheap reductions). fp32 "kv" (V contiguous) wants wide V blocks once the batch
+    fills the GPU (64 at N·HV >= 1024, else 32 for more programs); fp32 "vk" (K contiguous,
+    rows of 512 B already) wants narrow V blocks (8 from N·HV >= 4096, else 16) on one warp;
+    2-byte pools ("kv") do best with 32-wide V blocks on one warp.
     """
     block_k = next_power_of_2(K)
     full_v = next_power_of_2(V)
+    if layout == "kv" and state_bytes < 4:
+        return max(1, min(32, full_v)), 1
     if layout == "kv":
         block_v = 64 if n_heads_total >= 1024 else 32
     else:
-        block_v = 32 if n_heads_total >= 8192 else 16
+        block_v = 8 if n_heads_total >= 4096 else 16
     block_v = max(1, min(block_v, full_v))
     # about 128 state elements per thread (64 lanes of 2 warps at K = 128, BLOCK_V = 64)
     num_warps = max(1, min(8, block_k * block_v // (32 * 128)))
@@ -203,7 +208,8 @@ def _forward(
     buf_idx = intermediate_state_indices.contiguous() if has_buf else o
     cu = cu_seqlens.contiguous() if cu_seqlens is not None else o
 
-    auto_bv, auto_warps = pick_config(N * HV, K, V, state_layout)
+    state_bytes = initial_state_source.element_size() if has_state else 4
+    auto_bv, auto_warps = pick_config(N * HV, K, V, state_layout, state_bytes)
     block_v = auto_bv if block_v is None else block_v
     num_warps = auto_warps if num_warps is None else num_warps
     red = 0 if state_layout == "kv" else 1
