@@ -55,6 +55,12 @@ def test_options_bf16(check_grads):
     check_grads(out, ref64, reflow, (q, k, v), grad_out)
 
 
+def test_cpu_tensor_rejected():
+    q = torch.randn(1, 8, 2, 32, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"^q: expected a CUDA tensor"):
+        flash_attn_func(q, q, q)
+
+
 def test_deterministic_gradients():
     q, k, v = _qkv((2, 1000, 16, 128), (2, 1000, 2, 128), 128, torch.bfloat16, seed=9)
     dout = torch.randn(2, 1000, 16, 128, device="cuda", dtype=torch.bfloat16)

@@ -378,6 +378,9 @@ def _check_common(
         check_tensor(name, t, dtypes=FLOAT_DTYPES)
     check_same_dtype(q=q, k=k, v=v)
     check_same_device(q=q, k=k, v=v)
+    if not is_interpreter() and q.device.type != "cuda":
+        # compiled Triton kernels only run on the GPU; the interpreter runs on CPU tensors
+        raise ValueError(f"q: expected a CUDA tensor, got one on {q.device}")
     d = q.shape[-1]
     if k.shape[-1] != d:
         raise ValueError(f"k: expected head dim {d} (the head dim of q), got {k.shape[-1]}")
