@@ -25,8 +25,27 @@ shift || true
 case "$cmd" in
   test)
     "$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, "cuda", torch.cuda.is_available())'
-    set -o pipefail
-    "$PY" -m pytest -p no:cacheprovider "$@" 2>&1 | tee "$results/gpu-test.log"
+    if [ $# -gt 0 ]; then
+      "$PY" -m pytest -p no:cacheprovider "$@" 2>&1 | tee "$results/gpu-test.log"
+      exit "${PIPESTATUS[0]}"
+    fi
+    # No arguments: one pytest per package, side by side (kernel compilation is CPU-bound and
+    # the machine has many cores; pytest-xdist is not there), then a summary.
+    pids=()
+    names=()
+    for target in shared packages/* tests_integration; do
+      [ -d "$target" ] || continue
+      name=$(basename "$target")
+      "$PY" -m pytest -p no:cacheprovider -q "$target" >"$results/gpu-test-$name.log" 2>&1 &
+      pids+=($!)
+      names+=("$name")
+    done
+    status=0
+    for i in "${!pids[@]}"; do
+      if wait "${pids[$i]}"; then verdict=passed; else verdict=FAILED; status=1; fi
+      echo "${names[$i]}: $verdict: $(tail -n 1 "$results/gpu-test-${names[$i]}.log")"
+    done
+    exit $status
     ;;
   bench)
     pkg=${1:-}
