@@ -4,8 +4,9 @@
    parallel): gates (given, or computed from ``a``/``b`` as in the decode op), their
    cumulative sum G inside the chunk, the strictly lower matrix
    A = tril(beta_t exp(G_t - G_s) k_t . k_s, -1), its unit-lower inverse T = (I + A)^-1 by
-   blocks of 16 (forward substitution on the four diagonal blocks, products for the rest),
-   and the WY factors w = T (beta exp(G) K), u = T (beta V).
+   blocks of 16 (the nilpotent product (I - A)(I + A^2)(I + A^4)(I + A^8) on the four
+   diagonal blocks, products for the rest), and the WY factors w = T (beta exp(G) K),
+   u = T (beta V).
 2. ``chunk_state_output_kernel`` (one program per sequence, value head and block of V,
    sequential over the sequence's chunks): state S lives in registers; per chunk
    U = u - w S, O = scale (exp(G) Q S + tril(Q K^T exp(G_t - G_s)) U),
