@@ -11,10 +11,19 @@ from indexer_loss import compute_index_loss_sparse, sparse_attention_target
 from tri_shared.testing import assert_close, generator, randn
 
 
-@pytest.mark.parametrize(("heads", "queries", "keys", "dim"), [(4, 24, 40, 32), (3, 17, 17, 40)])
-def test_target_equals_head_averaged_probabilities_from_lse(device, heads, queries, keys, dim):
-    query = randn((1, heads, queries, dim), seed=1, device=device)
-    key = randn((1, keys, dim), seed=2, device=device)
+@pytest.mark.parametrize(
+    ("heads", "queries", "keys", "dim", "dtype"),
+    [
+        (4, 24, 40, 32, torch.float32),
+        (3, 17, 17, 40, torch.float16),
+        pytest.param(16, 1024, 2048, 128, torch.bfloat16, marks=pytest.mark.gpu, id="realistic"),
+    ],
+)
+def test_target_equals_head_averaged_probabilities_from_lse(
+    device, heads, queries, keys, dim, dtype
+):
+    query = randn((1, heads, queries, dim), seed=1, device=device, dtype=dtype)
+    key = randn((1, keys, dim), seed=2, device=device, dtype=dtype)
     scaling = dim**-0.5
     chunk_offset = keys - queries  # the queries are the last `queries` positions
     every_key = torch.arange(keys, device=device).expand(1, queries, keys).contiguous()
@@ -23,7 +32,7 @@ def test_target_equals_head_averaged_probabilities_from_lse(device, heads, queri
 
     # one shared key head (MQA); causal masking in flash_attn is aligned to the bottom right,
     # which is exactly position chunk_offset + t for query row t
-    value = randn((1, keys, 1, dim), seed=3, device=device)
+    value = randn((1, keys, 1, dim), seed=3, device=device, dtype=dtype)
     _, lse, _ = flash_attn_func(
         query.transpose(1, 2).contiguous(),
         key[:, :, None, :].contiguous(),
@@ -36,7 +45,13 @@ def test_target_equals_head_averaged_probabilities_from_lse(device, heads, queri
     rows = torch.arange(queries, device=device)[:, None] + chunk_offset
     causal = torch.arange(keys, device=device)[None, :] <= rows
     probs = torch.exp(scores - lse.double()[..., None]).masked_fill(~causal, 0.0)
-    assert_close(target, probs.mean(1), max_rel_err=1e-4, name="attention target")
+    # both sides score the same low-precision inputs in fp32; they differ by rounding only
+    assert_close(
+        target,
+        probs.mean(1),
+        max_rel_err=1e-4 if dtype == torch.float32 else 1e-3,
+        name="attention target",
+    )
     assert torch.allclose(
         target.sum(-1), torch.ones(1, queries, dtype=target.dtype, device=device), atol=1e-5
     )

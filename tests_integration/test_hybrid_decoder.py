@@ -19,15 +19,16 @@ from gated_delta import (
 )
 from tri_shared.testing import assert_close, generator, randperm
 
-D_MODEL = 48
-GDN = {"H": 2, "HV": 4, "K": 16, "V": 16}
-ATTN = {"HQ": 4, "HKV": 2, "D": 16}
+SMALL = {"D_MODEL": 48, "H": 2, "HV": 4, "K": 16, "V": 16, "HQ": 4, "HKV": 2, "D": 16}
+# Qwen3-Next-like head sizes for the GPU run
+REALISTIC = {"D_MODEL": 1024, "H": 4, "HV": 8, "K": 128, "V": 128, "HQ": 8, "HKV": 2, "D": 128}
 
 
 class GatedDeltaLayer(torch.nn.Module):
-    def __init__(self, g: torch.Generator):
+    def __init__(self, cfg: dict, g: torch.Generator):
         super().__init__()
-        H, HV, K, V = GDN["H"], GDN["HV"], GDN["K"], GDN["V"]
+        self.cfg = cfg
+        H, HV, K, V, D_MODEL = cfg["H"], cfg["HV"], cfg["K"], cfg["V"], cfg["D_MODEL"]
         self.in_proj = torch.nn.Linear(D_MODEL, 2 * H * K + HV * V + 2 * HV, bias=False)
         self.out_proj = torch.nn.Linear(HV * V, D_MODEL, bias=False)
         with torch.no_grad():
@@ -38,7 +39,7 @@ class GatedDeltaLayer(torch.nn.Module):
 
     def forward(self, x, pool, slots, *, decode: bool):
         B, T, _ = x.shape
-        H, HV, K, V = GDN["H"], GDN["HV"], GDN["K"], GDN["V"]
+        H, HV, K, V = (self.cfg[n] for n in ("H", "HV", "K", "V"))
         q, k, v, a, b = self.in_proj(x).split([H * K, H * K, HV * V, HV, HV], dim=-1)
         q, k = q.reshape(B, T, H, K), k.reshape(B, T, H, K)
         v = v.reshape(B, T, HV, V)
@@ -65,9 +66,10 @@ class GatedDeltaLayer(torch.nn.Module):
 
 
 class AttentionLayer(torch.nn.Module):
-    def __init__(self, g: torch.Generator):
+    def __init__(self, cfg: dict, g: torch.Generator):
         super().__init__()
-        HQ, HKV, D = ATTN["HQ"], ATTN["HKV"], ATTN["D"]
+        self.cfg = cfg
+        HQ, HKV, D, D_MODEL = cfg["HQ"], cfg["HKV"], cfg["D"], cfg["D_MODEL"]
         self.qkv = torch.nn.Linear(D_MODEL, (HQ + 2 * HKV) * D, bias=False)
         self.out_proj = torch.nn.Linear(HQ * D, D_MODEL, bias=False)
         with torch.no_grad():
@@ -76,7 +78,7 @@ class AttentionLayer(torch.nn.Module):
 
     def forward(self, x, cache: dict | None):
         B, T, _ = x.shape
-        HQ, HKV, D = ATTN["HQ"], ATTN["HKV"], ATTN["D"]
+        HQ, HKV, D = (self.cfg[n] for n in ("HQ", "HKV", "D"))
         q, k, v = self.qkv(x).split([HQ * D, HKV * D, HKV * D], dim=-1)
         q, k, v = q.reshape(B, T, HQ, D), k.reshape(B, T, HKV, D), v.reshape(B, T, HKV, D)
         if cache is not None:
@@ -89,18 +91,19 @@ class AttentionLayer(torch.nn.Module):
 
 
 class HybridDecoder(torch.nn.Module):
-    def __init__(self, seed: int, n_pairs: int = 2):
+    def __init__(self, cfg: dict, seed: int, n_pairs: int = 2):
         super().__init__()
+        self.d_model = cfg["D_MODEL"]
         g = generator(seed)
         self.layers = torch.nn.ModuleList()
         for _ in range(n_pairs):
-            self.layers.append(GatedDeltaLayer(g))
-            self.layers.append(AttentionLayer(g))
+            self.layers.append(GatedDeltaLayer(cfg, g))
+            self.layers.append(AttentionLayer(cfg, g))
 
     def forward(self, x, pools, slots, caches=None, *, decode=False):
         n_gdn = 0
         for i, layer in enumerate(self.layers):
-            h = F.layer_norm(x, (D_MODEL,))
+            h = F.layer_norm(x, (self.d_model,))
             if isinstance(layer, GatedDeltaLayer):
                 x = x + layer(h, pools[n_gdn], slots, decode=decode)
                 n_gdn += 1
@@ -109,34 +112,41 @@ class HybridDecoder(torch.nn.Module):
         return x
 
 
-def _pools(model, num_slots, device):
-    HV, K, V = GDN["HV"], GDN["K"], GDN["V"]
+def _empty_pools(model, cfg, num_slots, device):
     n = sum(isinstance(m, GatedDeltaLayer) for m in model.layers)
-    return [torch.randn(num_slots, HV, K, V, device=device) for _ in range(n)]
+    shape = (num_slots, cfg["HV"], cfg["K"], cfg["V"])
+    return [torch.zeros(shape, device=device) for _ in range(n)]
 
 
-@pytest.mark.parametrize(("batch", "prompt", "new_tokens"), [(2, 70, 5), (1, 1, 3)])
-def test_prefill_then_decode_equals_one_pass(device, on_gpu, batch, prompt, new_tokens):
-    torch.manual_seed(batch * 100 + prompt)
-    model = HybridDecoder(seed=prompt).to(device)
+@pytest.mark.parametrize(
+    ("cfg", "batch", "prompt", "new_tokens"),
+    [
+        (SMALL, 2, 70, 5),
+        (SMALL, 1, 1, 3),
+        pytest.param(REALISTIC, 3, 777, 6, marks=pytest.mark.gpu, id="realistic"),
+    ],
+)
+def test_prefill_then_decode_equals_one_pass(device, on_gpu, cfg, batch, prompt, new_tokens):
+    model = HybridDecoder(cfg, seed=prompt).to(device)
     total = prompt + new_tokens
-    x = torch.randn(batch, total, D_MODEL, generator=generator(7)).to(device)
+    x = torch.randn(batch, total, cfg["D_MODEL"], generator=generator(7)).to(device)
     num_slots = batch + 3
     slots = randperm(num_slots, seed=prompt, dtype=torch.int32)[:batch].to(device)
 
     with torch.no_grad():
         # one pass over the whole sequence, starting from zero states in its own pool slots
-        full_pools = [torch.zeros_like(p) for p in _pools(model, num_slots, device)]
+        full_pools = _empty_pools(model, cfg, num_slots, device)
         full = model(x, full_pools, slots)
 
-        pools = [torch.zeros_like(p) for p in _pools(model, num_slots, device)]
+        pools = _empty_pools(model, cfg, num_slots, device)
         caches = [{} for _ in model.layers]
         steps = [model(x[:, :prompt], pools, slots, caches)]
         for t in range(prompt, total):
             steps.append(model(x[:, t : t + 1], pools, slots, caches, decode=True))
         incremental = torch.cat(steps, 1)
 
-    limit = 2e-3 if on_gpu else 1e-4  # the GPU's chunked path uses tf32 dots for fp32 inputs
+    # fp32 throughout; the two paths sum in different orders (chunks against steps)
+    limit = 1e-3 if on_gpu else 1e-4
     assert_close(incremental, full, max_rel_err=limit, name="hybrid decoder output")
     for got, want in zip(pools, full_pools, strict=True):
         assert_close(got, want, max_rel_err=limit, name="final state pool")

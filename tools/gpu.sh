@@ -29,23 +29,21 @@ case "$cmd" in
       "$PY" -m pytest -p no:cacheprovider "$@" 2>&1 | tee "$results/gpu-test.log"
       exit "${PIPESTATUS[0]}"
     fi
-    # No arguments: one pytest per package, side by side (kernel compilation is CPU-bound and
-    # the machine has many cores; pytest-xdist is not there), then a summary.
-    pids=()
-    names=()
-    for target in shared packages/* tests_integration; do
-      [ -d "$target" ] || continue
-      name=$(basename "$target")
-      "$PY" -m pytest -p no:cacheprovider -q "$target" >"$results/gpu-test-$name.log" 2>&1 &
-      pids+=($!)
-      names+=("$name")
-    done
-    status=0
-    for i in "${!pids[@]}"; do
-      if wait "${pids[$i]}"; then verdict=passed; else verdict=FAILED; status=1; fi
-      echo "${names[$i]}: $verdict: $(tail -n 1 "$results/gpu-test-${names[$i]}.log")"
-    done
-    exit $status
+    # No arguments: one pytest per test file, up to $JOBS at a time (kernel compilation is
+    # CPU-bound and the machine has many cores; pytest-xdist is not there), then a summary.
+    jobs=${JOBS:-12}
+    find shared packages tests_integration -name 'test_*.py' -not -path '*/.venv/*' | sort >"$results/test-files.txt"
+    export results PY
+    run_one() {
+      log="$results/gpu-test-$(echo "$1" | tr '/' '_').log"
+      if "$PY" -m pytest -p no:cacheprovider -q "$1" >"$log" 2>&1; then v=passed; else v=FAILED; fi
+      echo "$v $1: $(tail -n 1 "$log")"
+    }
+    export -f run_one
+    xargs -P "$jobs" -I{} bash -c 'run_one {}' <"$results/test-files.txt" | tee "$results/gpu-test-summary.txt"
+    cat "$results"/gpu-test-*.log >"$results/gpu-test.log"
+    rm -f "$results"/gpu-test-*_*.log
+    ! grep -q '^FAILED' "$results/gpu-test-summary.txt"
     ;;
   bench)
     pkg=${1:-}

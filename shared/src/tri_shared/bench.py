@@ -120,10 +120,18 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
     if columns is None:
         columns = list(dict.fromkeys(k for r in rows for k in r))
     cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
+    # numbers right-aligned, text left-aligned
+    numeric = [all(isinstance(r.get(c), (int, float)) for r in rows) for c in columns]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()
     out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    for row in cells:
+        out.append(
+            "  ".join(
+                v.rjust(w) if num else v.ljust(w)
+                for v, w, num in zip(row, widths, numeric, strict=True)
+            ).rstrip()
+        )
     return "\n".join(out)
 
 

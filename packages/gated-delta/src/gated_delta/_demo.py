@@ -1,4 +1,4 @@
-"""Demo cases of the gated-delta decode operator (see :mod:`tri_shared.demo`)."""
+"""Demo cases of the gated-delta operators (see :mod:`tri_shared.demo`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 from tri_shared.demo import DemoCase
 from tri_shared.testing import randn, randperm
 
+from .chunk import fused_sigmoid_gating_delta_rule_prefill
 from .fused_sigmoid_gating_recurrent import fused_sigmoid_gating_delta_rule_update
 from .reference import fused_sigmoid_gating_delta_rule_update_native_optimized
 
@@ -53,5 +54,49 @@ def _decode_case(device: torch.device) -> DemoCase:
     )
 
 
+def _prefill_case(device: torch.device) -> DemoCase:
+    # varlen prefill of a few prompts (one of length 1) into pool slots, against the
+    # recurrent reference on the same inputs
+    if device.type == "cuda":
+        lengths, H, HV, K, V, dtype = [1000, 1, 3000, 257], 16, 32, 128, 128, torch.bfloat16
+    else:
+        lengths, H, HV, K, V, dtype = [70, 1, 130], 2, 4, 32, 32, torch.float32
+    N, T = len(lengths), sum(lengths)
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=device)
+    slots = 2 * N
+    pool = randn((slots, HV, K, V), seed=17, device=device, scale=0.1)
+    idx = randperm(slots, seed=18, device=device)[:N].to(torch.int32)
+    args = (
+        randn((HV,), seed=10, device=device, scale=0.5),
+        randn((T, HV), seed=11, device=device, dtype=dtype),
+        randn((HV,), seed=12, device=device),
+        1.0,
+        20.0,
+        randn((1, T, H, K), seed=13, device=device, dtype=dtype),
+        randn((1, T, H, K), seed=14, device=device, dtype=dtype),
+        randn((1, T, HV, V), seed=15, device=device, dtype=dtype),
+        randn((T, HV), seed=16, device=device, dtype=dtype),
+    )
+
+    def run() -> torch.Tensor:
+        return fused_sigmoid_gating_delta_rule_prefill(
+            *args, pool.clone(), idx, None, True, cu_seqlens
+        )
+
+    def reference() -> torch.Tensor:
+        return fused_sigmoid_gating_delta_rule_update_native_optimized(
+            *args, pool.clone(), idx, None, True, cu_seqlens
+        )
+
+    name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    return DemoCase(
+        "gated_delta.fused_sigmoid_gating_delta_rule_prefill",
+        f"varlen {lengths} H={H} HV={HV} K=V={K} {name}, fp32 pool",
+        run,
+        reference,
+        1e-2 if dtype == torch.bfloat16 else 1e-5,
+    )
+
+
 def cases(device: torch.device) -> list[DemoCase]:
-    return [_decode_case(device)]
+    return [_decode_case(device), _prefill_case(device)]

@@ -1,0 +1,146 @@
+"""Run every kernel once on small, odd shapes (forward and backward, masked edges, varlen
+with empty sequences, negative slots) so that ``compute-sanitizer`` can check each launch:
+
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python3 tools/sanitize.py
+
+(The caching allocator is off so that an access past a tensor's end leaves its allocation.)
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # a dry run through the interpreter, to check the script
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from tri_shared import row_softmax
+from tri_shared.testing import randint, randn
+
+dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+LOW = torch.bfloat16 if dev.type == "cuda" else torch.float16  # no bf16 in the interpreter
+
+
+def rn(*shape, seed, dtype=None, scale=1.0):
+    return randn(shape, seed=seed, device=dev, dtype=dtype or LOW, scale=scale)
+
+
+def shared_kernels():
+    row_softmax(rn(37, 1500, seed=0))
+
+
+def gated_delta():
+    from gated_delta import (
+        chunk_gated_delta_rule,
+        fused_sigmoid_gating_delta_rule_prefill,
+        fused_sigmoid_gating_delta_rule_update,
+    )
+
+    H, HV, K, V = 2, 6, 96, 80
+    lengths = [65, 0, 1, 130]
+    T = sum(lengths)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=dev)
+    for layout in ("kv", "vk"):
+        shape = (7, HV, K, V) if layout == "kv" else (7, HV, V, K)
+        pool = rn(*shape, seed=1, dtype=torch.float32, scale=0.1)
+        idx = torch.tensor([3, -1, 0, 6], device=dev, dtype=torch.int32)
+        gates = (
+            rn(HV, seed=2, dtype=torch.float32),
+            rn(T, HV, seed=3),
+            rn(HV, seed=4, dtype=torch.float32),
+        )
+        qkv = (rn(1, T, H, K, seed=5), rn(1, T, H, K, seed=6), rn(1, T, HV, V, seed=7))
+        b = rn(T, HV, seed=8)
+        for op in (fused_sigmoid_gating_delta_rule_update, fused_sigmoid_gating_delta_rule_prefill):
+            op(
+                gates[0],
+                gates[1],
+                gates[2],
+                1.0,
+                20.0,
+                *qkv,
+                b,
+                pool,
+                idx,
+                None,
+                True,
+                cu,
+                state_layout=layout,
+            )
+        # speculative verify: per-step states into a buffer
+        N, Tv = 3, 4
+        buf_shape = (5, Tv, *shape[1:])
+        buf = torch.zeros(buf_shape, device=dev)
+        fused_sigmoid_gating_delta_rule_update(
+            gates[0],
+            rn(N * Tv, HV, seed=9),
+            gates[2],
+            1.0,
+            20.0,
+            rn(N, Tv, H, K, seed=10),
+            rn(N, Tv, H, K, seed=11),
+            rn(N, Tv, HV, V, seed=12),
+            rn(N * Tv, HV, seed=13),
+            pool,
+            torch.tensor([1, 2, -1], device=dev),
+            state_layout=layout,
+            disable_state_update=True,
+            intermediate_states_buffer=buf,
+            intermediate_state_indices=torch.tensor([4, -1, 0], device=dev),
+            cache_steps=Tv,
+        )
+    g = -torch.rand(1, 200, HV, device=dev)
+    beta = torch.rand(1, 200, HV, device=dev)
+    chunk_gated_delta_rule(
+        rn(1, 200, H, K, seed=14),
+        rn(1, 200, H, K, seed=15),
+        rn(1, 200, HV, V, seed=16),
+        g,
+        beta,
+        output_final_state=True,
+        use_qk_l2norm_in_kernel=True,
+    )
+
+
+def flash_attn():
+    from flash_attn_tri import flash_attn_func, flash_attn_varlen_func
+
+    q = rn(2, 113, 6, 96, seed=20).requires_grad_()
+    k = rn(2, 203, 2, 96, seed=21).requires_grad_()
+    v = rn(2, 203, 2, 96, seed=22).requires_grad_()
+    for kwargs in (
+        {"causal": True},
+        {"window_size": (17, 5), "softcap": 30.0},
+        {"dropout_p": 0.1, "alibi_slopes": torch.rand(6, device=dev)},
+    ):
+        out = flash_attn_func(q, k, v, **kwargs)
+        out.backward(torch.randn_like(out))
+    lengths = [50, 0, 1, 77]
+    T = sum(lengths)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=dev, dtype=torch.int32)
+    qv, kv, vv = (rn(T, 4, 40, seed=s).requires_grad_() for s in (23, 24, 25))
+    out = flash_attn_varlen_func(qv, kv, vv, cu, cu, max(lengths), max(lengths), causal=True)
+    out.backward(torch.randn_like(out))
+
+
+def indexer_loss():
+    from indexer_loss import compute_index_loss_dense, compute_index_loss_sparse
+
+    B, H, S, L, D, topk = 2, 5, 37, 90, 192, 20
+    query, key = rn(B, H, S, D, seed=30), rn(B, L, D, seed=31)
+    indices = randint(-1, L + 3, (B, S, topk), seed=32, device=dev)
+    score = rn(B, S, topk, seed=33, dtype=torch.float32).requires_grad_()
+    compute_index_loss_sparse(
+        query, key, score, indices, D**-0.5, L - S, reduction="mean"
+    ).backward()
+    dense_score = rn(B, S, L, seed=34, dtype=torch.float32).requires_grad_()
+    compute_index_loss_dense(query, key, dense_score, D**-0.5, 11, reduction="sum").backward()
+
+
+if __name__ == "__main__":
+    for step in (shared_kernels, gated_delta, flash_attn, indexer_loss):
+        step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        print(f"{step.__name__}: ran", flush=True)
