@@ -26,19 +26,22 @@ def safe_max_shift(m):
 
 
 @triton.jit
-def online_softmax_update(m_i, l_i, scores):
-    """Fold a block of base-2 scores ``[BLOCK_M, BLOCK_N]`` into the running row state.
+def online_softmax_update(m_i, l_i, scores, AXIS: tl.constexpr = 1):
+    """Fold a 2-D block of base-2 scores into the running softmax state along ``AXIS``.
 
-    ``m_i``, ``l_i``: ``[BLOCK_M]`` running maximum and sum (start at -inf and 0).
-    Masked scores must be -inf. Returns ``(m_new, l_new, p, alpha)`` where ``p`` is
-    ``exp2(scores - m_new)`` (0 at masked entries) and ``alpha = exp2(m_i - m_new)`` the
-    rescale factor for an accumulator built against ``m_i``.
+    With ``AXIS = 1`` (the default) rows are the softmax rows: ``scores`` is
+    ``[BLOCK_M, BLOCK_N]`` and ``m_i``, ``l_i`` are ``[BLOCK_M]``; with ``AXIS = 0`` the
+    columns are (``m_i``, ``l_i`` of ``[BLOCK_N]``), for tiles laid out the other way round
+    for the matmul. ``m_i`` and ``l_i`` start at -inf and 0; masked scores must be -inf.
+    Returns ``(m_new, l_new, p, alpha)`` where ``p`` is ``exp2(scores - m_new)`` (0 at masked
+    entries) and ``alpha = exp2(m_i - m_new)`` the rescale factor for an accumulator built
+    against ``m_i``.
     """
-    m_new = tl.maximum(m_i, tl.max(scores, 1))
+    m_new = tl.maximum(m_i, tl.max(scores, AXIS))
     shift = safe_max_shift(m_new)
     alpha = tl.math.exp2(m_i - shift)
-    p = tl.math.exp2(scores - shift[:, None])
-    l_new = l_i * alpha + tl.sum(p, 1)
+    p = tl.math.exp2(scores - tl.expand_dims(shift, AXIS))
+    l_new = l_i * alpha + tl.sum(p, AXIS)
     return m_new, l_new, p, alpha
 
 

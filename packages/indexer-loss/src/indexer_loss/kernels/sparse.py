@@ -24,7 +24,6 @@ from tri_shared.softmax import (
     log2_sum_exp2,
     online_softmax_update,
     online_softmax_update_1d,
-    safe_max_shift,
 )
 
 
@@ -191,12 +190,9 @@ def _head_lse(
             KT,
         )
         if KT:
-            # Column form of online_softmax_update: heads are the columns of s here.
+            # heads are the columns of s here
             s = tl.where(valid[:, None], s * qk_scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=0))
-            shift = safe_max_shift(m_new)
-            l_i = l_i * tl.math.exp2(m_i - shift) + tl.sum(tl.math.exp2(s - shift[None, :]), axis=0)
-            m_i = m_new
+            m_i, l_i, _, _ = online_softmax_update(m_i, l_i, s, 0)
         else:
             s = tl.where(valid[None, :], s * qk_scale, float("-inf"))
             m_i, l_i, _, _ = online_softmax_update(m_i, l_i, s)
