@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import triton
+import triton.testing
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,6 @@ def time_fn(fn: Callable[[], Any], *, warmup: int = 25, rep: int = 100) -> float
     ``warmup`` and ``rep`` in milliseconds. On the CPU: wall clock over a few calls.
     """
     if torch.cuda.is_available():
-        import triton.testing
-
         return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
     fn()
     samples = []
@@ -86,8 +86,6 @@ def measure_ceilings(
 
 def environment() -> dict[str, str]:
     """Device and library versions, for the header of a results file."""
-    import triton
-
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return {
         "device": dev,

@@ -44,15 +44,6 @@ def make_grid(*sizes: int) -> tuple[int, ...]:
     return tuple(int(s) for s in sizes)
 
 
-def split_grid(total: int, *inner: int) -> tuple[int, ...]:
-    """Grid for ``total`` programs on axis 0 with ``inner`` sizes after it.
-
-    When ``total`` would not fit axis 0 (or an inner size would not fit its axis), a
-    ``ValueError`` names it; this keeps every kernel's grid logic in one checked place.
-    """
-    return make_grid(total, *inner)
-
-
 def autotune_configs(configs: Sequence[triton.Config]) -> list[triton.Config]:
     """``configs`` on a GPU, only the first under the interpreter (which cannot autotune)."""
     configs = list(configs)

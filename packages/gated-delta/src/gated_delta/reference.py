@@ -1,5 +1,8 @@
 """Plain PyTorch versions of the operators: the specification the kernels are tested against."""
 
+import torch
+
+from ._validate import check_softplus, validate_gdn_args, validate_intermediate_buffer
 
 # --- Chunked prefill: gates given as inputs (g = log decay, beta = write strength) -----------
 
@@ -41,7 +44,6 @@ def recurrent_gated_delta_rule_native(
     Computed in fp32 (fp64 when the inputs are fp64). Returns ``(o [B, T, HV, V]`` in v's
     dtype, ``final_state [N, HV, K, V]`` fp32 or None).
     """
-    import torch
 
     B, T, H, K = k.shape
     HV, V = v.shape[2], v.shape[3]
@@ -98,7 +100,6 @@ def chunk_gated_delta_rule_native(
 
     Same arguments and results as the recurrent reference, plus ``chunk_size``.
     """
-    import torch
 
     B, T, H, K = k.shape
     HV, V = v.shape[2], v.shape[3]
@@ -160,7 +161,6 @@ def _decode_gates(A_log, a, dt_bias, b, softplus_beta, softplus_threshold):
     softplus(x) = log(1 + exp(beta_sp * x)) / beta_sp where beta_sp * x <= threshold, else x.
     Shapes broadcast: a, b ``[..., HV]``; A_log, dt_bias ``[HV]``.
     """
-    import torch
 
     x = a.float() + dt_bias.float()
     bx = softplus_beta * x
@@ -177,7 +177,6 @@ def _decode_gates(A_log, a, dt_bias, b, softplus_beta, softplus_threshold):
 
 def _decode_qk(q, k, scale, use_qk_l2norm_in_kernel):
     """q, k in fp32, l2-normalised (``x / sqrt(sum(x**2) + 1e-6)``) when asked, q scaled."""
-    import torch
 
     q, k = q.float(), k.float()
     if use_qk_l2norm_in_kernel:
@@ -188,9 +187,6 @@ def _decode_qk(q, k, scale, use_qk_l2norm_in_kernel):
 
 def _decode_prepare(args):
     """Validate (the kernel's checks) and return sizes, per-token flat inputs and bounds."""
-    import torch
-
-    from ._validate import check_softplus, validate_gdn_args, validate_intermediate_buffer
 
     check_softplus(args["softplus_beta"], args["softplus_threshold"])
     sizes = validate_gdn_args(
@@ -274,7 +270,6 @@ def fused_sigmoid_gating_delta_rule_update_native(
 
     Returns o ``[B, T, HV, V]`` in q's dtype.
     """
-    import torch
 
     args = dict(locals())
     sizes, steps, bounds, g, beta, q, k, v, o = _decode_prepare(args)
@@ -329,7 +324,6 @@ def fused_sigmoid_gating_delta_rule_update_native_optimized(
     """The same operator as :func:`fused_sigmoid_gating_delta_rule_update_native`,
     vectorised over value heads (GQA included) and, in fixed-length mode, over sequences:
     the loop runs over tokens only. Same arguments, result and in-place writes."""
-    import torch
 
     args = dict(locals())
     sizes, steps, bounds, g, beta, q, k, v, o = _decode_prepare(args)
