@@ -1,12 +1,16 @@
 """Run every kernel once on small, odd shapes (forward and backward, masked edges, varlen
 with empty sequences, negative slots) so that ``compute-sanitizer`` can check each launch:
 
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python3 tools/sanitize.py
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
+        python3 tools/sanitize.py [step ...]
+
+(steps: shared_kernels, gated_delta, flash_attn, indexer_loss; all by default.)
 
 (The caching allocator is off so that an access past a tensor's end leaves its allocation.)
 """
 
 import os
+import sys
 
 import torch
 
@@ -139,7 +143,14 @@ def indexer_loss():
 
 
 if __name__ == "__main__":
-    for step in (shared_kernels, gated_delta, flash_attn, indexer_loss):
+    steps = (shared_kernels, gated_delta, flash_attn, indexer_loss)
+    chosen = sys.argv[1:] or [s.__name__ for s in steps]
+    unknown = set(chosen) - {s.__name__ for s in steps}
+    if unknown:
+        sys.exit(f"unknown step(s) {sorted(unknown)}; choose from {[s.__name__ for s in steps]}")
+    for step in steps:
+        if step.__name__ not in chosen:
+            continue
         step()
         if dev.type == "cuda":
             torch.cuda.synchronize()

@@ -8,6 +8,7 @@ from tri_shared.bench import (
     Ceilings,
     format_table,
     gbps,
+    kernel_times,
     plot,
     results_dir,
     tflops,
@@ -28,6 +29,16 @@ def test_time_fn_measures_something():
     calls = []
     ms = time_fn(lambda: calls.append(sum(range(20000))), warmup=1, rep=3)
     assert ms > 0 and len(calls) >= 2
+
+
+@pytest.mark.gpu
+def test_kernel_times_names_the_kernels():
+    import torch
+
+    x = torch.randn(1 << 22, device="cuda")
+    times = kernel_times(lambda: torch.mul(x, 2.0), iters=3)
+    assert times and all(ms > 0 for ms in times.values())
+    assert any("elementwise" in name or "mul" in name for name in times), times
 
 
 def test_table_csv_and_plot(tmp_path, monkeypatch):

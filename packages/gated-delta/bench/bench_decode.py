@@ -138,6 +138,11 @@ def sweep(ceil) -> list[dict]:
         "kv": [(32, 1), (64, 2), (32, 2), (128, 4), (16, 1)],
         "vk": [(16, 1), (32, 1), (8, 1), (64, 2), (16, 2)],
     }
+    # latency-bound small batches: also fewer, wider programs and more warps per program
+    small_batch_extra = {
+        "kv": [(16, 2), (64, 4), (128, 8)],
+        "vk": [(4, 1), (8, 2), (32, 2), (16, 4)],
+    }
     for layout, pool_dtype in (
         ("kv", torch.float32),
         ("vk", torch.float32),
@@ -146,7 +151,8 @@ def sweep(ceil) -> list[dict]:
         for N in BATCHES:
             x = make_inputs(N, layout, pool_dtype)
             found = []
-            configs = [(bv, w, fl) for bv, w in shortlist[layout] for fl in (True, False)]
+            pairs = shortlist[layout] + (small_batch_extra[layout] if N <= 32 else [])
+            configs = [(bv, w, fl) for bv, w in pairs for fl in (True, False)]
             for block_v, warps, flat in configs:
                 ms = graph_time(
                     lambda x=x, bv=block_v, w=warps, lay=layout, fl=flat: _forward(

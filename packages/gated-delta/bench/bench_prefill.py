@@ -22,6 +22,7 @@ from gated_delta.chunk import chunk_gated_delta_rule, fused_sigmoid_gating_delta
 from gated_delta.fused_sigmoid_gating_recurrent import fused_sigmoid_gating_delta_rule_update
 from tri_shared.bench import (
     environment,
+    kernel_times,
     measure_ceilings,
     plot,
     print_table,
@@ -145,38 +146,36 @@ def main() -> int:
             use_qk_l2norm_in_kernel=True,
         )
 
-    # 1. launch-config sweep of the sequential kernel at the headline size
+    # 1. launch configs of both kernels at the headline size
     N, L = 4, 8192
     inp = make_inputs(N, L, dev)
     sweep = []
-    best = None
-    configs = [(128, 8, 2), (128, 8, 3), (64, 8, 2), (128, 16, 2)]
-    trials = [(at, cfg, 4) for at in (True, False) for cfg in configs]
-    trials += [(True, (128, 8, 2), 8), (True, (128, 8, 2), 2)]
+    state_configs = [(64, 4, 1), (64, 4, 2), (32, 4, 1)]
     if quick:
-        trials = trials[:2]
-    for assemble_t, cfg, pw in trials:
-        chunk_mod.TUNING.update(state=cfg, prepare_warps=pw, assemble_t=assemble_t)
+        state_configs = state_configs[:1]
+    trials = [("prepare_warps", w) for w in (4, 2)] + [("state", c) for c in state_configs]
+    default = dict(chunk_mod.TUNING)
+    for kind, cfg in trials:
+        chunk_mod.TUNING[kind] = cfg
         try:
             ms = time_fn(ours_chunk(inp))
         except Exception as exc:  # a config that does not compile on this device
-            print(f"config {cfg} assemble_t {assemble_t}: {type(exc).__name__}: {exc}")
+            print(f"{kind} config {cfg}: {type(exc).__name__}: {exc}")
+            chunk_mod.TUNING[kind] = default[kind]
             continue
-        row = {"assemble_t": assemble_t, "BV,warps,stages": str(cfg), "prep_warps": pw}
-        sweep.append({**row, "ms": ms})
-        if best is None or ms < best[0]:
-            best = (ms, assemble_t, cfg, pw)
+        sweep.append({"setting": kind, "value": cfg, "ms": ms})
+        best = min((r for r in sweep if r["setting"] == kind), key=lambda r: r["ms"])
+        chunk_mod.TUNING[kind] = best["value"]
     print_table(sweep, title=f"kernel configs, chunk_gated_delta_rule N={N} L={L}")
-    if best is not None:
-        chunk_mod.TUNING.update(assemble_t=best[1], state=best[2], prepare_warps=best[3])
-        print(f"using assemble_t={best[1]} state config {best[2]} prepare_warps {best[3]}")
-    chunk_mod.TUNING["prepare_only"] = True
-    prep_ms = time_fn(ours_chunk(inp))
-    chunk_mod.TUNING["prepare_only"] = False
-    print(
-        f"breakdown at N={N} L={L}: chunk kernel {prep_ms:.3f} ms, the rest (sequential "
-        f"kernel + host) {best[0] - prep_ms:.3f} ms"
-    )
+    print(f"using {chunk_mod.TUNING}")
+    for name, fn in (("ours", ours_chunk(inp)), ("FLA", fla(inp) if fla_chunk else None)):
+        if fn is None:
+            continue
+        times = kernel_times(fn)
+        total = sum(times.values())
+        print(f"kernel breakdown, {name}, N={N} L={L}: {total:.3f} ms in kernels")
+        for kname, ms in times.items():
+            print(f"  {ms:8.3f} ms  {kname}")
 
     # correctness cross-check against FLA and the decode kernel at the headline size
     o_ours, s_ours = ours_chunk(inp)()

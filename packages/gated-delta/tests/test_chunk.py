@@ -153,10 +153,10 @@ def test_chunk_dtypes_heads_dims(device, on_gpu, dtype, l2norm, with_h0, H, HV, 
     )
 
 
-@pytest.mark.parametrize("assemble_t", [False, True])
-def test_chunk_both_kernel_variants(device, on_gpu, assemble_t, monkeypatch):
-    # w, u from one [64, 64] product each, or from 16-row block products
-    monkeypatch.setitem(chunk_mod.TUNING, "assemble_t", assemble_t)
+@pytest.mark.parametrize("state_bv", [16, 32])
+def test_chunk_split_v_blocks(device, on_gpu, state_bv, monkeypatch):
+    # V split into blocks in the sequential kernel (V = 48: a partial last block)
+    monkeypatch.setitem(chunk_mod.TUNING, "state", (state_bv, 4, 2))
     lengths = [70, 0, 129]
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=device)
     _run_chunk(
@@ -167,7 +167,7 @@ def test_chunk_both_kernel_variants(device, on_gpu, assemble_t, monkeypatch):
         H=1,
         HV=2,
         K=64,
-        V=32,
+        V=48,
         dtype=torch.float16,
         l2norm=True,
         with_h0=True,

@@ -54,6 +54,26 @@ def time_fn(fn: Callable[[], Any], *, warmup: int = 25, rep: int = 100) -> float
     return statistics.median(samples)
 
 
+def kernel_times(fn: Callable[[], Any], *, iters: int = 10) -> dict[str, float]:
+    """Milliseconds per call spent in each GPU kernel ``fn`` launches (torch profiler,
+    averaged over ``iters`` calls after one warm-up call), longest first; for breakdowns,
+    not headline figures (the profiler adds no time to kernels but does not flush L2)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            name = event.name if len(event.name) <= 60 else event.name[:57] + "..."
+            totals[name] = totals.get(name, 0.0) + event.device_time / 1e3 / iters
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
 def tflops(flops: float, ms: float) -> float:
     """TFLOP/s for ``flops`` operations done in ``ms`` milliseconds."""
     return flops / (ms * 1e-3) / 1e12

@@ -16,7 +16,7 @@ from tri_shared.checks import FLOAT_DTYPES, check_choice, check_tensor
 from tri_shared.launch import cdiv, make_grid, next_power_of_2
 
 from ._validate import GDNSizes, check_softplus, validate_gdn_args
-from .kernels.chunk import chunk_prepare_kernel, chunk_state_output_kernel
+from .kernels.chunk import chunk_prepare_kernel, chunk_state_output_kernel, rnorm_rows_kernel
 
 __all__ = ["chunk_gated_delta_rule", "fused_sigmoid_gating_delta_rule_prefill"]
 
@@ -45,32 +45,27 @@ def _chunk_map(cu: torch.Tensor, N: int, num_tokens: int) -> tuple[torch.Tensor,
     return chunk_seq, ends - n_chunks, bound
 
 
-TUNING: dict[str, tuple[int, int, int] | int | bool | None] = {
+TUNING: dict[str, tuple[int, int, int] | int | None] = {
     "state": None,
     "prepare_warps": 4,
-    "assemble_t": False,  # measured slower on the H200 (3.14 vs 2.87 ms at 4 x 8192)
-    "prepare_only": False,
 }
 """Launch settings the benchmark sweeps: ``state`` = ``(BLOCK_V, num_warps, num_stages)`` of
-the sequential kernel (None: the default below), ``prepare_warps`` of the chunk kernel,
-``assemble_t``: form w and u with one [64, 64] product each (else 16-row block products);
-``prepare_only``: skip the sequential kernel (benchmark breakdown only: o is not written)."""
+the sequential kernel (None: the default below), ``prepare_warps`` of the chunk kernel."""
 
 
-def _state_config(sizes: GDNSizes, config: tuple[int, int, int] | None) -> tuple[int, int, int]:
+def _state_config(K: int, V: int) -> tuple[int, int, int]:
     """``(BLOCK_V, num_warps, num_stages)`` of the sequential kernel.
 
-    The whole V in one block (up to 128) measured fastest at 4 x 8192 tokens on an H200:
-    splitting V repeats the q k^T and P work per block and buys little parallelism, since
-    each program is one long chain of dependent chunk updates anyway.
+    At 4 x 8192 tokens on an H200 (BENCHMARKS.md), BLOCK_V = 64 on 4 warps is best: the 128
+    sequence-heads become 256 programs, two per SM; 8 warps or BLOCK_V = 128 leave one
+    program per SM, and BLOCK_V = 32 cannot fit four per SM.
     """
-    if config is None:
-        config = TUNING["state"]  # type: ignore[assignment]
+    config = TUNING["state"]
     if config is not None:
-        return config
-    bk = max(16, next_power_of_2(sizes.K))
-    bv = min(128, max(16, next_power_of_2(sizes.V)))
-    return bv, 8 if bk * bv >= 128 * 64 else 4, 2
+        return config  # type: ignore[return-value]
+    bk = max(16, next_power_of_2(K))
+    bv = min(64, max(16, next_power_of_2(V)))
+    return bv, 8 if bk * bv >= 256 * 64 else 4, 1
 
 
 def _chunk_forward(
@@ -94,7 +89,6 @@ def _chunk_forward(
     state_vk: bool,
     store_empty: bool,
     use_qk_l2norm: bool,
-    config: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
     """Launch both kernels; returns o ``[B, T, HV, V]`` in q's dtype."""
     B, T, H, HV, K, V, N = sizes.B, sizes.T, sizes.H, sizes.HV, sizes.K, sizes.V, sizes.N
@@ -114,15 +108,22 @@ def _chunk_forward(
         bound = N * cdiv(T, CHUNK_SIZE)
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     BK = max(16, next_power_of_2(K))
-    # w and u in the input dtype (the next kernel feeds them to tensor cores), G in fp32
-    w = torch.empty(nt, HV, K, dtype=q.dtype, device=dev)
-    u = torch.empty(nt, HV, V, dtype=q.dtype, device=dev)
+    # T in the input dtype (a tensor-core operand of the next kernel), G and beta in fp32
+    t_rows = torch.empty(nt, HV, CHUNK_SIZE, dtype=q.dtype, device=dev)
     Gc = torch.empty(nt, HV, dtype=torch.float32, device=dev)
+    betas = torch.empty(nt, HV, dtype=torch.float32, device=dev)
     fused = a is not None
+    # inverse l2 norms of the q and k rows, for the sequential kernel
+    q_rnorm = k_rnorm = None
+    if use_qk_l2norm:
+        q_rnorm = torch.empty(nt, H, dtype=torch.float32, device=dev)
+        k_rnorm = torch.empty(nt, H, dtype=torch.float32, device=dev)
+        rnorm_rows_kernel[make_grid(cdiv(nt * H, 32))](
+            q, q_rnorm, nt * H, K=K, BLOCK_ROWS=32, BK=BK, num_warps=4
+        )
     if bound > 0:
-        chunk_prepare_kernel[make_grid(bound, HV)](
+        chunk_prepare_kernel[make_grid(bound * HV)](
             k,
-            v,
             g,
             beta,
             a,
@@ -137,31 +138,30 @@ def _chunk_forward(
             N,
             T,
             cdiv(T, CHUNK_SIZE),
-            w,
-            u,
+            t_rows,
             Gc,
+            betas,
+            k_rnorm,
             H=H,
             HV=HV,
             K=K,
-            V=V,
             BK=BK,
-            BV=max(16, next_power_of_2(V)),
             FUSED_GATES=fused,
             USE_L2NORM=use_qk_l2norm,
             IS_VARLEN=varlen,
             PREC=prec,
-            ASSEMBLE_T=bool(TUNING["assemble_t"]),
             num_warps=int(TUNING["prepare_warps"]),  # type: ignore[arg-type]
         )
-    if TUNING["prepare_only"]:
-        return o
-    bv, warps, stages = _state_config(sizes, config)
-    chunk_state_output_kernel[make_grid(N * HV, cdiv(V, bv))](
+    bv, warps, stages = _state_config(K, V)
+    chunk_state_output_kernel[make_grid(N * HV * cdiv(V, bv))](
         q,
         k,
-        w,
-        u,
+        v,
+        t_rows,
         Gc,
+        betas,
+        q_rnorm,
+        k_rnorm,
         o,
         h0,
         ht,

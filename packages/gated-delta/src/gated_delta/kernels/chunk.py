@@ -1,17 +1,22 @@
-"""Chunked gated delta rule (prefill): two kernels.
+"""Chunked gated delta rule (prefill): two kernels (three with l2norm).
 
 1. ``chunk_prepare_kernel`` (one program per chunk of 64 tokens and value head, all in
    parallel): gates (given, or computed from ``a``/``b`` as in the decode op), their
    cumulative sum G inside the chunk, the strictly lower matrix
-   A = tril(beta_t exp(G_t - G_s) k_t . k_s, -1), its unit-lower inverse T = (I + A)^-1 by
-   blocks of 16 (the nilpotent product (I - A)(I + A^2)(I + A^4)(I + A^8) on the four
-   diagonal blocks, products for the rest), and the WY factors w = T (beta exp(G) K),
-   u = T (beta V).
+   A = tril(beta_t exp(G_t - G_s) k_t . k_s, -1) and its unit-lower inverse T = (I + A)^-1
+   by blocks of 16 (the nilpotent product (I - A)(I + A^2)(I + A^4)(I + A^8) on the four
+   diagonal blocks, products for the rest). It stores G, beta, T and, with l2norm, the
+   inverse norms of the k rows (``rnorm_rows_kernel`` computes the q rows' beforehand).
+   The WY factors u = T beta V and w = T beta exp(G) K are never stored: that saves their
+   round trip through memory.
 2. ``chunk_state_output_kernel`` (one program per sequence, value head and block of V,
-   sequential over the sequence's chunks): state S lives in registers; per chunk
-   U = u - w S, O = scale (exp(G) Q S + tril(Q K^T exp(G_t - G_s)) U),
-   S = exp(G_last) S + (K exp(G_last - G))^T U. Writing O here instead of storing S per
-   chunk saves a [chunks, HV, K, V] round trip through memory.
+   sequential over the sequence's chunks): state S in registers; per chunk
+   U = u - w S = T (beta (V - exp(G) K S)),
+   O = scale (exp(G) Q S + tril(Q K^T exp(G_t - G_s)) U),
+   S = exp(G_last) S + (K exp(G_last - G))^T U.
+   Writing O here instead of storing S per chunk saves a [chunks, HV, K, V] buffer and its
+   round trip; the V split (two programs per SM) keeps the GPU busy. With l2norm the
+   products take the raw q, k rows and are scaled by the rows' inverse norms.
 
 See ``gated_delta.reference.chunk_gated_delta_rule_native`` for the same algorithm in
 PyTorch.
@@ -36,9 +41,10 @@ def _rows(base, t0, t_end, stride_t, offs_c, mask_c, BS: tl.constexpr):
 
 
 @triton.jit
-def _l2norm_rows(x):
-    # same formula as the decode kernels: x / sqrt(sum(x^2) + 1e-6)
-    return x / tl.sqrt(tl.sum(x * x, 1) + 1e-6)[:, None]
+def _rnorm(x):
+    """Inverse l2 norm of each row of x, as the decode kernels normalise:
+    x / sqrt(sum(x^2) + 1e-6)."""
+    return 1.0 / tl.sqrt(tl.sum(x * x, 1) + 1e-6)
 
 
 @triton.jit
@@ -82,25 +88,11 @@ def _gates(
 @triton.jit
 def _block_a(kb_i, G_i, k_j, G_j, DIAG: tl.constexpr, PREC: tl.constexpr):
     """A block: (beta_i k_i) k_j^T exp(G_i - G_j), strictly lower on the diagonal."""
-    return _decayed_block(kb_i, G_i, k_j, G_j, DIAG, False, PREC)
-
-
-@triton.jit
-def _block_p(q_i, G_i, k_j, G_j, DIAG: tl.constexpr, PREC: tl.constexpr):
-    """P block: q_i k_j^T exp(G_i - G_j), lower triangle with the diagonal on the diagonal."""
-    return _decayed_block(q_i, G_i, k_j, G_j, DIAG, True, PREC)
-
-
-@triton.jit
-def _decayed_block(x_i, G_i, k_j, G_j, DIAG: tl.constexpr, INCL: tl.constexpr, PREC: tl.constexpr):
-    a = _dot(x_i, tl.trans(k_j), PREC)
+    a = _dot(kb_i, tl.trans(k_j), PREC)
     diff = G_i[:, None] - G_j[None, :]
     if DIAG:
         r = tl.arange(0, SUB)
-        if INCL:
-            low = r[:, None] >= r[None, :]
-        else:
-            low = r[:, None] > r[None, :]
+        low = r[:, None] > r[None, :]
         a = tl.where(low, a * tl.exp(tl.where(low, diff, 0.0)), 0.0)
     else:
         # rows of a later block: G_i <= G_j since g <= 0, so exp never overflows
@@ -139,29 +131,53 @@ def _inv_unit_lower(a):
 
 
 @triton.jit
-def _cat_rows(a, b):
-    """[M, N] on top of [M, N] -> [2M, N] (join, then move the pair axis to the front)."""
-    return tl.reshape(tl.permute(tl.join(a, b), (2, 0, 1)), (2 * a.shape[0], a.shape[1]))
+def rnorm_rows_kernel(x, out, n_rows, K: tl.constexpr, BLOCK_ROWS: tl.constexpr, BK: tl.constexpr):
+    """``out[r] = 1 / sqrt(sum(x[r]^2) + 1e-6)`` for the rows of a contiguous [n_rows, K]
+    tensor (the q rows' inverse l2 norms; the sequential kernel scales its products by them
+    instead of normalising [64, K] tiles itself)."""
+    rows = wide(tl.program_id(0)) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    offs_k = tl.arange(0, BK)
+    valid = rows < n_rows
+    tile = tl.load(
+        x + rows[:, None] * K + offs_k[None, :],
+        mask=valid[:, None] & (offs_k < K)[None, :],
+        other=0.0,
+    ).to(tl.float32)
+    tl.store(out + rows, _rnorm(tile), mask=valid)
 
 
 @triton.jit
-def _cat_cols(a, b):
-    """[M, N] beside [M, N] -> [M, 2N]."""
-    return tl.reshape(tl.permute(tl.join(a, b), (0, 2, 1)), (a.shape[0], 2 * a.shape[1]))
+def _store_block(base, blk, r0, t_end, HV, col0):
+    """A [16, 16] block of T: rows r0 .. r0 + 16 (tokens, row stride HV * 64), columns
+    col0 .. col0 + 16, rows past ``t_end`` skipped."""
+    offs = tl.arange(0, SUB)
+    ptrs = base + wide(r0 + offs)[:, None] * (HV * 4 * SUB) + col0 + offs[None, :]
+    tl.store(ptrs, blk.to(base.dtype.element_ty), mask=(r0 + offs < t_end)[:, None])
 
 
 @triton.jit
-def _store_rows(base, val, t0, t_end, stride_t, offs_c, mask_c):
-    offs_t = t0 + tl.arange(0, SUB)
-    ptrs = base + wide(offs_t)[:, None] * stride_t + offs_c[None, :]
-    mask = (offs_t < t_end)[:, None] & mask_c[None, :]
-    tl.store(ptrs, val.to(base.dtype.element_ty), mask=mask)
+def _chunk_bounds(i_c, chunk_seq, chunk_first, cu_seqlens, N, T, NC, IS_VARLEN: tl.constexpr):
+    """Sequence ``n``, first token ``t0`` and sequence end ``t_end`` of global chunk ``i_c``;
+    ``n == N`` marks a chunk past the last one (the varlen grid is an upper bound)."""
+    if IS_VARLEN:
+        n = tl.load(chunk_seq + i_c)
+        if n < N:
+            first = tl.load(chunk_first + n)
+            t0 = tl.load(cu_seqlens + n).to(tl.int64) + (i_c - first).to(tl.int64) * (4 * SUB)
+            t_end = tl.load(cu_seqlens + n + 1).to(tl.int64)
+        else:
+            t0 = wide(i_c * 0)
+            t_end = t0
+    else:
+        n = i_c // NC
+        t0 = n.to(tl.int64) * T + (i_c % NC) * (4 * SUB)
+        t_end = n.to(tl.int64) * T + T
+    return n, t0, t_end
 
 
 @triton.jit
 def chunk_prepare_kernel(
     k,
-    v,
     g,
     beta,
     a,
@@ -176,54 +192,48 @@ def chunk_prepare_kernel(
     N,
     T,
     NC,
-    w,
-    u,
+    Tm,
     Gc,
+    betas,
+    k_rnorm,
     H: tl.constexpr,
     HV: tl.constexpr,
     K: tl.constexpr,
-    V: tl.constexpr,
     BK: tl.constexpr,
-    BV: tl.constexpr,
     FUSED_GATES: tl.constexpr,
     USE_L2NORM: tl.constexpr,
     IS_VARLEN: tl.constexpr,
     PREC: tl.constexpr,
-    ASSEMBLE_T: tl.constexpr,
 ):
-    """One chunk of 64 tokens of one value head: G, w, u (see the module docstring).
-
-    ``ASSEMBLE_T``: put the 16 x 16 blocks of T together into one [64, 64] matrix and form
-    w and u with two 64-row products in the input dtype (tensor-core friendly) instead of
-    twenty 16-row fp32 products.
+    """One chunk of 64 tokens of one value head: G and beta per token, and T = (I + A)^-1
+    (see the module docstring) as rows of 64 in ``Tm`` ``[tokens, HV, 64]``. Only the
+    blocks on and below the diagonal are written; readers mask the rest. With
+    ``USE_L2NORM``, the first value head of each k head also stores the k rows' inverse
+    norms to ``k_rnorm`` ``[tokens, H]`` (fp32) for the sequential kernel.
 
     Fixed length: sequence ``i_c // NC``, NC chunks of T tokens each. Varlen:
     ``chunk_seq[i_c]`` (N past the last chunk: the grid is an upper bound) and the sequence's
     first chunk ``chunk_first[n]``.
     """
-    i_c = tl.program_id(0)
-    hv = tl.program_id(1)
-    if IS_VARLEN:
-        n = tl.load(chunk_seq + i_c)
-        if n >= N:
-            return
-        first = tl.load(chunk_first + n)
-        t0 = tl.load(cu_seqlens + n).to(tl.int64) + (i_c - first).to(tl.int64) * (4 * SUB)
-        t_end = tl.load(cu_seqlens + n + 1).to(tl.int64)
-    else:
-        n = i_c // NC
-        t0 = n.to(tl.int64) * T + (i_c % NC) * (4 * SUB)
-        t_end = n.to(tl.int64) * T + T
+    # flat grid, value heads fastest: the HV // H heads that read one k head run together
+    i_c = tl.program_id(0) // HV
+    hv = tl.program_id(0) % HV
+    n, t0, t_end = _chunk_bounds(i_c, chunk_seq, chunk_first, cu_seqlens, N, T, NC, IS_VARLEN)
+    if n >= N:
+        return
     h = hv // (HV // H)
     t1, t2, t3 = t0 + SUB, t0 + 2 * SUB, t0 + 3 * SUB
 
     offs_k = tl.arange(0, BK)
     mask_k = offs_k < K
-    offs_v = tl.arange(0, BV)
-    mask_v = offs_v < V
     k_base = k + h * K
-    v_base = v + hv * V
     dt = k.dtype.element_ty
+
+    # the chunk's k rows, loaded before the gate math so their latency overlaps it
+    k0 = _rows(k_base, t0, t_end, H * K, offs_k, mask_k, SUB)
+    k1 = _rows(k_base, t1, t_end, H * K, offs_k, mask_k, SUB)
+    k2 = _rows(k_base, t2, t_end, H * K, offs_k, mask_k, SUB)
+    k3 = _rows(k_base, t3, t_end, H * K, offs_k, mask_k, SUB)
 
     A_log_hv = 0.0
     dt_bias_hv = 0.0
@@ -301,13 +311,22 @@ def chunk_prepare_kernel(
     tl.store(Gc + wide(t1 + offs_s) * HV + hv, G1, mask=t1 + offs_s < t_end)
     tl.store(Gc + wide(t2 + offs_s) * HV + hv, G2, mask=t2 + offs_s < t_end)
     tl.store(Gc + wide(t3 + offs_s) * HV + hv, G3, mask=t3 + offs_s < t_end)
+    tl.store(betas + wide(t0 + offs_s) * HV + hv, b0, mask=t0 + offs_s < t_end)
+    tl.store(betas + wide(t1 + offs_s) * HV + hv, b1, mask=t1 + offs_s < t_end)
+    tl.store(betas + wide(t2 + offs_s) * HV + hv, b2, mask=t2 + offs_s < t_end)
+    tl.store(betas + wide(t3 + offs_s) * HV + hv, b3, mask=t3 + offs_s < t_end)
 
-    k0 = _rows(k_base, t0, t_end, H * K, offs_k, mask_k, SUB)
-    k1 = _rows(k_base, t1, t_end, H * K, offs_k, mask_k, SUB)
-    k2 = _rows(k_base, t2, t_end, H * K, offs_k, mask_k, SUB)
-    k3 = _rows(k_base, t3, t_end, H * K, offs_k, mask_k, SUB)
     if USE_L2NORM:
-        k0, k1, k2, k3 = _l2norm_rows(k0), _l2norm_rows(k1), _l2norm_rows(k2), _l2norm_rows(k3)
+        rk0, rk1, rk2, rk3 = _rnorm(k0), _rnorm(k1), _rnorm(k2), _rnorm(k3)
+        k0, k1 = k0 * rk0[:, None], k1 * rk1[:, None]
+        k2, k3 = k2 * rk2[:, None], k3 * rk3[:, None]
+        if hv % (HV // H) == 0:
+            # one value head per q/k head stores the row norms for the next kernel
+            r_base = k_rnorm + h
+            tl.store(r_base + wide(t0 + offs_s) * H, rk0, mask=t0 + offs_s < t_end)
+            tl.store(r_base + wide(t1 + offs_s) * H, rk1, mask=t1 + offs_s < t_end)
+            tl.store(r_base + wide(t2 + offs_s) * H, rk2, mask=t2 + offs_s < t_end)
+            tl.store(r_base + wide(t3 + offs_s) * H, rk3, mask=t3 + offs_s < t_end)
 
     # A blocks from input-dtype operands (tensor cores), fp32 accumulation
     kd0, kd1, kd2, kd3 = k0.to(dt), k1.to(dt), k2.to(dt), k3.to(dt)
@@ -336,78 +355,30 @@ def chunk_prepare_kernel(
     t31 = -_mm(t33, _mm(a31, t11) + _mm(a32, t21))
     t30 = -_mm(t33, _mm(a30, t00) + _mm(a31, t10) + _mm(a32, t20))
 
-    # w = T (beta exp(G) K), u = T (beta V)
-    kg0 = k0 * (b0 * tl.exp(G0))[:, None]
-    kg1 = k1 * (b1 * tl.exp(G1))[:, None]
-    kg2 = k2 * (b2 * tl.exp(G2))[:, None]
-    kg3 = k3 * (b3 * tl.exp(G3))[:, None]
-    vb0 = _rows(v_base, t0, t_end, HV * V, offs_v, mask_v, SUB) * b0[:, None]
-    vb1 = _rows(v_base, t1, t_end, HV * V, offs_v, mask_v, SUB) * b1[:, None]
-    vb2 = _rows(v_base, t2, t_end, HV * V, offs_v, mask_v, SUB) * b2[:, None]
-    vb3 = _rows(v_base, t3, t_end, HV * V, offs_v, mask_v, SUB) * b3[:, None]
-    w_base = w + hv * K
-    u_base = u + hv * V
-    if ASSEMBLE_T:
-        zero = tl.zeros([SUB, SUB], dtype=tl.float32)
-        t_full = _cat_rows(
-            _cat_rows(
-                _cat_cols(_cat_cols(t00, zero), _cat_cols(zero, zero)),
-                _cat_cols(_cat_cols(t10, t11), _cat_cols(zero, zero)),
-            ),
-            _cat_rows(
-                _cat_cols(_cat_cols(t20, t21), _cat_cols(t22, zero)),
-                _cat_cols(_cat_cols(t30, t31), _cat_cols(t32, t33)),
-            ),
-        )
-        kg = _cat_rows(_cat_rows(kg0, kg1), _cat_rows(kg2, kg3))
-        vb = _cat_rows(_cat_rows(vb0, vb1), _cat_rows(vb2, vb3))
-        if PREC == "ieee":
-            w_all = _dot(t_full, kg, PREC)
-            u_all = _dot(t_full, vb, PREC)
-        else:
-            t_d = t_full.to(dt)
-            w_all = _dot(t_d, kg.to(dt), PREC)
-            u_all = _dot(t_d, vb.to(dt), PREC)
-        rows = wide(t0 + tl.arange(0, 4 * SUB))
-        valid = (t0 + tl.arange(0, 4 * SUB)) < t_end
-        tl.store(
-            w_base + rows[:, None] * (HV * K) + offs_k[None, :],
-            w_all.to(w.dtype.element_ty),
-            mask=valid[:, None] & mask_k[None, :],
-        )
-        tl.store(
-            u_base + rows[:, None] * (HV * V) + offs_v[None, :],
-            u_all.to(u.dtype.element_ty),
-            mask=valid[:, None] & mask_v[None, :],
-        )
-    else:
-        w0 = _dot(t00, kg0, PREC)
-        w1 = _dot(t10, kg0, PREC) + _dot(t11, kg1, PREC)
-        w2 = _dot(t20, kg0, PREC) + _dot(t21, kg1, PREC) + _dot(t22, kg2, PREC)
-        w3 = _dot(t30, kg0, PREC) + _dot(t31, kg1, PREC) + _dot(t32, kg2, PREC)
-        w3 += _dot(t33, kg3, PREC)
-        _store_rows(w_base, w0, t0, t_end, HV * K, offs_k, mask_k)
-        _store_rows(w_base, w1, t1, t_end, HV * K, offs_k, mask_k)
-        _store_rows(w_base, w2, t2, t_end, HV * K, offs_k, mask_k)
-        _store_rows(w_base, w3, t3, t_end, HV * K, offs_k, mask_k)
-        u0 = _dot(t00, vb0, PREC)
-        u1 = _dot(t10, vb0, PREC) + _dot(t11, vb1, PREC)
-        u2 = _dot(t20, vb0, PREC) + _dot(t21, vb1, PREC) + _dot(t22, vb2, PREC)
-        u3 = _dot(t30, vb0, PREC) + _dot(t31, vb1, PREC) + _dot(t32, vb2, PREC)
-        u3 += _dot(t33, vb3, PREC)
-        _store_rows(u_base, u0, t0, t_end, HV * V, offs_v, mask_v)
-        _store_rows(u_base, u1, t1, t_end, HV * V, offs_v, mask_v)
-        _store_rows(u_base, u2, t2, t_end, HV * V, offs_v, mask_v)
-        _store_rows(u_base, u3, t3, t_end, HV * V, offs_v, mask_v)
+    # T by 16 x 16 blocks into rows of 64; the six blocks above the diagonal stay unwritten
+    t_base = Tm + hv * (4 * SUB)
+    _store_block(t_base, t00, t0, t_end, HV, 0)
+    _store_block(t_base, t10, t1, t_end, HV, 0)
+    _store_block(t_base, t11, t1, t_end, HV, SUB)
+    _store_block(t_base, t20, t2, t_end, HV, 0)
+    _store_block(t_base, t21, t2, t_end, HV, SUB)
+    _store_block(t_base, t22, t2, t_end, HV, 2 * SUB)
+    _store_block(t_base, t30, t3, t_end, HV, 0)
+    _store_block(t_base, t31, t3, t_end, HV, SUB)
+    _store_block(t_base, t32, t3, t_end, HV, 2 * SUB)
+    _store_block(t_base, t33, t3, t_end, HV, 3 * SUB)
 
 
 @triton.jit
 def chunk_state_output_kernel(
     q,
     k,
-    w,
-    u,
+    v,
+    Tm,
     Gc,
+    betas,
+    q_rnorm,
+    k_rnorm,
     o,
     h0,
     ht,
@@ -431,16 +402,22 @@ def chunk_state_output_kernel(
     IS_VARLEN: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """One sequence, one value head, one block of V: the chunks in order, state in registers.
+    """One sequence, one value head, one block of V: the chunks in order, state in registers,
+    outputs written on the way. Per chunk, with S the state entering it:
+    U = T (beta (V - exp(G) K S)), O = scale (exp(G) Q S + tril(Q K^T exp(G_t - G_s)) U),
+    S = exp(G_last) S + (K exp(G_last - G))^T U.
 
+    With ``USE_L2NORM`` the products take the raw q and k rows and are scaled by the rows'
+    inverse norms the chunk kernel stored (the norms factor out of every product).
     ``h0`` is read and ``ht`` written at row ``state_indices[n]`` (or ``n``); a negative
     index means a zero initial state and no write, as in the decode op.
     """
-    i_nh = tl.program_id(0)
-    i_v = tl.program_id(1)
+    NV = (V + BV - 1) // BV
+    i_nh = tl.program_id(0) // NV
+    i_v = tl.program_id(0) % NV
     n = i_nh // HV
     hv = i_nh % HV
-    h = hv // (HV // H)
+    h_qk = hv // (HV // H)
     if IS_VARLEN:
         bos = tl.load(cu_seqlens + n).to(tl.int64)
         eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
@@ -473,48 +450,59 @@ def chunk_state_output_kernel(
     if HAS_H0:
         S = tl.load(h0 + s_row + s_off, mask=s_mask, other=0.0).to(tl.float32)
 
-    q_base = q + h * K
-    k_base = k + h * K
-    w_base = w + hv * K
-    u_base = u + hv * V
+    q_base = q + h_qk * K
+    k_base = k + h_qk * K
+    v_base = v + hv * V
     o_base = o + hv * V
-    low = offs_t[:, None] >= offs_t[None, :]
+    # rows of T: only blocks on and below the diagonal were written
+    t_mask_blocks = offs_t[None, :] < (offs_t[:, None] // SUB + 1) * SUB
+    causal = offs_t[:, None] >= offs_t[None, :]
     for t0 in range(bos, eos, BT):
         valid = t0 + offs_t < eos
         rows = wide(t0 + offs_t)[:, None]
-        o_ptrs = o_base + rows * (HV * V) + offs_v[None, :]
-        o_mask = valid[:, None] & mask_v[None, :]
-        b_k = _rows(k_base, t0, eos, H * K, offs_k, mask_k, BT)
-        if USE_L2NORM:
-            b_k = _l2norm_rows(b_k)
-        b_w = tl.load(
-            w_base + rows * (HV * K) + offs_k[None, :],
-            mask=valid[:, None] & mask_k[None, :],
+        qk_mask = valid[:, None] & mask_k[None, :]
+        b_k = tl.load(k_base + rows * (H * K) + offs_k[None, :], mask=qk_mask, other=0.0)
+        b_q = tl.load(q_base + rows * (H * K) + offs_k[None, :], mask=qk_mask, other=0.0)
+        v_mask = valid[:, None] & mask_v[None, :]
+        b_v = tl.load(v_base + rows * (HV * V) + offs_v[None, :], mask=v_mask, other=0.0)
+        b_T = tl.load(
+            Tm + rows * (HV * BT) + hv * BT + offs_t[None, :],
+            mask=valid[:, None] & t_mask_blocks,
             other=0.0,
         )
-        b_u = tl.load(u_base + rows * (HV * V) + offs_v[None, :], mask=o_mask, other=0.0)
         b_G = tl.load(Gc + wide(t0 + offs_t) * HV + hv, mask=valid, other=0.0)
+        b_beta = tl.load(betas + wide(t0 + offs_t) * HV + hv, mask=valid, other=0.0)
         G_last = tl.load(Gc + (tl.minimum(t0 + BT, eos) - 1) * HV + hv)
+        # row scales: the query scale and decay, and the inverse l2 norms when normalising
+        q_scale = tl.exp(b_G) * scale
+        k_scale = tl.full([BT], 1.0, tl.float32)
+        rq = tl.full([BT], 1.0, tl.float32)
+        if USE_L2NORM:
+            rq = tl.load(q_rnorm + wide(t0 + offs_t) * H + h_qk, mask=valid, other=0.0)
+            k_scale = tl.load(k_rnorm + wide(t0 + offs_t) * H + h_qk, mask=valid, other=0.0)
+            q_scale = q_scale * rq
 
         S_d = S.to(dt)
-        # U = u - w S: the chunk's corrected values
-        b_U = b_u.to(tl.float32) - _dot(b_w.to(dt), S_d, PREC)
+        # U = T (beta (V - exp(G) K S)): the chunk's corrected values
+        KS = _dot(b_k, S_d, PREC)
+        X = (b_v.to(tl.float32) - KS * (tl.exp(b_G) * k_scale)[:, None]) * b_beta[:, None]
+        b_U = _dot(b_T.to(dt), X.to(dt), PREC)
         b_Ud = b_U.to(dt)
-        b_q = _rows(q_base, t0, eos, H * K, offs_k, mask_k, BT)
-        if USE_L2NORM:
-            b_q = _l2norm_rows(b_q)
-        b_q = b_q * scale
-        # intra-chunk causal part with decay exp(G_t - G_s), s <= t
-        keep = low & valid[:, None]
-        qk = _dot(b_q.to(dt), tl.trans(b_k.to(dt)), PREC)
-        diff = tl.where(keep, b_G[:, None] - b_G[None, :], 0.0)
-        P = tl.where(keep, qk * tl.exp(diff), 0.0)
-        b_o = _dot((b_q * tl.exp(b_G)[:, None]).to(dt), S_d, PREC)
+        # O = scale (exp(G) Q S + P U), P the decayed causal part of Q K^T
+        qk = _dot(b_q, tl.trans(b_k), PREC) * k_scale[None, :]
+        keep = causal & valid[:, None]
+        decay = tl.exp(tl.where(keep, b_G[:, None] - b_G[None, :], 0.0))
+        P = tl.where(keep, qk * decay * (rq * scale)[:, None], 0.0)
+        b_o = _dot(b_q, S_d, PREC) * q_scale[:, None]
         b_o += _dot(P.to(dt), b_Ud, PREC)
-        tl.store(o_ptrs, b_o.to(o.dtype.element_ty), mask=o_mask)
-        # S = exp(G_last) S + (K exp(G_last - G))^T U
-        kd = tl.where(valid[:, None], b_k * tl.exp(G_last - b_G)[:, None], 0.0)
-        S = S * tl.exp(G_last) + _dot(tl.trans(kd.to(dt)), b_Ud, PREC)
+        tl.store(
+            o_base + rows * (HV * V) + offs_v[None, :], b_o.to(o.dtype.element_ty), mask=v_mask
+        )
+        # S = exp(G_last) S + (K exp(G_last - G))^T U, the decay applied to the rows of U
+        # (a [64, BV] tile) rather than of K ([64, K]: K would need registers, not only
+        # shared memory)
+        k_decay = tl.where(valid, k_scale * tl.exp(G_last - b_G), 0.0)
+        S = S * tl.exp(G_last) + _dot(tl.trans(b_k), (b_U * k_decay[:, None]).to(dt), PREC)
 
     if STORE_HT:
         st_mask = s_mask

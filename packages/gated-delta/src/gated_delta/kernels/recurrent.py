@@ -123,10 +123,6 @@ def fused_gdn_update_kernel(
     mask_h = tl.expand_dims(mask_k, KEEP) & tl.expand_dims(mask_v, RED)
     head_off = wide(i_hv) * (K * V)
 
-    # gating constants of this value head
-    neg_A = -tl.exp(tl.load(A_log + i_hv).to(tl.float32))
-    bias = tl.load(dt_bias + i_hv).to(tl.float32)
-
     if HAS_STATE:
         slot = tl.load(pool_idx + i_n).to(tl.int64)
         has_slot = slot >= 0
@@ -141,6 +137,10 @@ def fused_gdn_update_kernel(
             h = tl.load(p_pool, mask=_mask_if(mask_h, has_slot), other=0.0).to(tl.float32)
     else:
         h = tl.zeros_like(off_h).to(tl.float32)
+    # gating constants of this value head: used only after the state load is issued (a warp
+    # stalls at the first use of a pending load, so the exp here must not hold it back)
+    neg_A = -tl.exp(tl.load(A_log + i_hv).to(tl.float32))
+    bias = tl.load(dt_bias + i_hv).to(tl.float32)
     if HAS_BUFFER:
         cache = tl.load(buf_idx + i_n).to(tl.int64)
         p_buf = buf + tl.maximum(cache, 0) * stride_buf + head_off + off_h
