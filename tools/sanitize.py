@@ -9,6 +9,7 @@ with empty sequences, negative slots) so that ``compute-sanitizer`` can check ea
 (The caching allocator is off so that an access past a tensor's end leaves its allocation.)
 """
 
+import itertools
 import os
 import sys
 
@@ -41,11 +42,11 @@ def gated_delta():
         fused_sigmoid_gating_delta_rule_update,
     )
 
-    H, HV, K, V = 2, 6, 96, 80
     lengths = [65, 0, 1, 130]
     T = sum(lengths)
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=dev)
-    for layout in ("kv", "vk"):
+    # two head sizes: the prefill kernel's launch settings differ from K = 128 on
+    for (H, HV, K, V), layout in itertools.product(((2, 6, 96, 80), (1, 2, 32, 32)), ("kv", "vk")):
         shape = (7, HV, K, V) if layout == "kv" else (7, HV, V, K)
         pool = rn(*shape, seed=1, dtype=torch.float32, scale=0.1)
         idx = torch.tensor([3, -1, 0, 6], device=dev, dtype=torch.int32)
