@@ -2,10 +2,10 @@
 
 ``chunk_gated_delta_rule`` takes the gates precomputed (FLA's signature);
 ``fused_sigmoid_gating_delta_rule_prefill`` takes the decode operator's arguments (gates
-computed in the kernel from A_log, a, dt_bias, b) and reads and writes the same state pool,
+computed on the GPU from A_log, a, dt_bias, b) and reads and writes the same state pool,
 so an engine calls it for prompts and ``fused_sigmoid_gating_delta_rule_update`` for the
-tokens after. Both run two kernels (see ``kernels/chunk.py``) and never synchronise with
-the host.
+tokens after. Both run two main kernels (see ``kernels/chunk.py``), plus one for the q
+norms with l2norm and one for the prefill's gates, and never synchronise with the host.
 """
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ from tri_shared.checks import FLOAT_DTYPES, check_choice, check_tensor
 from tri_shared.launch import cdiv, make_grid, next_power_of_2
 
 from ._validate import GDNSizes, check_softplus, validate_gdn_args
-from .kernels.chunk import chunk_prepare_kernel, chunk_state_output_kernel, rnorm_rows_kernel
+from .kernels.chunk import (
+    chunk_prepare_kernel,
+    chunk_state_output_kernel,
+    rnorm_rows_kernel,
+    sigmoid_gates_kernel,
+)
 
 __all__ = ["chunk_gated_delta_rule", "fused_sigmoid_gating_delta_rule_prefill"]
 
@@ -47,7 +52,7 @@ def _chunk_map(cu: torch.Tensor, N: int, num_tokens: int) -> tuple[torch.Tensor,
 
 TUNING: dict[str, tuple[int, int, int] | int | None] = {
     "state": None,
-    "prepare_warps": 4,
+    "prepare_warps": 2,
 }
 """Launch settings the benchmark sweeps: ``state`` = ``(BLOCK_V, num_warps, num_stages)`` of
 the sequential kernel (None: the default below), ``prepare_warps`` of the chunk kernel."""
@@ -115,7 +120,24 @@ def _chunk_forward(
     t_rows = torch.empty(nt, HV, CHUNK_SIZE, dtype=q.dtype, device=dev)
     Gc = torch.empty(nt, HV, dtype=torch.float32, device=dev)
     betas = torch.empty(nt, HV, dtype=torch.float32, device=dev)
-    fused = a is not None
+    if a is not None:
+        # the decode op's gating, once per token and head (8 bytes each), for the kernels
+        g = torch.empty(nt, HV, dtype=torch.float32, device=dev)
+        beta = torch.empty_like(g)
+        sigmoid_gates_kernel[make_grid(cdiv(nt * HV, 1024))](
+            a,
+            b,
+            A_log,
+            dt_bias,
+            g,
+            beta,
+            nt * HV,
+            float(softplus_beta),
+            float(softplus_threshold),
+            HV=HV,
+            BLOCK=1024,
+            num_warps=4,
+        )
     # inverse l2 norms of the q and k rows, for the sequential kernel
     q_rnorm = k_rnorm = None
     if use_qk_l2norm:
@@ -129,12 +151,6 @@ def _chunk_forward(
             k,
             g,
             beta,
-            a,
-            b,
-            A_log,
-            dt_bias,
-            float(softplus_beta),
-            float(softplus_threshold),
             chunk_seq,
             chunk_first,
             cu_seqlens,
@@ -149,7 +165,6 @@ def _chunk_forward(
             HV=HV,
             K=K,
             BK=BK,
-            FUSED_GATES=fused,
             USE_L2NORM=use_qk_l2norm,
             IS_VARLEN=varlen,
             PREC=prec,

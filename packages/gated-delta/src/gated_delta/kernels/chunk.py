@@ -1,7 +1,8 @@
 """Chunked gated delta rule (prefill): two kernels (three with l2norm).
 
 1. ``chunk_prepare_kernel`` (one program per chunk of 64 tokens and value head, all in
-   parallel): gates (given, or computed from ``a``/``b`` as in the decode op), their
+   parallel): gates (given, or computed from ``a``/``b`` by ``sigmoid_gates_kernel`` as in
+   the decode op), their
    cumulative sum G inside the chunk, the strictly lower matrix
    A = tril(beta_t exp(G_t - G_s) k_t . k_s, -1) and its unit-lower inverse T = (I + A)^-1
    by blocks of 16 (the nilpotent product (I - A)(I + A^2)(I + A^4)(I + A^8) on the four
@@ -27,6 +28,8 @@ import triton.language as tl
 
 from tri_shared.offsets import wide
 
+from .recurrent import _softplus
+
 SUB: tl.constexpr = tl.constexpr(16)  # rows of one diagonal block of the triangular solve
 
 
@@ -48,41 +51,41 @@ def _rnorm(x):
 
 
 @triton.jit
-def _gates(
-    g,
-    beta,
-    a,
-    b,
-    A_log_hv,
-    dt_bias_hv,
-    hv,
-    HV,
-    t0,
-    t_end,
-    softplus_beta,
-    softplus_threshold,
-    FUSED_GATES: tl.constexpr,
-):
+def _gates(g, beta, hv, HV, t0, t_end):
     """Log decay and write strength of SUB tokens from t0 (0 and 0 past ``t_end``)."""
     offs_t = t0 + tl.arange(0, SUB)
     mask = offs_t < t_end
     idx = wide(offs_t) * HV + hv
-    if FUSED_GATES:
-        # g = -exp(A_log) * softplus(a + dt_bias), beta = sigmoid(b), as in the decode op
-        x = tl.load(a + idx, mask=mask, other=0.0).to(tl.float32) + dt_bias_hv
-        bx = softplus_beta * x
-        sp = tl.where(
-            bx <= softplus_threshold,
-            tl.log(1.0 + tl.exp(tl.minimum(bx, softplus_threshold))) / softplus_beta,
-            x,
-        )
-        g_t = tl.where(mask, -tl.exp(A_log_hv) * sp, 0.0)
-        bb = tl.load(b + idx, mask=mask, other=0.0).to(tl.float32)
-        beta_t = tl.where(mask, 1.0 / (1.0 + tl.exp(-bb)), 0.0)
-    else:
-        g_t = tl.load(g + idx, mask=mask, other=0.0).to(tl.float32)
-        beta_t = tl.load(beta + idx, mask=mask, other=0.0).to(tl.float32)
+    g_t = tl.load(g + idx, mask=mask, other=0.0).to(tl.float32)
+    beta_t = tl.load(beta + idx, mask=mask, other=0.0).to(tl.float32)
     return g_t, beta_t
+
+
+@triton.jit
+def sigmoid_gates_kernel(
+    a,
+    b,
+    A_log,
+    dt_bias,
+    g,
+    beta,
+    n,
+    softplus_beta,
+    softplus_threshold,
+    HV: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """The decode op's gating for n = tokens * HV entries of [tokens, HV]:
+    g = -exp(A_log) softplus(a + dt_bias), beta = sigmoid(b), both fp32."""
+    offs = wide(tl.program_id(0)) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    hv = offs % HV
+    x = tl.load(a + offs, mask=mask, other=0.0).to(tl.float32)
+    x += tl.load(dt_bias + hv, mask=mask, other=0.0).to(tl.float32)
+    neg_A = -tl.exp(tl.load(A_log + hv, mask=mask, other=0.0).to(tl.float32))
+    tl.store(g + offs, neg_A * _softplus(x, softplus_beta, softplus_threshold), mask=mask)
+    bb = tl.load(b + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(beta + offs, 1.0 / (1.0 + tl.exp(-bb)), mask=mask)
 
 
 @triton.jit
@@ -180,12 +183,6 @@ def chunk_prepare_kernel(
     k,
     g,
     beta,
-    a,
-    b,
-    A_log,
-    dt_bias,
-    softplus_beta,
-    softplus_threshold,
     chunk_seq,
     chunk_first,
     cu_seqlens,
@@ -200,7 +197,6 @@ def chunk_prepare_kernel(
     HV: tl.constexpr,
     K: tl.constexpr,
     BK: tl.constexpr,
-    FUSED_GATES: tl.constexpr,
     USE_L2NORM: tl.constexpr,
     IS_VARLEN: tl.constexpr,
     PREC: tl.constexpr,
@@ -229,79 +225,11 @@ def chunk_prepare_kernel(
     k_base = k + h * K
     dt = k.dtype.element_ty
 
-    # the chunk's k rows, loaded before the gate math so their latency overlaps it
-    k0 = _rows(k_base, t0, t_end, H * K, offs_k, mask_k, SUB)
-    k1 = _rows(k_base, t1, t_end, H * K, offs_k, mask_k, SUB)
-    k2 = _rows(k_base, t2, t_end, H * K, offs_k, mask_k, SUB)
-    k3 = _rows(k_base, t3, t_end, H * K, offs_k, mask_k, SUB)
-
-    A_log_hv = 0.0
-    dt_bias_hv = 0.0
-    if FUSED_GATES:
-        A_log_hv = tl.load(A_log + hv).to(tl.float32)
-        dt_bias_hv = tl.load(dt_bias + hv).to(tl.float32)
-
     # gates of the four sub-blocks; G is the running sum from the chunk start
-    g0, b0 = _gates(
-        g,
-        beta,
-        a,
-        b,
-        A_log_hv,
-        dt_bias_hv,
-        hv,
-        HV,
-        t0,
-        t_end,
-        softplus_beta,
-        softplus_threshold,
-        FUSED_GATES,
-    )
-    g1, b1 = _gates(
-        g,
-        beta,
-        a,
-        b,
-        A_log_hv,
-        dt_bias_hv,
-        hv,
-        HV,
-        t1,
-        t_end,
-        softplus_beta,
-        softplus_threshold,
-        FUSED_GATES,
-    )
-    g2, b2 = _gates(
-        g,
-        beta,
-        a,
-        b,
-        A_log_hv,
-        dt_bias_hv,
-        hv,
-        HV,
-        t2,
-        t_end,
-        softplus_beta,
-        softplus_threshold,
-        FUSED_GATES,
-    )
-    g3, b3 = _gates(
-        g,
-        beta,
-        a,
-        b,
-        A_log_hv,
-        dt_bias_hv,
-        hv,
-        HV,
-        t3,
-        t_end,
-        softplus_beta,
-        softplus_threshold,
-        FUSED_GATES,
-    )
+    g0, b0 = _gates(g, beta, hv, HV, t0, t_end)
+    g1, b1 = _gates(g, beta, hv, HV, t1, t_end)
+    g2, b2 = _gates(g, beta, hv, HV, t2, t_end)
+    g3, b3 = _gates(g, beta, hv, HV, t3, t_end)
     G0 = tl.cumsum(g0, 0)
     G1 = tl.cumsum(g1, 0) + tl.sum(g0, 0)
     G2 = tl.cumsum(g2, 0) + tl.sum(g1, 0) + tl.sum(g0, 0)
@@ -316,6 +244,10 @@ def chunk_prepare_kernel(
     tl.store(betas + wide(t2 + offs_s) * HV + hv, b2, mask=t2 + offs_s < t_end)
     tl.store(betas + wide(t3 + offs_s) * HV + hv, b3, mask=t3 + offs_s < t_end)
 
+    k0 = _rows(k_base, t0, t_end, H * K, offs_k, mask_k, SUB)
+    k1 = _rows(k_base, t1, t_end, H * K, offs_k, mask_k, SUB)
+    k2 = _rows(k_base, t2, t_end, H * K, offs_k, mask_k, SUB)
+    k3 = _rows(k_base, t3, t_end, H * K, offs_k, mask_k, SUB)
     if USE_L2NORM:
         rk0, rk1, rk2, rk3 = _rnorm(k0), _rnorm(k1), _rnorm(k2), _rnorm(k3)
         k0, k1 = k0 * rk0[:, None], k1 * rk1[:, None]
