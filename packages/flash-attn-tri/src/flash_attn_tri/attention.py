@@ -20,6 +20,7 @@ from tri_shared.checks import (
     check_same_dtype,
     check_tensor,
 )
+from tri_shared.dots import ieee_dots
 from tri_shared.launch import autotune_configs, cdiv, is_interpreter, make_grid, next_power_of_2
 from tri_shared.softmax import LOG2E
 
@@ -203,7 +204,7 @@ def _forward_impl(
         o.dropout_p, o.dropout_scale,
         HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=block_d, BLOCK_DV=block_dv, IS_VARLEN=varlen,
         HAS_LEFT=o.has_left, HAS_RIGHT=o.has_right, IS_SOFTCAP=o.is_softcap,
-        HAS_ALIBI=has_alibi, HAS_DROPOUT=has_dropout, IEEE=q.dtype == torch.float32,
+        HAS_ALIBI=has_alibi, HAS_DROPOUT=has_dropout, IEEE=ieee_dots(q.dtype),
     )  # fmt: skip
     return out, lse
 
@@ -248,7 +249,7 @@ def _backward_impl(
         "HEAD_DIM": d, "HEAD_DIM_V": dv_dim, "BLOCK_D": block_d, "BLOCK_DV": block_dv,
         "IS_VARLEN": varlen, "HAS_LEFT": o.has_left, "HAS_RIGHT": o.has_right,
         "IS_SOFTCAP": o.is_softcap, "HAS_ALIBI": has_alibi, "HAS_DROPOUT": has_dropout,
-        "IEEE": q.dtype == torch.float32,
+        "IEEE": ieee_dots(q.dtype),
     }  # fmt: skip
     kv_grid = lambda meta: make_grid(cdiv(seqlen_k, meta["BLOCK_N"]), heads_k, batch)
     _kernel("dkdv", max(block_d, block_dv))[kv_grid](

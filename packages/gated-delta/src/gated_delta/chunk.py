@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from tri_shared.checks import FLOAT_DTYPES, check_choice, check_tensor
+from tri_shared.dots import ieee_dots
 from tri_shared.launch import cdiv, make_grid, next_power_of_2
 
 from ._validate import GDNSizes, check_softplus, validate_gdn_args
@@ -114,7 +115,7 @@ def _chunk_forward(
     else:
         chunk_seq = chunk_first = None
         bound = N * cdiv(T, CHUNK_SIZE)
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    ieee = ieee_dots(q.dtype)
     BK = max(16, next_power_of_2(K))
     # T in the input dtype (a tensor-core operand of the next kernel), G and beta in fp32
     t_rows = torch.empty(nt, HV, CHUNK_SIZE, dtype=q.dtype, device=dev)
@@ -167,7 +168,7 @@ def _chunk_forward(
             BK=BK,
             USE_L2NORM=use_qk_l2norm,
             IS_VARLEN=varlen,
-            PREC=prec,
+            IEEE=ieee,
             num_warps=int(TUNING["prepare_warps"]),  # type: ignore[arg-type]
         )
     bv, warps, stages = _state_config(K, V)
@@ -201,7 +202,7 @@ def _chunk_forward(
         USE_L2NORM=use_qk_l2norm,
         STORE_EMPTY=store_empty,
         IS_VARLEN=varlen,
-        PREC=prec,
+        IEEE=ieee,
         num_warps=warps,
         num_stages=stages,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from tri_shared.dots import ieee_dots
 from tri_shared.launch import make_grid, next_power_of_2, num_sms
 from tri_shared.softmax import LOG2E
 
@@ -45,12 +46,6 @@ def _head_dim_blocks(d: int, dtype: torch.dtype) -> tuple[int, int]:
     if d <= 128 or (d <= 256 and dtype != torch.float32):
         return max(16, next_power_of_2(d)), 1
     return 64, triton.cdiv(d, 64)
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    # fp32 inputs keep fp32 products (the tests hold them to fp32 accuracy); half types
-    # ignore the setting.
-    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def _n_splits(device: torch.device, rows_blocks: int, key_len: int) -> int:
@@ -115,7 +110,7 @@ def _launch_target(
         D,
         BLOCK_D=block_d,
         NUM_D=num_d,
-        PREC=_dot_precision(query.dtype),
+        IEEE=ieee_dots(query.dtype),
         WRITE_GRAD=g is not None,
         BLOCK_M=_TARGET_BLOCK_M,
         **fixed,
@@ -160,7 +155,7 @@ def _forward_rows(
         D,
         BLOCK_D=block_d,
         NUM_D=num_d,
-        PREC=_dot_precision(query.dtype),
+        IEEE=ieee_dots(query.dtype),
         **fixed,
     )
     block_r = 16

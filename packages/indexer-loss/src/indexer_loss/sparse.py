@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from tri_shared.checks import check_int_tensor
+from tri_shared.dots import ieee_dots
 from tri_shared.launch import make_grid, next_power_of_2
 from tri_shared.softmax import LOG2E
 
@@ -113,7 +114,7 @@ def _forward(
         BLOCK_H=block_h,
         BLOCK_D=block_d,
         ONE_HEAD_BLOCK=one_head_block,
-        DOT_IEEE=query.dtype == torch.float32,
+        IEEE=ieee_dots(query.dtype),
         STORE_P=store_p,
         COMPUTE_LOSS=index_score is not None,
         **config,

@@ -20,20 +20,13 @@ Conventions shared by all kernels:
 import triton
 import triton.language as tl
 
+from tri_shared.dots import dot
 from tri_shared.offsets import wide
 from tri_shared.softmax import LN2, LOG2E, log2_sum_exp2, online_softmax_update
 
 # lengths, head counts and window sizes change from call to call: specialising on them (value 1,
 # divisibility by 16) would recompile the kernels for every new sequence length
 _NO_SPEC = ["seqlen_q", "seqlen_k", "n_heads", "group", "win_left", "win_right"]
-
-
-@triton.jit
-def _dot(a, b, IEEE: tl.constexpr):
-    # fp32 inputs: IEEE products (the GPU would otherwise use tf32); fp16/bf16: tensor cores.
-    if IEEE:
-        return tl.dot(a, b, input_precision="ieee")
-    return tl.dot(a, b)
 
 
 @triton.jit
@@ -254,7 +247,7 @@ def _fwd_inner(
         offs_n = start_n + offs_n0
         # interior blocks (MASKED False) lie entirely inside the key sequence
         k = _load(k_ptrs, offs_n[None, :] < seqlen_k, d_ok, MASKED, HEAD_DIM != BLOCK_D)
-        qk = _dot(q, k, IEEE)
+        qk = dot(q, k, IEEE)
         s, _t = _logits(
             qk,
             offs_m,
@@ -277,7 +270,7 @@ def _fwd_inner(
         v = _load(v_ptrs, offs_n[:, None] < seqlen_k, dv_ok, MASKED, HEAD_DIM_V != BLOCK_DV)
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
-        acc += _dot(p.to(v.dtype), v, IEEE)
+        acc += dot(p.to(v.dtype), v, IEEE)
     return acc, m_i, l_i
 
 
@@ -526,7 +519,7 @@ def _bwd_dkdv_inner(
         else:
             lse2 = tl.load(lse_base + offs_m) * LOG2E
             delta = tl.load(delta_base + offs_m)
-        qk = _dot(q, tl.trans(k), IEEE)
+        qk = dot(q, tl.trans(k), IEEE)
         s, t = _logits(
             qk,
             offs_m,
@@ -543,18 +536,18 @@ def _bwd_dkdv_inner(
             vis = _visible(offs_m, offs_n, len_k, diag, win_left, win_right, HAS_LEFT, HAS_RIGHT)
             s = tl.where(vis, s, float("-inf"))
         p = tl.math.exp2(s - lse2[:, None])
-        dp = _dot(do, tl.trans(v), IEEE)
+        dp = dot(do, tl.trans(v), IEEE)
         if HAS_DROPOUT:
             keep = _keep(seed, salt, bh, offs_m, offs_n, dropout_p)
             p_drop = tl.where(keep, p * dropout_scale, 0.0)
             dp = tl.where(keep, dp * dropout_scale, 0.0)
         else:
             p_drop = p
-        dv += _dot(tl.trans(p_drop.to(do.dtype)), do, IEEE)
+        dv += dot(tl.trans(p_drop.to(do.dtype)), do, IEEE)
         ds = p * (dp - delta[:, None])
         if IS_SOFTCAP:
             ds = ds * (1.0 - t * t)
-        dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
+        dk += dot(tl.trans(ds.to(q.dtype)), q, IEEE)
     return dk, dv
 
 
@@ -760,7 +753,7 @@ def _bwd_dq_inner(
         v = _load(v_ptrs, offs_n[:, None] < len_k, dv_ok, MASKED, HEAD_DIM_V != BLOCK_DV)
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
-        qk = _dot(q, tl.trans(k), IEEE)
+        qk = dot(q, tl.trans(k), IEEE)
         s, t = _logits(
             qk,
             offs_m,
@@ -777,14 +770,14 @@ def _bwd_dq_inner(
             vis = _visible(offs_m, offs_n, len_k, diag, win_left, win_right, HAS_LEFT, HAS_RIGHT)
             s = tl.where(vis, s, float("-inf"))
         p = tl.math.exp2(s - lse2[:, None])
-        dp = _dot(do, tl.trans(v), IEEE)
+        dp = dot(do, tl.trans(v), IEEE)
         if HAS_DROPOUT:
             keep = _keep(seed, salt, bh, offs_m, offs_n, dropout_p)
             dp = tl.where(keep, dp * dropout_scale, 0.0)
         ds = p * (dp - delta[:, None])
         if IS_SOFTCAP:
             ds = ds * (1.0 - t * t)
-        dq += _dot(ds.to(k.dtype), k, IEEE)
+        dq += dot(ds.to(k.dtype), k, IEEE)
     return dq
 
 

@@ -26,6 +26,7 @@ PyTorch.
 import triton
 import triton.language as tl
 
+from tri_shared.dots import dot
 from tri_shared.offsets import wide
 
 from .recurrent import _softplus
@@ -89,9 +90,9 @@ def sigmoid_gates_kernel(
 
 
 @triton.jit
-def _block_a(kb_i, G_i, k_j, G_j, DIAG: tl.constexpr, PREC: tl.constexpr):
+def _block_a(kb_i, G_i, k_j, G_j, DIAG: tl.constexpr, IEEE: tl.constexpr):
     """A block: (beta_i k_i) k_j^T exp(G_i - G_j), strictly lower on the diagonal."""
-    a = _dot(kb_i, tl.trans(k_j), PREC)
+    a = dot(kb_i, tl.trans(k_j), IEEE)
     diff = G_i[:, None] - G_j[None, :]
     if DIAG:
         r = tl.arange(0, SUB)
@@ -104,15 +105,10 @@ def _block_a(kb_i, G_i, k_j, G_j, DIAG: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
-def _dot(x, y, PREC: tl.constexpr):
-    # PREC: "ieee" for fp32 inputs (tf32 would cost ~1e-3 relative error), else "tf32"
-    return tl.dot(x, y, input_precision=PREC)
-
-
-@triton.jit
 def _mm(x, y):
-    # fp32 products of the small solve: exact (ieee) so the inverse does not lose tf32 bits
-    return tl.dot(x, y, input_precision="ieee")
+    # products of the small solve: exact fp32 whatever the input dtype, so that the inverse
+    # does not lose tf32 bits
+    return dot(x, y, True)
 
 
 @triton.jit
@@ -199,7 +195,7 @@ def chunk_prepare_kernel(
     BK: tl.constexpr,
     USE_L2NORM: tl.constexpr,
     IS_VARLEN: tl.constexpr,
-    PREC: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     """One chunk of 64 tokens of one value head: G and beta per token, and T = (I + A)^-1
     (see the module docstring) as rows of 64 in ``Tm`` ``[tokens, HV, 64]``. Only the
@@ -264,16 +260,16 @@ def chunk_prepare_kernel(
     kd0, kd1, kd2, kd3 = k0.to(dt), k1.to(dt), k2.to(dt), k3.to(dt)
     kb0, kb1 = (k0 * b0[:, None]).to(dt), (k1 * b1[:, None]).to(dt)
     kb2, kb3 = (k2 * b2[:, None]).to(dt), (k3 * b3[:, None]).to(dt)
-    a00 = _block_a(kb0, G0, kd0, G0, True, PREC)
-    a11 = _block_a(kb1, G1, kd1, G1, True, PREC)
-    a22 = _block_a(kb2, G2, kd2, G2, True, PREC)
-    a33 = _block_a(kb3, G3, kd3, G3, True, PREC)
-    a10 = _block_a(kb1, G1, kd0, G0, False, PREC)
-    a20 = _block_a(kb2, G2, kd0, G0, False, PREC)
-    a21 = _block_a(kb2, G2, kd1, G1, False, PREC)
-    a30 = _block_a(kb3, G3, kd0, G0, False, PREC)
-    a31 = _block_a(kb3, G3, kd1, G1, False, PREC)
-    a32 = _block_a(kb3, G3, kd2, G2, False, PREC)
+    a00 = _block_a(kb0, G0, kd0, G0, True, IEEE)
+    a11 = _block_a(kb1, G1, kd1, G1, True, IEEE)
+    a22 = _block_a(kb2, G2, kd2, G2, True, IEEE)
+    a33 = _block_a(kb3, G3, kd3, G3, True, IEEE)
+    a10 = _block_a(kb1, G1, kd0, G0, False, IEEE)
+    a20 = _block_a(kb2, G2, kd0, G0, False, IEEE)
+    a21 = _block_a(kb2, G2, kd1, G1, False, IEEE)
+    a30 = _block_a(kb3, G3, kd0, G0, False, IEEE)
+    a31 = _block_a(kb3, G3, kd1, G1, False, IEEE)
+    a32 = _block_a(kb3, G3, kd2, G2, False, IEEE)
 
     # T = (I + A)^-1 by blocks: T_ii = (I + A_ii)^-1, T_ij = -T_ii sum_{j<=m<i} A_im T_mj
     t00 = _inv_unit_lower(a00)
@@ -332,7 +328,7 @@ def chunk_state_output_kernel(
     USE_L2NORM: tl.constexpr,
     STORE_EMPTY: tl.constexpr,
     IS_VARLEN: tl.constexpr,
-    PREC: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     """One sequence, one value head, one block of V: the chunks in order, state in registers,
     outputs written on the way. Per chunk, with S the state entering it:
@@ -416,17 +412,17 @@ def chunk_state_output_kernel(
 
         S_d = S.to(dt)
         # U = T (beta (V - exp(G) K S)): the chunk's corrected values
-        KS = _dot(b_k, S_d, PREC)
+        KS = dot(b_k, S_d, IEEE)
         X = (b_v.to(tl.float32) - KS * (tl.exp(b_G) * k_scale)[:, None]) * b_beta[:, None]
-        b_U = _dot(b_T.to(dt), X.to(dt), PREC)
+        b_U = dot(b_T.to(dt), X.to(dt), IEEE)
         b_Ud = b_U.to(dt)
         # O = scale (exp(G) Q S + P U), P the decayed causal part of Q K^T
-        qk = _dot(b_q, tl.trans(b_k), PREC) * k_scale[None, :]
+        qk = dot(b_q, tl.trans(b_k), IEEE) * k_scale[None, :]
         keep = causal & valid[:, None]
         decay = tl.exp(tl.where(keep, b_G[:, None] - b_G[None, :], 0.0))
         P = tl.where(keep, qk * decay * (rq * scale)[:, None], 0.0)
-        b_o = _dot(b_q, S_d, PREC) * q_scale[:, None]
-        b_o += _dot(P.to(dt), b_Ud, PREC)
+        b_o = dot(b_q, S_d, IEEE) * q_scale[:, None]
+        b_o += dot(P.to(dt), b_Ud, IEEE)
         tl.store(
             o_base + rows * (HV * V) + offs_v[None, :], b_o.to(o.dtype.element_ty), mask=v_mask
         )
@@ -434,7 +430,7 @@ def chunk_state_output_kernel(
         # (a [64, BV] tile) rather than of K ([64, K]: K would need registers, not only
         # shared memory)
         k_decay = tl.where(valid, k_scale * tl.exp(G_last - b_G), 0.0)
-        S = S * tl.exp(G_last) + _dot(tl.trans(b_k), (b_U * k_decay[:, None]).to(dt), PREC)
+        S = S * tl.exp(G_last) + dot(tl.trans(b_k), (b_U * k_decay[:, None]).to(dt), IEEE)
 
     if STORE_HT:
         st_mask = s_mask

@@ -17,6 +17,7 @@ exponential is one ``exp2``.
 import triton
 import triton.language as tl
 
+from tri_shared.dots import dot
 from tri_shared.launch import autotune_configs
 from tri_shared.offsets import block_range, tile_pointers, wide
 from tri_shared.softmax import LN2, LOG2E, log2_sum_exp2, online_softmax_update
@@ -39,7 +40,7 @@ def _qk_tile(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     NUM_D: tl.constexpr,
-    PREC: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     """``q[offs_m] · k[offs_n]ᵀ`` over the head dim in ``NUM_D`` chunks, fp32 ``[BM, BN]``.
 
@@ -59,7 +60,7 @@ def _qk_tile(
             mask=mask_d[:, None] & mask_n[None, :],
             other=0.0,
         )
-        acc = tl.dot(q, kt, acc, input_precision=PREC)
+        acc = dot(q, kt, IEEE, acc)
     return acc
 
 
@@ -100,7 +101,7 @@ def _dense_head_lse_kernel(
     D,
     BLOCK_D: tl.constexpr,
     NUM_D: tl.constexpr,
-    PREC: tl.constexpr,
+    IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -135,12 +136,12 @@ def _dense_head_lse_kernel(
                 mask=mask_d[:, None],
                 other=0.0,
             )
-            s = tl.dot(qt, kt, input_precision=PREC)
+            s = dot(qt, kt, IEEE)
         else:
             s = _qk_tile(
                 q_base, k_base, offs_m, offs_n, mask_m, offs_n < L,
                 stride_qs, stride_qd, stride_kl, stride_kd, D,
-                BLOCK_M, BLOCK_N, BLOCK_D, NUM_D, PREC,
+                BLOCK_M, BLOCK_N, BLOCK_D, NUM_D, IEEE,
             )  # fmt: skip
         m_i, l_i, _, _ = online_softmax_update(m_i, l_i, s * qk_scale2)
     for n0 in range(full_hi, hi, BLOCK_N):
@@ -151,12 +152,12 @@ def _dense_head_lse_kernel(
                 mask=mask_d[:, None] & mask_n[None, :],
                 other=0.0,
             )
-            s = tl.dot(qt, kt, input_precision=PREC)
+            s = dot(qt, kt, IEEE)
         else:
             s = _qk_tile(
                 q_base, k_base, offs_m, offs_n, mask_m, mask_n,
                 stride_qs, stride_qd, stride_kl, stride_kd, D,
-                BLOCK_M, BLOCK_N, BLOCK_D, NUM_D, PREC,
+                BLOCK_M, BLOCK_N, BLOCK_D, NUM_D, IEEE,
             )  # fmt: skip
         valid = (offs_n[None, :] <= chunk_offset + offs_m[:, None]) & mask_n[None, :]
         s = tl.where(valid, s * qk_scale2, float("-inf"))
@@ -246,7 +247,7 @@ def _dense_target_kernel(
     D,
     BLOCK_D: tl.constexpr,
     NUM_D: tl.constexpr,
-    PREC: tl.constexpr,
+    IEEE: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -301,12 +302,12 @@ def _dense_target_kernel(
                     mask=mask_m[:, None] & mask_d[None, :],
                     other=0.0,
                 )
-                s = tl.dot(qt, kt, input_precision=PREC)
+                s = dot(qt, kt, IEEE)
             else:
                 s = _qk_tile(
                     q_h, k_base, offs_m, offs_n, mask_m, mask_n,
                     stride_qs, stride_qd, stride_kl, stride_kd, D,
-                    BLOCK_M, BLOCK_N, BLOCK_D, NUM_D, PREC,
+                    BLOCK_M, BLOCK_N, BLOCK_D, NUM_D, IEEE,
                 )  # fmt: skip
             lse_h = tl.load(lse_h_ptr, mask=mask_m, other=0.0)
             # Future keys may overflow to +inf here; they are masked out below, never multiplied.
@@ -353,9 +354,9 @@ def _dense_target_kernel(
 # Autotuned launchers for large problems; the plain kernels above take a fixed config for
 # small ones, where tuning would cost more than it saves (and every new head dim retunes).
 # The keys leave out the lengths so a new S or L never retunes.
-_dense_head_lse_tuned = triton.autotune(configs=_lse_configs(), key=["BLOCK_D", "NUM_D", "PREC"])(
+_dense_head_lse_tuned = triton.autotune(configs=_lse_configs(), key=["BLOCK_D", "NUM_D", "IEEE"])(
     _dense_head_lse_kernel
 )
 _dense_target_tuned = triton.autotune(
-    configs=_target_configs(), key=["BLOCK_D", "NUM_D", "PREC", "WRITE_GRAD"]
+    configs=_target_configs(), key=["BLOCK_D", "NUM_D", "IEEE", "WRITE_GRAD"]
 )(_dense_target_kernel)

@@ -17,6 +17,7 @@ per-head log-sum-exp ``[B·S, H]`` fp32 handed from sweep 1 to sweep 2.
 import triton
 import triton.language as tl
 
+from tri_shared.dots import dot
 from tri_shared.offsets import wide
 from tri_shared.softmax import (
     LN2,
@@ -48,17 +49,6 @@ def _load_q(
 
 
 @triton.jit
-def _dot(a, b, DOT_IEEE: tl.constexpr):
-    # fp32 inputs: exact fp32 products (the GPU would use tf32 otherwise); fp16/bf16 go to
-    # the tensor cores as they are, accumulating in fp32.
-    if DOT_IEEE:
-        out = tl.dot(a, b, input_precision="ieee")
-    else:
-        out = tl.dot(a, b)
-    return out
-
-
-@triton.jit
 def _scores(
     q_row,
     k_bat,
@@ -76,7 +66,7 @@ def _scores(
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
     Q_PRELOADED: tl.constexpr,
-    DOT_IEEE: tl.constexpr,
+    IEEE: tl.constexpr,
     KT: tl.constexpr,
 ):
     """Raw scores ``Q[heads] · K[kidx]ᵀ`` ``[BLOCK_H, BLOCK_K]`` fp32, or their transpose
@@ -91,9 +81,9 @@ def _scores(
             other=0.0,
         )
         if KT:
-            acc = _dot(kt, q_pre, DOT_IEEE)
+            acc = dot(kt, q_pre, IEEE)
         else:
-            acc = _dot(q_pre, tl.trans(kt), DOT_IEEE)
+            acc = dot(q_pre, tl.trans(kt), IEEE)
     else:
         if KT:
             acc = tl.zeros([BLOCK_K, BLOCK_H], dtype=tl.float32)
@@ -108,9 +98,9 @@ def _scores(
                 other=0.0,
             )
             if KT:
-                acc += _dot(kt, tl.trans(qt), DOT_IEEE)
+                acc += dot(kt, tl.trans(qt), IEEE)
             else:
-                acc += _dot(qt, tl.trans(kt), DOT_IEEE)
+                acc += dot(qt, tl.trans(kt), IEEE)
     return acc
 
 
@@ -153,7 +143,7 @@ def _head_lse(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    DOT_IEEE: tl.constexpr,
+    IEEE: tl.constexpr,
     KT: tl.constexpr,
 ):
     """Sweep 1 for heads ``h0 .. h0 + BLOCK_H``: base-2 log-sum-exp of the scaled scores over
@@ -186,7 +176,7 @@ def _head_lse(
             BLOCK_K,
             BLOCK_D,
             ONE_D,
-            DOT_IEEE,
+            IEEE,
             KT,
         )
         if KT:
@@ -219,7 +209,7 @@ def _head_probs(
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
     Q_PRELOADED: tl.constexpr,
-    DOT_IEEE: tl.constexpr,
+    IEEE: tl.constexpr,
     KT: tl.constexpr,
 ):
     """Sweep 2 for one head block and one top-k block: ``Σ_h P[h, j]`` ``[BLOCK_K]``."""
@@ -242,7 +232,7 @@ def _head_probs(
         BLOCK_K,
         BLOCK_D,
         Q_PRELOADED,
-        DOT_IEEE,
+        IEEE,
         KT,
     )
     # Masked entries (padding heads, invalid keys, rows with lse = -inf) give exactly 0.
@@ -294,7 +284,7 @@ def sparse_indexer_fwd_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
     ONE_HEAD_BLOCK: tl.constexpr,
-    DOT_IEEE: tl.constexpr,
+    IEEE: tl.constexpr,
     STORE_P: tl.constexpr,
     COMPUTE_LOSS: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -355,7 +345,7 @@ def sparse_indexer_fwd_kernel(
             BLOCK_H,
             BLOCK_K,
             BLOCK_D,
-            DOT_IEEE,
+            IEEE,
             KT,
         )
         if ONE_D:
@@ -393,7 +383,7 @@ def sparse_indexer_fwd_kernel(
                 BLOCK_H,
                 BLOCK_K,
                 BLOCK_D,
-                DOT_IEEE,
+                IEEE,
                 KT,
             )
             tl.store(hlse_ptr + wide(row) * H + heads, lse_h, mask=heads < H)
@@ -425,7 +415,7 @@ def sparse_indexer_fwd_kernel(
                 BLOCK_K,
                 BLOCK_D,
                 ONE_D,
-                DOT_IEEE,
+                IEEE,
                 KT,
             )
         else:
@@ -452,7 +442,7 @@ def sparse_indexer_fwd_kernel(
                     BLOCK_K,
                     BLOCK_D,
                     False,
-                    DOT_IEEE,
+                    IEEE,
                     KT,
                 )
         p = p / H
