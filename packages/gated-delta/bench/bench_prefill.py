@@ -61,11 +61,12 @@ def make_inputs(N: int, L: int, device: torch.device) -> dict:
 
 
 def flops(N: int, L: int) -> float:
-    """Matrix-product FLOPs of the chunked algorithm (C = 64) per value head, summed."""
+    """Matrix-product FLOPs of the chunked algorithm (C = 64) per value head, summed: per
+    chunk A = K K^T and Q K^T, U = T X, and K S, Q S, P U, K^T U."""
     C = 64
     chunks = N * L / C
-    per_chunk = 2 * C * C * K * 2 + 2 * C * C * (K + V)  # kk^T, qk^T; w, u = T @ ...
-    per_chunk += 2 * C * K * V * 4  # w S, q S, P U, k^T U
+    per_chunk = 2 * C * C * K * 2 + 2 * C * C * V
+    per_chunk += 2 * C * K * V * 4
     return chunks * per_chunk * HV
 
 
