@@ -99,7 +99,7 @@ def _chunk_forward(
     store_empty: bool,
     use_qk_l2norm: bool,
 ) -> torch.Tensor:
-    """Launch both kernels; returns o ``[B, T, HV, V]`` in q's dtype."""
+    """Launch the kernels (see the module docstring); returns o ``[B, T, HV, V]`` in q's dtype."""
     B, T, H, HV, K, V, N = sizes.B, sizes.T, sizes.H, sizes.HV, sizes.K, sizes.V, sizes.N
     dev = q.device
     o = torch.empty(B, T, HV, V, dtype=q.dtype, device=dev)
@@ -117,10 +117,9 @@ def _chunk_forward(
         bound = N * cdiv(T, CHUNK_SIZE)
     ieee = ieee_dots(q.dtype)
     BK = max(16, next_power_of_2(K))
-    # T in the input dtype (a tensor-core operand of the next kernel), G and beta in fp32
+    # T in the input dtype (a tensor-core operand of the next kernel), G in fp32
     t_rows = torch.empty(nt, HV, CHUNK_SIZE, dtype=q.dtype, device=dev)
     Gc = torch.empty(nt, HV, dtype=torch.float32, device=dev)
-    betas = torch.empty(nt, HV, dtype=torch.float32, device=dev)
     if a is not None:
         # the decode op's gating, once per token and head (8 bytes each), for the kernels
         g = torch.empty(nt, HV, dtype=torch.float32, device=dev)
@@ -160,7 +159,6 @@ def _chunk_forward(
             cdiv(T, CHUNK_SIZE),
             t_rows,
             Gc,
-            betas,
             k_rnorm,
             H=H,
             HV=HV,
@@ -178,7 +176,7 @@ def _chunk_forward(
         v,
         t_rows,
         Gc,
-        betas,
+        beta,
         q_rnorm,
         k_rnorm,
         o,

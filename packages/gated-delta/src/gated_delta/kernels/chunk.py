@@ -6,7 +6,7 @@
    cumulative sum G inside the chunk, the strictly lower matrix
    A = tril(beta_t exp(G_t - G_s) k_t . k_s, -1) and its unit-lower inverse T = (I + A)^-1
    by blocks of 16 (the nilpotent product (I - A)(I + A^2)(I + A^4)(I + A^8) on the four
-   diagonal blocks, products for the rest). It stores G, beta, T and, with l2norm, the
+   diagonal blocks, products for the rest). It stores G, T and, with l2norm, the
    inverse norms of the k rows (``rnorm_rows_kernel`` computes the q rows' beforehand).
    The WY factors u = T beta V and w = T beta exp(G) K are never stored: that saves their
    round trip through memory.
@@ -187,7 +187,6 @@ def chunk_prepare_kernel(
     NC,
     Tm,
     Gc,
-    betas,
     k_rnorm,
     H: tl.constexpr,
     HV: tl.constexpr,
@@ -197,7 +196,7 @@ def chunk_prepare_kernel(
     IS_VARLEN: tl.constexpr,
     IEEE: tl.constexpr,
 ):
-    """One chunk of 64 tokens of one value head: G and beta per token, and T = (I + A)^-1
+    """One chunk of 64 tokens of one value head: G per token, and T = (I + A)^-1
     (see the module docstring) as rows of 64 in ``Tm`` ``[tokens, HV, 64]``. Only the
     blocks on and below the diagonal are written; readers mask the rest. With
     ``USE_L2NORM``, the first value head of each k head also stores the k rows' inverse
@@ -235,10 +234,6 @@ def chunk_prepare_kernel(
     tl.store(Gc + wide(t1 + offs_s) * HV + hv, G1, mask=t1 + offs_s < t_end)
     tl.store(Gc + wide(t2 + offs_s) * HV + hv, G2, mask=t2 + offs_s < t_end)
     tl.store(Gc + wide(t3 + offs_s) * HV + hv, G3, mask=t3 + offs_s < t_end)
-    tl.store(betas + wide(t0 + offs_s) * HV + hv, b0, mask=t0 + offs_s < t_end)
-    tl.store(betas + wide(t1 + offs_s) * HV + hv, b1, mask=t1 + offs_s < t_end)
-    tl.store(betas + wide(t2 + offs_s) * HV + hv, b2, mask=t2 + offs_s < t_end)
-    tl.store(betas + wide(t3 + offs_s) * HV + hv, b3, mask=t3 + offs_s < t_end)
 
     k0 = _rows(k_base, t0, t_end, H * K, offs_k, mask_k, SUB)
     k1 = _rows(k_base, t1, t_end, H * K, offs_k, mask_k, SUB)
@@ -304,7 +299,7 @@ def chunk_state_output_kernel(
     v,
     Tm,
     Gc,
-    betas,
+    beta,
     q_rnorm,
     k_rnorm,
     o,
@@ -399,7 +394,7 @@ def chunk_state_output_kernel(
             other=0.0,
         )
         b_G = tl.load(Gc + wide(t0 + offs_t) * HV + hv, mask=valid, other=0.0)
-        b_beta = tl.load(betas + wide(t0 + offs_t) * HV + hv, mask=valid, other=0.0)
+        b_beta = tl.load(beta + wide(t0 + offs_t) * HV + hv, mask=valid, other=0.0).to(tl.float32)
         G_last = tl.load(Gc + (tl.minimum(t0 + BT, eos) - 1) * HV + hv)
         # row scales: the query scale and decay, and the inverse l2 norms when normalising
         q_scale = tl.exp(b_G) * scale
