@@ -93,20 +93,20 @@ def sweep_configs(q, k, x, idx, scaling, off):
     rows = []
     default = sparse_mod._launch_config
     H, D = q.shape[1], q.shape[3]
-    configs = [  # (BLOCK_K, KT, num_warps, num_stages, BLOCK_H or None for the default)
-        (32, False, 4, 2, None),
-        (32, False, 4, 3, None),
-        (64, False, 4, 3, None),
-        (32, True, 4, 3, None),
-        (64, True, 4, 2, None),
-        (64, True, 4, 3, None),
-        (128, True, 4, 2, None),
-        (128, True, 8, 2, None),
+    configs = [  # (BLOCK_K, KT1, KT2, num_warps, num_stages, BLOCK_H or None for the default)
+        (64, False, True, 4, 2, None),
+        (64, False, True, 4, 3, None),
+        (64, True, True, 4, 2, None),
+        (64, False, False, 4, 2, None),
+        (32, False, True, 4, 3, None),
+        (128, False, True, 4, 2, None),
+        (128, False, True, 8, 2, None),
+        (128, True, True, 4, 2, None),
     ]
     if H > 64:
-        configs += [(64, True, 8, 2, 128), (64, False, 8, 3, 128)]
-    for bk, kt, warps, stages, bh in configs:
-        cfg = {"BLOCK_K": bk, "KT": kt, "num_warps": warps, "num_stages": stages}
+        configs += [(64, False, True, 8, 2, 128), (128, False, True, 8, 2, 128)]
+    for bk, kt1, kt2, warps, stages, bh in configs:
+        cfg = {"BLOCK_K": bk, "KT1": kt1, "KT2": kt2, "num_warps": warps, "num_stages": stages}
         if bh is not None:
             cfg["BLOCK_H"] = bh
         sparse_mod._launch_config = lambda *_a, cfg=cfg: cfg
@@ -114,7 +114,8 @@ def sweep_configs(q, k, x, idx, scaling, off):
             "H": H,
             "D": D,
             "BLOCK_K": bk,
-            "KT": kt,
+            "KT1": kt1,
+            "KT2": kt2,
             "warps": warps,
             "stages": stages,
             "BLOCK_H": bh or "default",

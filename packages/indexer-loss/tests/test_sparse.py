@@ -233,15 +233,19 @@ def test_large_scores_stay_finite(device):
     )
     assert torch.isfinite(loss).all()
     assert torch.isfinite(x.grad).all()
-    assert_close(loss, ref, max_rel_err=1e-4, name="loss at large scores")
+    # index_score entries of ~1e4 (~1.4e4 in base 2) are spaced ~1e-3 apart in fp32, so each
+    # log q carries ~1e-3 of rounding: against a loss of ~20 that is ~1e-4 relative, more
+    # after a few roundings; 5e-4 still catches any real error (a lost entry, a wrong max).
+    assert_close(loss, ref, max_rel_err=5e-4, name="loss at large scores")
 
 
 @pytest.mark.parametrize(
     "config",
     [
-        {"BLOCK_K": 16, "KT": False, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_K": 32, "KT": True, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_K": 64, "KT": True, "num_warps": 8, "num_stages": 3},
+        {"BLOCK_K": 16, "KT1": False, "KT2": False, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_K": 32, "KT1": True, "KT2": True, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_K": 32, "KT1": True, "KT2": False, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_K": 64, "KT1": False, "KT2": True, "num_warps": 8, "num_stages": 3},
     ],
 )
 def test_every_launch_configuration(device, monkeypatch, config):

@@ -42,14 +42,32 @@ def _block_sizes(num_heads: int, head_dim: int) -> tuple[int, int]:
 
 
 def _launch_config(num_heads: int, head_dim: int) -> dict[str, int | bool]:
-    """BLOCK_K, KT (keys as the matmul's M side), num_warps and num_stages of the forward
-    kernel. A fixed choice rather than autotuning: no tuning pause on each new shape; the
-    bench script sweeps the alternatives (see BENCHMARKS.md)."""
-    # Chosen from the sweep of the 2026-11-21 H200 run (BENCHMARKS.md): keys on the M side
-    # of the matmul was the fastest layout at every measured shape.
+    """BLOCK_K, the matmul orientation of each sweep (KT1 / KT2: keys on the M side), num_warps
+    and num_stages of the forward kernel. A fixed choice rather than autotuning: no tuning
+    pause on each new shape; the bench script sweeps the alternatives (see BENCHMARKS.md)."""
+    # Sweep 1 reduces over keys (running max and sum per head): heads on M keep that
+    # reduction inside a warp. Sweep 2 reduces over heads (the head sum): keys on M keep it
+    # inside a warp. On the 2026-11-21 H200 runs (BENCHMARKS.md) this mixed orientation beat
+    # keys-on-M for both sweeps.
     if head_dim > 128:
-        return {"BLOCK_K": 128, "KT": True, "num_warps": 4, "num_stages": 2}
-    return {"BLOCK_K": 64, "KT": True, "num_warps": 4, "num_stages": 2}
+        if num_heads > 64:
+            # one 128-head block on 8 warps: each gathered key tile is used by every head
+            return {
+                "BLOCK_K": 128,
+                "BLOCK_H": 128,
+                "KT1": False,
+                "KT2": True,
+                "num_warps": 8,
+                "num_stages": 2,
+            }
+        return {"BLOCK_K": 128, "KT1": False, "KT2": True, "num_warps": 4, "num_stages": 2}
+    return {
+        "BLOCK_K": 128 if num_heads >= 64 else 64,
+        "KT1": False,
+        "KT2": True,
+        "num_warps": 4,
+        "num_stages": 2,
+    }
 
 
 def _forward(
@@ -78,6 +96,8 @@ def _forward(
     block_h, block_d = _block_sizes(H, D)
     config = dict(_launch_config(H, D))
     block_h = int(config.pop("BLOCK_H", block_h))
+    # sweep 0 (index_score statistics, no matmul) runs in wide blocks
+    block_x = min(2048, max(16, next_power_of_2(topk)))
     one_head_block = block_h >= H
     # Per-head log-sum-exp handed between the kernel's two sweeps when H spans several
     # head blocks: [B·S, H] fp32, small next to p (H <= 128 against topk entries).
@@ -117,6 +137,7 @@ def _forward(
         IEEE=ieee_dots(query.dtype),
         STORE_P=store_p,
         COMPUTE_LOSS=index_score is not None,
+        BLOCK_X=block_x,
         **config,
     )
     return loss, p, lse, n_valid

@@ -4,11 +4,18 @@ One program per query row ``(b, t)``. Key rows are gathered by index straight fr
 (pointer arithmetic on the loaded indices, never a gathered copy). Three sweeps over the
 row's top-k entries, in blocks of ``BLOCK_K``:
 
-0. the softmax statistics of ``index_score`` over the valid entries (cheap, no matmul);
+0. the softmax statistics of ``index_score`` over the valid entries (cheap, no matmul,
+   in wide ``BLOCK_X`` blocks);
 1. per head block: ``s = scale · Q_h · K_jᵀ`` with ``tl.dot`` (D looped in ``BLOCK_D``
    chunks), online max/sum per head → per-head base-2 log-sum-exp;
 2. recompute ``s``, ``P = exp2(s − lse_h)``, sum over heads into ``p`` (registers, one
    top-k block at a time), store ``p`` when the backward needs it, and add the KL terms.
+
+Each sweep picks the matmul orientation that keeps its reduction inside a warp: ``KT1`` /
+``KT2`` put the gathered keys on the M side (the left operand) and the heads on N. Sweep 1
+reduces over keys (heads on M is better), sweep 2 over heads (keys on M is better). The
+elementwise work per score is what limits these kernels after the matmul, so masks are
+applied as an added -inf (sweep 1) or after the head sum (sweep 2), not per score.
 
 Extra memory: ``p`` ``[B, S, topk]`` fp32 (only when asked) and, when ``H > BLOCK_H``, the
 per-head log-sum-exp ``[B·S, H]`` fp32 handed from sweep 1 to sweep 2.
@@ -179,13 +186,13 @@ def _head_lse(
             IEEE,
             KT,
         )
+        # invalid keys are masked by adding -inf: one fused multiply-add per score
+        bias = tl.where(valid, 0.0, float("-inf"))
         if KT:
             # heads are the columns of s here
-            s = tl.where(valid[:, None], s * qk_scale, float("-inf"))
-            m_i, l_i, _, _ = online_softmax_update(m_i, l_i, s, 0)
+            m_i, l_i, _, _ = online_softmax_update(m_i, l_i, s * qk_scale + bias[:, None], 0)
         else:
-            s = tl.where(valid[None, :], s * qk_scale, float("-inf"))
-            m_i, l_i, _, _ = online_softmax_update(m_i, l_i, s)
+            m_i, l_i, _, _ = online_softmax_update(m_i, l_i, s * qk_scale + bias[None, :])
     return log2_sum_exp2(m_i, l_i)
 
 
@@ -235,18 +242,16 @@ def _head_probs(
         IEEE,
         KT,
     )
-    # Masked entries (padding heads, invalid keys, rows with lse = -inf) give exactly 0.
+    # Padding heads and rows without a valid entry (lse = -inf) get lse = +inf, so their
+    # terms are exactly 0. Invalid keys (loaded as zero rows) are dropped after the head
+    # sum, on the [BLOCK_K] vector instead of every score; their terms are positive
+    # (possibly inf), so the sum cannot turn into NaN.
+    lse_h = tl.where(hmask & (lse_h > float("-inf")), lse_h, float("inf"))
     if KT:
-        probs = tl.where(
-            valid[:, None] & hmask[None, :], tl.math.exp2(s * qk_scale - lse_h[None, :]), 0.0
-        )
-        p = tl.sum(probs, axis=1)
+        p = tl.sum(tl.math.exp2(s * qk_scale - lse_h[None, :]), axis=1)
     else:
-        probs = tl.where(
-            hmask[:, None] & valid[None, :], tl.math.exp2(s * qk_scale - lse_h[:, None]), 0.0
-        )
-        p = tl.sum(probs, axis=0)
-    return p
+        p = tl.sum(tl.math.exp2(s * qk_scale - lse_h[:, None]), axis=0)
+    return tl.where(valid, p, 0.0)
 
 
 @triton.jit
@@ -288,7 +293,9 @@ def sparse_indexer_fwd_kernel(
     STORE_P: tl.constexpr,
     COMPUTE_LOSS: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    KT: tl.constexpr,
+    BLOCK_X: tl.constexpr,
+    KT1: tl.constexpr,
+    KT2: tl.constexpr,
 ):
     """Forward for one query row.
 
@@ -310,11 +317,12 @@ def sparse_indexer_fwd_kernel(
     # Sweep 0: softmax statistics of index_score over the valid entries.
     lse_x = 0.0
     if COMPUTE_LOSS:
-        m_x = tl.max(tl.full([BLOCK_K], float("-inf"), tl.float32), axis=0)
-        l_x = tl.sum(tl.zeros([BLOCK_K], tl.float32), axis=0)
-        n_x = tl.sum(tl.zeros([BLOCK_K], tl.int32), axis=0)
-        for k0 in tl.range(0, TOPK, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
+        m_x = tl.max(tl.full([BLOCK_X], float("-inf"), tl.float32), axis=0)
+        l_x = tl.sum(tl.zeros([BLOCK_X], tl.float32), axis=0)
+        n_x = tl.sum(tl.zeros([BLOCK_X], tl.int32), axis=0)
+        # wide blocks (BLOCK_X, up to 2048): a short loop, few dependent load round trips
+        for k0 in tl.range(0, TOPK, BLOCK_X):
+            offs_k = k0 + tl.arange(0, BLOCK_X)
             _, valid = _row_indices(i_row, offs_k, stride_ik, TOPK, L, last_pos)
             x = tl.load(x_row + wide(offs_k) * stride_xk, mask=valid, other=float("-inf"))
             m_x, l_x, _, _ = online_softmax_update_1d(m_x, l_x, x.to(tl.float32) * LOG2E)
@@ -346,7 +354,7 @@ def sparse_indexer_fwd_kernel(
             BLOCK_K,
             BLOCK_D,
             IEEE,
-            KT,
+            KT1,
         )
         if ONE_D:
             q_pre = _q_operand(
@@ -357,7 +365,7 @@ def sparse_indexer_fwd_kernel(
                 stride_qd,
                 HEAD_DIM,
                 BLOCK_D,
-                KT,
+                KT2,
             )
         else:
             q_pre = 0
@@ -384,7 +392,7 @@ def sparse_indexer_fwd_kernel(
                 BLOCK_K,
                 BLOCK_D,
                 IEEE,
-                KT,
+                KT1,
             )
             tl.store(hlse_ptr + wide(row) * H + heads, lse_h, mask=heads < H)
         # The values are read back by other threads of this program: make them visible.
@@ -416,7 +424,7 @@ def sparse_indexer_fwd_kernel(
                 BLOCK_D,
                 ONE_D,
                 IEEE,
-                KT,
+                KT2,
             )
         else:
             p = tl.zeros([BLOCK_K], tl.float32)
@@ -443,7 +451,7 @@ def sparse_indexer_fwd_kernel(
                     BLOCK_D,
                     False,
                     IEEE,
-                    KT,
+                    KT2,
                 )
         p = p / H
         if STORE_P:
