@@ -363,15 +363,15 @@ def chunk_state_output_kernel(
         s_off = wide(offs_v)[None, :] * K + offs_k[:, None]
     else:
         s_off = wide(offs_k)[:, None] * V + offs_v[None, :]
-    # broadcast the per-program flag to the tile first: the interpreter rejects a block mask
-    # and-ed with a scalar
-    has_slot = (tl.zeros([BK, BV], dtype=tl.int64) + slot) >= 0
-    s_mask = mask_k[:, None] & mask_v[None, :] & has_slot
+    s_mask = mask_k[:, None] & mask_v[None, :]
     s_row = (slot * HV + hv) * K * V
 
+    # a negative slot (or an empty sequence) is a uniform branch of the whole program, not a
+    # per-element mask: no [BK, BV] flag tile to keep
     S = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_H0:
-        S = tl.load(h0 + s_row + s_off, mask=s_mask, other=0.0).to(tl.float32)
+        if slot >= 0:
+            S = tl.load(h0 + s_row + s_off, mask=s_mask, other=0.0).to(tl.float32)
 
     q_base = q + h_qk * K
     k_base = k + h_qk * K
@@ -428,8 +428,9 @@ def chunk_state_output_kernel(
         S = S * tl.exp(G_last) + dot(tl.trans(b_k), (b_U * k_decay[:, None]).to(dt), IEEE)
 
     if STORE_HT:
-        st_mask = s_mask
+        store = slot >= 0
         if not STORE_EMPTY:
             # an empty sequence leaves its pool slot untouched (bit for bit), as in decode
-            st_mask = st_mask & ((tl.zeros([BK, BV], dtype=tl.int64) + eos) > bos)
-        tl.store(ht + s_row + s_off, S.to(ht.dtype.element_ty), mask=st_mask)
+            store = store & (eos > bos)
+        if store:
+            tl.store(ht + s_row + s_off, S.to(ht.dtype.element_ty), mask=s_mask)
