@@ -11,8 +11,8 @@ Conventions used by both losses (rows are the ``B · S`` query positions):
   are given, else ``pos = j``.
 - The forward saves, per row, the natural log-sum-exp ``lse`` of ``index_score`` over the
   valid entries (``-inf`` for a row with none) and the number of valid entries ``n_valid``,
-  plus the target ``p`` ``[B, S, N]`` fp32 (0 on invalid entries). The backward recomputes
-  ``q = exp(index_score − lse)`` from these, so it is one cheap elementwise kernel.
+  plus, for the sparse loss's backward, ``q − p`` ``[B, S, N]`` fp32 (0 on invalid entries),
+  so that backward is one multiply per entry (:func:`scale_rows`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from tri_shared.checks import (
 )
 from tri_shared.launch import make_grid, next_power_of_2
 from tri_shared.offsets import wide
-from tri_shared.softmax import LOG2E
 
 REDUCTIONS = ("none", "sum", "mean")
 
@@ -124,97 +123,33 @@ def row_grad(grad_output: torch.Tensor, n_valid: torch.Tensor, reduction: str) -
 
 
 @triton.jit
-def _index_score_grad_kernel(
-    x_ptr,
-    p_ptr,
-    lse_ptr,
-    g_ptr,
-    idx_ptr,
-    out_ptr,
-    S,
-    N,
-    L,
-    chunk_offset,
-    stride_xb,
-    stride_xs,
-    stride_xn,
-    stride_gb,
-    stride_gs,
-    stride_ib,
-    stride_is,
-    stride_in,
-    HAS_INDICES: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
+def _scale_rows_kernel(
+    d_ptr, g_ptr, out_ptr, S, N, stride_gb, stride_gs, BLOCK_N: tl.constexpr
+):  # fmt: skip
     row = tl.program_id(0)
     b = row // S
     t = row % S
     offs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     inb = offs < N
-    if HAS_INDICES:
-        pos = tl.load(
-            idx_ptr + wide(b) * stride_ib + wide(t) * stride_is + wide(offs) * stride_in,
-            mask=inb,
-            other=-1,
-        )
-    else:
-        pos = offs
-    valid = inb & (pos >= 0) & (pos < L) & (pos <= chunk_offset + t)
-    x = tl.load(
-        x_ptr + wide(b) * stride_xb + wide(t) * stride_xs + wide(offs) * stride_xn,
-        mask=valid,
-        other=0.0,
-    ).to(tl.float32)
-    # p and out are contiguous [B*S, N] buffers allocated by the caller.
-    p = tl.load(p_ptr + wide(row) * N + offs, mask=valid, other=0.0)
-    lse = tl.load(lse_ptr + row)
+    # d and out are contiguous [B*S, N] buffers allocated by the caller
+    d = tl.load(d_ptr + wide(row) * N + offs, mask=inb, other=0.0)
     g = tl.load(g_ptr + wide(b) * stride_gb + wide(t) * stride_gs)
-    # A row with no valid entry has lse = -inf; every entry is masked, so its exp is unused.
-    q = tl.math.exp2((x - lse) * LOG2E)
-    grad = tl.where(valid, g * (q - p), 0.0)
-    tl.store(out_ptr + wide(row) * N + offs, grad.to(out_ptr.dtype.element_ty), mask=inb)
+    tl.store(out_ptr + wide(row) * N + offs, (g * d).to(out_ptr.dtype.element_ty), mask=inb)
 
 
-def index_score_grad(
-    index_score: torch.Tensor,
-    p: torch.Tensor,
-    lse: torch.Tensor,
-    g_rows: torch.Tensor,
-    indices: torch.Tensor | None,
-    key_len: int,
-    chunk_offset: int,
-) -> torch.Tensor:
-    """``grad[b, t, j] = g_rows[b, t] · (exp(index_score[b, t, j] − lse[b, t]) − p[b, t, j])``
-    on valid entries, 0 elsewhere, in ``index_score``'s dtype, shape ``[B, S, N]``.
+def scale_rows(diff: torch.Tensor, g_rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``grad[b, t, j] = g_rows[b, t] · diff[b, t, j]`` in ``dtype``, shape ``[B, S, N]``.
 
-    ``p`` ``[B, S, N]`` fp32 contiguous; ``lse`` ``[B, S]`` fp32 contiguous (natural log);
-    ``g_rows`` ``[B, S]`` fp32 (any strides, e.g. an expanded scalar); ``indices``
-    ``[B, S, N]`` for the sparse loss or None for the dense one (entry j is key j).
+    ``diff`` ``[B, S, N]`` fp32 contiguous (``q − p``, 0 on invalid entries); ``g_rows``
+    ``[B, S]`` fp32, any strides (e.g. an expanded scalar).
     """
-    B, S, N = index_score.shape
-    out = torch.empty((B, S, N), dtype=index_score.dtype, device=index_score.device)
+    B, S, N = diff.shape
+    out = torch.empty((B, S, N), dtype=dtype, device=diff.device)
     if B * S == 0 or N == 0:
         return out
     block_n = min(1024, max(16, next_power_of_2(N)))
     grid = make_grid(B * S, triton.cdiv(N, block_n))
-    idx = indices if indices is not None else p  # dummy pointer when HAS_INDICES is off
-    istr = indices.stride() if indices is not None else (0, 0, 0)
-    _index_score_grad_kernel[grid](
-        index_score,
-        p,
-        lse,
-        g_rows,
-        idx,
-        out,
-        S,
-        N,
-        key_len,
-        chunk_offset,
-        *index_score.stride(),
-        *g_rows.stride(),
-        *istr,
-        HAS_INDICES=indices is not None,
-        BLOCK_N=block_n,
-        num_warps=4,
+    _scale_rows_kernel[grid](
+        diff, g_rows, out, S, N, *g_rows.stride(), BLOCK_N=block_n, num_warps=4
     )
     return out

@@ -18,9 +18,9 @@ from ._common import (
     check_indices,
     check_options,
     check_query_key,
-    index_score_grad,
     reduce_rows,
     row_grad,
+    scale_rows,
 )
 from .kernels.sparse import sparse_indexer_fwd_kernel
 
@@ -78,11 +78,12 @@ def _forward(
     scaling: float,
     chunk_offset: int,
     eps: float,
-    store_p: bool,
+    store: str | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch the fused kernel. Returns ``(loss [B, S], p [B, S, topk] or empty,
-    lse [B, S], n_valid [B, S])``; loss, lse and n_valid are meaningful only when
-    ``index_score`` is given."""
+    """Launch the fused kernel. Returns ``(loss [B, S], out, lse [B, S], n_valid [B, S])``;
+    ``out`` ``[B, S, topk]`` fp32 holds p (``store="p"``), q − p on the valid entries
+    (``store="diff"``, needs ``index_score``) or nothing (None). loss, lse and n_valid are
+    meaningful only when ``index_score`` is given."""
     B, H, S, D = query.shape
     L = key.shape[1]
     topk = indices.shape[2]
@@ -90,7 +91,7 @@ def _forward(
     loss = torch.empty((B, S), dtype=torch.float32, device=dev)
     lse = torch.empty((B, S), dtype=torch.float32, device=dev)
     n_valid = torch.empty((B, S), dtype=torch.int32, device=dev)
-    p = torch.empty((B, S, topk) if store_p else (1,), dtype=torch.float32, device=dev)
+    p = torch.empty((B, S, topk) if store else (1,), dtype=torch.float32, device=dev)
     if B * S == 0:
         return loss, p, lse, n_valid
     block_h, block_d = _block_sizes(H, D)
@@ -135,7 +136,8 @@ def _forward(
         BLOCK_D=block_d,
         ONE_HEAD_BLOCK=one_head_block,
         IEEE=ieee_dots(query.dtype),
-        STORE_P=store_p,
+        STORE_P=store == "p",
+        STORE_DIFF=store == "diff",
         COMPUTE_LOSS=index_score is not None,
         BLOCK_X=block_x,
         **config,
@@ -177,21 +179,28 @@ class _SparseIndexLoss(torch.autograd.Function):
         eps: float,
         needs_grad: bool,
     ) -> torch.Tensor:
-        loss, p, lse, n_valid = _forward(
-            query, key, index_score, indices, scaling, chunk_offset, eps, store_p=needs_grad
+        # with a gradient to come, the kernel stores q − p: the backward is then one multiply
+        loss, diff, _, n_valid = _forward(
+            query,
+            key,
+            index_score,
+            indices,
+            scaling,
+            chunk_offset,
+            eps,
+            store="diff" if needs_grad else None,
         )
         ctx.reduction = reduction
-        ctx.chunk_offset = chunk_offset
-        ctx.key_len = key.shape[1]
+        ctx.grad_dtype = index_score.dtype
         if needs_grad:
-            ctx.save_for_backward(index_score, indices, p, lse, n_valid)
+            ctx.save_for_backward(diff, n_valid)
         return reduce_rows(loss, n_valid, reduction)
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        index_score, indices, p, lse, n_valid = ctx.saved_tensors
+        diff, n_valid = ctx.saved_tensors
         g_rows = row_grad(grad_output, n_valid, ctx.reduction)
-        grad = index_score_grad(index_score, p, lse, g_rows, indices, ctx.key_len, ctx.chunk_offset)
+        grad = scale_rows(diff, g_rows, ctx.grad_dtype)
         # query and key are constants of this loss: no gradient, even if they require one.
         return None, None, grad, None, None, None, None, None, None
 
@@ -230,7 +239,7 @@ def compute_index_loss_sparse(
     Gradient: only to ``index_score``, ``g · (q − p)`` on valid entries, 0 elsewhere, in
     ``index_score``'s dtype. ``query`` and ``key`` are constants of this loss (DSA detaches
     the main model from the indexer loss): they get no gradient from it even when they
-    require one. Extra memory: ``p`` ``[B, S, topk]`` fp32 is kept for the backward only
+    require one. Extra memory: ``q − p`` ``[B, S, topk]`` fp32 is kept for the backward only
     when ``index_score`` requires a gradient.
     """
     _check(query, key, index_score, indices, scaling, chunk_offset, reduction, eps)
@@ -257,5 +266,5 @@ def sparse_attention_target(
     """
     _check(query, key, None, indices, scaling, chunk_offset, "none", 0.0)
     with torch.no_grad():
-        _, p, _, _ = _forward(query, key, None, indices, scaling, chunk_offset, 0.0, store_p=True)
+        _, p, _, _ = _forward(query, key, None, indices, scaling, chunk_offset, 0.0, store="p")
     return p

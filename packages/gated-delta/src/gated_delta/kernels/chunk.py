@@ -369,7 +369,8 @@ def chunk_state_output_kernel(
     # a negative slot (or an empty sequence) is a uniform branch of the whole program, not a
     # per-element mask: no [BK, BV] flag tile to keep
     S = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
+    # two ifs: a compile-time branch (no h0 pointer at all) around a run-time one
+    if HAS_H0:  # noqa: SIM102
         if slot >= 0:
             S = tl.load(h0 + s_row + s_off, mask=s_mask, other=0.0).to(tl.float32)
 

@@ -17,8 +17,8 @@ reduces over keys (heads on M is better), sweep 2 over heads (keys on M is bette
 elementwise work per score is what limits these kernels after the matmul, so masks are
 applied as an added -inf (sweep 1) or after the head sum (sweep 2), not per score.
 
-Extra memory: ``p`` ``[B, S, topk]`` fp32 (only when asked) and, when ``H > BLOCK_H``, the
-per-head log-sum-exp ``[B·S, H]`` fp32 handed from sweep 1 to sweep 2.
+Extra memory: ``p`` or ``q − p`` ``[B, S, topk]`` fp32 (only when asked) and, when
+``H > BLOCK_H``, the per-head log-sum-exp ``[B·S, H]`` fp32 handed from sweep 1 to sweep 2.
 """
 
 import triton
@@ -291,6 +291,7 @@ def sparse_indexer_fwd_kernel(
     ONE_HEAD_BLOCK: tl.constexpr,
     IEEE: tl.constexpr,
     STORE_P: tl.constexpr,
+    STORE_DIFF: tl.constexpr,
     COMPUTE_LOSS: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_X: tl.constexpr,
@@ -301,8 +302,9 @@ def sparse_indexer_fwd_kernel(
 
     ``qk_scale`` = scaling · log2(e) (scores in base 2). Writes ``loss[row]``, the natural
     log-sum-exp of index_score over the valid entries ``lse[row]`` and their count
-    ``nvalid[row]`` (when COMPUTE_LOSS), ``p[row, :]`` (when STORE_P; p, lse, nvalid, loss
-    and hlse are contiguous buffers allocated by the wrapper).
+    ``nvalid[row]`` (when COMPUTE_LOSS), and into ``p_ptr[row, :]`` either ``p`` (STORE_P) or
+    ``q − p`` on the valid entries and 0 elsewhere (STORE_DIFF, with COMPUTE_LOSS). The
+    p, lse, nvalid, loss and hlse buffers are contiguous, allocated by the wrapper.
     """
     row = tl.program_id(0)
     b = row // S
@@ -462,5 +464,9 @@ def sparse_indexer_fwd_kernel(
             # eps guards the logarithms only; entries with p = 0 contribute 0.
             terms = p * (tl.log(p + eps) - tl.log(q + eps))
             kl += tl.sum(tl.where(valid & (p > 0.0), terms, 0.0), axis=0)
+            if STORE_DIFF:
+                # the gradient's direction, so the backward is one multiply per entry
+                diff = tl.where(valid, q - p, 0.0)
+                tl.store(p_ptr + wide(row) * TOPK + offs_k, diff, mask=offs_k < TOPK)
     if COMPUTE_LOSS:
         tl.store(loss_ptr + row, kl)
