@@ -73,6 +73,30 @@ def test_deterministic_gradients():
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("d", [64, 96, 128])
+def test_every_dkdv_config(check_grads, monkeypatch, d):
+    """Each dK/dV launch config autotuning may pick: exact gradients, causal and not, that
+    repeat bitwise (the tests otherwise run the first config only)."""
+    from flash_attn_tri import attention
+
+    block_d = 64 if d <= 64 else 128
+    for cfg in attention._dkdv_candidates(block_d):
+        monkeypatch.setattr(attention, "_dkdv_candidates", lambda _bd, cfg=cfg: [cfg])
+        monkeypatch.setattr(attention, "_kernels", {})
+        for causal in (False, True):
+            q, k, v = _qkv((2, 777, 8, d), (2, 1023, 2, d), d, torch.bfloat16, seed=d)
+            dout = randn((2, 777, 8, d), seed=7, dtype=torch.bfloat16, device="cuda")
+            out = flash_attn_func(q, k, v, causal=causal)
+            ref64, _ = attention_ref(
+                q.double(), k.double(), v.double(), causal=causal, compute_dtype=torch.float64
+            )
+            reflow, _ = attention_ref(q, k, v, causal=causal, compute_dtype=torch.bfloat16)
+            grads = check_grads(out, ref64, reflow, (q, k, v), dout)
+            again = torch.autograd.grad(flash_attn_func(q, k, v, causal=causal), (q, k, v), dout)
+            for a, b in zip(grads, again, strict=True):
+                assert torch.equal(a, b), f"config {cfg}, causal {causal}: not reproducible"
+
+
 def test_dropout_statistics_and_consistency(check_grads):
     p = 0.2
     batch, sq, sk, heads, d = 2, 512, 768, 4, 64

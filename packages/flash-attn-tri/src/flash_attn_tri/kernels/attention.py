@@ -12,6 +12,9 @@ Conventions shared by all kernels:
   ``HAS_LEFT`` / ``HAS_RIGHT`` are False for an unbounded side.
 - Each key loop is split in three ranges: blocks that straddle the left edge of the window,
   blocks fully inside (no mask work), blocks that straddle the right edge or the sequence end.
+- Tiles are [queries, keys] in the forward and the dQ pass, and [keys, queries] in the dK/dV
+  pass; the mask, ALiBi and dropout helpers take the query and key positions already
+  expanded along their axis (``offs_m[:, None]`` and ``offs_n[None, :]``, or the transpose).
 - No atomics: dK/dV are owned by the program of their key block (it loops over the query
   heads of its GQA group), dQ by the program of its query block, so gradients are
   bitwise reproducible.
@@ -61,8 +64,8 @@ def _seq_range(CU, b, seqlen, IS_VARLEN: tl.constexpr):
 @triton.jit
 def _logits(
     qk,
-    offs_m,
-    offs_n,
+    qi,
+    kj,
     diag,
     qk_scale2,
     softcap_in,
@@ -71,8 +74,9 @@ def _logits(
     IS_SOFTCAP: tl.constexpr,
     HAS_ALIBI: tl.constexpr,
 ):
-    """Base-2 logits of a ``[BM, BN]`` block of raw ``q·k``; also ``tanh`` (softcap) for the
-    backward's chain rule (``qk`` itself when there is no softcap)."""
+    """Base-2 logits of a block of raw ``q·k``; also ``tanh`` (softcap) for the backward's
+    chain rule (``qk`` itself when there is no softcap). ``qi`` / ``kj`` are the query / key
+    positions, expanded along the tile's query / key axis (see the module docstring)."""
     if IS_SOFTCAP:
         # tanh(x) = 1 - 2 / (e^{2x} + 1): exact limits ±1 at both ends, no libdevice needed.
         t = 1.0 - 2.0 / (tl.math.exp2(qk * softcap_in) + 1.0)
@@ -81,15 +85,15 @@ def _logits(
         t = qk
         s = qk * qk_scale2
     if HAS_ALIBI:
-        dist = offs_m[:, None] + diag - offs_n[None, :]
+        dist = qi + diag - kj
         s = s - slope2 * tl.abs(dist).to(tl.float32)
     return s, t
 
 
 @triton.jit
 def _visible(
-    offs_m,
-    offs_n,
+    qi,
+    kj,
     seqlen_k,
     diag,
     win_left,
@@ -97,22 +101,23 @@ def _visible(
     HAS_LEFT: tl.constexpr,
     HAS_RIGHT: tl.constexpr,
 ):
-    """Boolean ``[BM, BN]`` (or ``[1, BN]``) of visible (query, key) pairs."""
-    vis = offs_n[None, :] < seqlen_k
+    """Boolean tile of visible (query, key) pairs (only the key axis without a window)."""
+    vis = kj < seqlen_k
     if HAS_RIGHT:
-        vis = vis & (offs_n[None, :] <= offs_m[:, None] + diag + win_right)
+        vis = vis & (kj <= qi + diag + win_right)
     if HAS_LEFT:
-        vis = vis & (offs_n[None, :] >= offs_m[:, None] + diag - win_left)
+        vis = vis & (kj >= qi + diag - win_left)
     return vis
 
 
 @triton.jit
-def _keep(seed, salt, bh, offs_m, offs_n, dropout_p):
-    """Dropout keep mask ``[BM, BN]``: a Philox counter (key, query, batch·heads + head,
-    salt) under ``seed``, so the backward regenerates the forward's mask exactly."""
-    zero = offs_m[:, None] * 0 + offs_n[None, :] * 0
-    c0 = (zero + offs_n[None, :]).to(tl.uint32, bitcast=True)
-    c1 = (zero + offs_m[:, None]).to(tl.uint32, bitcast=True)
+def _keep(seed, salt, bh, qi, kj, dropout_p):
+    """Dropout keep mask: a Philox counter (key, query, batch·heads + head, salt) under
+    ``seed``, so the backward regenerates the forward's mask exactly, in either tile
+    orientation."""
+    zero = qi * 0 + kj * 0
+    c0 = (zero + kj).to(tl.uint32, bitcast=True)
+    c1 = (zero + qi).to(tl.uint32, bitcast=True)
     c2 = (zero + bh).to(tl.uint32, bitcast=True)
     c3 = (zero + salt).to(tl.uint32, bitcast=True)
     r0, _, _, _ = tl.philox(seed, c0, c1, c2, c3, 7)
@@ -250,8 +255,8 @@ def _fwd_inner(
         qk = dot(q, k, IEEE)
         s, _t = _logits(
             qk,
-            offs_m,
-            offs_n,
+            offs_m[:, None],
+            offs_n[None, :],
             diag,
             qk_scale2,
             softcap_in,
@@ -261,12 +266,21 @@ def _fwd_inner(
             HAS_ALIBI,
         )
         if MASKED:
-            vis = _visible(offs_m, offs_n, seqlen_k, diag, win_left, win_right, HAS_LEFT, HAS_RIGHT)
+            vis = _visible(
+                offs_m[:, None],
+                offs_n[None, :],
+                seqlen_k,
+                diag,
+                win_left,
+                win_right,
+                HAS_LEFT,
+                HAS_RIGHT,
+            )
             s = tl.where(vis, s, float("-inf"))
         m_i, l_i, p, alpha = online_softmax_update(m_i, l_i, s)
         acc = acc * alpha[:, None]
         if HAS_DROPOUT:
-            p = tl.where(_keep(seed, salt, bh, offs_m, offs_n, dropout_p), p, 0.0)
+            p = tl.where(_keep(seed, salt, bh, offs_m[:, None], offs_n[None, :], dropout_p), p, 0.0)
         v = _load(v_ptrs, offs_n[:, None] < seqlen_k, dv_ok, MASKED, HEAD_DIM_V != BLOCK_DV)
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
@@ -519,11 +533,15 @@ def _bwd_dkdv_inner(
         else:
             lse2 = tl.load(lse_base + offs_m) * LOG2E
             delta = tl.load(delta_base + offs_m)
-        qk = dot(q, tl.trans(k), IEEE)
+        # Transposed tiles [BLOCK_N keys, BLOCK_M queries]: P^T and dS^T come out of the
+        # matmuls already as the left operands of dV += P^T dO and dK += dS^T Q, so they
+        # feed the tensor cores from registers (no transpose through shared memory).
+        qi = offs_m[None, :]
+        kj = offs_n[:, None]
         s, t = _logits(
-            qk,
-            offs_m,
-            offs_n,
+            dot(k, tl.trans(q), IEEE),
+            qi,
+            kj,
             diag,
             qk_scale2,
             softcap_in,
@@ -533,21 +551,21 @@ def _bwd_dkdv_inner(
             HAS_ALIBI,
         )
         if MASKED:
-            vis = _visible(offs_m, offs_n, len_k, diag, win_left, win_right, HAS_LEFT, HAS_RIGHT)
+            vis = _visible(qi, kj, len_k, diag, win_left, win_right, HAS_LEFT, HAS_RIGHT)
             s = tl.where(vis, s, float("-inf"))
-        p = tl.math.exp2(s - lse2[:, None])
-        dp = dot(do, tl.trans(v), IEEE)
+        p = tl.math.exp2(s - lse2[None, :])
+        dp = dot(v, tl.trans(do), IEEE)
         if HAS_DROPOUT:
-            keep = _keep(seed, salt, bh, offs_m, offs_n, dropout_p)
+            keep = _keep(seed, salt, bh, qi, kj, dropout_p)
             p_drop = tl.where(keep, p * dropout_scale, 0.0)
             dp = tl.where(keep, dp * dropout_scale, 0.0)
         else:
             p_drop = p
-        dv += dot(tl.trans(p_drop.to(do.dtype)), do, IEEE)
-        ds = p * (dp - delta[:, None])
+        dv = dot(p_drop.to(do.dtype), do, IEEE, dv)
+        ds = p * (dp - delta[None, :])
         if IS_SOFTCAP:
             ds = ds * (1.0 - t * t)
-        dk += dot(tl.trans(ds.to(q.dtype)), q, IEEE)
+        dk = dot(ds.to(q.dtype), q, IEEE, dk)
     return dk, dv
 
 
@@ -756,8 +774,8 @@ def _bwd_dq_inner(
         qk = dot(q, tl.trans(k), IEEE)
         s, t = _logits(
             qk,
-            offs_m,
-            offs_n,
+            offs_m[:, None],
+            offs_n[None, :],
             diag,
             qk_scale2,
             softcap_in,
@@ -767,12 +785,21 @@ def _bwd_dq_inner(
             HAS_ALIBI,
         )
         if MASKED:
-            vis = _visible(offs_m, offs_n, len_k, diag, win_left, win_right, HAS_LEFT, HAS_RIGHT)
+            vis = _visible(
+                offs_m[:, None],
+                offs_n[None, :],
+                len_k,
+                diag,
+                win_left,
+                win_right,
+                HAS_LEFT,
+                HAS_RIGHT,
+            )
             s = tl.where(vis, s, float("-inf"))
         p = tl.math.exp2(s - lse2[:, None])
         dp = dot(do, tl.trans(v), IEEE)
         if HAS_DROPOUT:
-            keep = _keep(seed, salt, bh, offs_m, offs_n, dropout_p)
+            keep = _keep(seed, salt, bh, offs_m[:, None], offs_n[None, :], dropout_p)
             dp = tl.where(keep, dp * dropout_scale, 0.0)
         ds = p * (dp - delta[:, None])
         if IS_SOFTCAP:
@@ -935,7 +962,7 @@ def _dropout_mask_kernel(
     base = KEEP + wide(bh) * max_seqlen_q * max_seqlen_k
     for start_n in range(0, max_seqlen_k, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        keep = _keep(seed, salt, bh, offs_m, offs_n, dropout_p)
+        keep = _keep(seed, salt, bh, offs_m[:, None], offs_n[None, :], dropout_p)
         tl.store(
             base + wide(offs_m)[:, None] * max_seqlen_k + offs_n[None, :],
             keep.to(tl.int8),
