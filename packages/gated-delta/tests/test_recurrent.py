@@ -167,6 +167,17 @@ def assert_untouched(before: torch.Tensor, after: torch.Tensor, keep: Sequence[i
 CASES = [
     # name, factory kwargs, call extras
     ("fixed-T1-gqa2", {"B": 3, "T": 1, "H": 2, "HV": 4, "K": 32, "V": 32}, {}),
+    # T = 1 without cu_seqlens compiles the straight-line decode path (no token loop)
+    (
+        "fixed-T1-vk-odd-negative",
+        {"B": 3, "T": 1, "H": 1, "HV": 2, "K": 17, "V": 40, "layout": "vk", "indices": [1, -1, 3]},
+        {},
+    ),
+    (
+        "fixed-T1-fp16pool-nol2",
+        {"B": 2, "T": 1, "H": 2, "HV": 2, "K": 24, "V": 24, "pool_dtype": torch.float16},
+        {"use_qk_l2norm_in_kernel": False, "scale": 0.3},
+    ),
     ("fixed-T5-gqa1-odd", {"B": 2, "T": 5, "H": 3, "HV": 3, "K": 40, "V": 24}, {}),
     ("fixed-gqa4-vk", {"B": 2, "T": 3, "H": 1, "HV": 4, "K": 17, "V": 33, "layout": "vk"}, {}),
     (
@@ -342,12 +353,14 @@ def test_verify_mode(make_decode_args, layout, varlen):
         )
 
 
-def test_verify_mode_with_state_update(make_decode_args):
-    """A buffer with ``disable_state_update=False`` records the steps and updates the pool."""
-    args = make_decode_args(B=2, T=2, H=1, HV=2, K=16, V=16)
+@pytest.mark.parametrize("T", [1, 2])
+def test_verify_mode_with_state_update(make_decode_args, T):
+    """A buffer with ``disable_state_update=False`` records the steps and updates the pool
+    (T = 1: the straight-line decode path; cache index -1 records nothing)."""
+    args = make_decode_args(B=2, T=T, H=1, HV=2, K=16, V=16)
     dev = args["q"].device
     buffer = poison(torch.empty((2, 2, 2, 16, 16), device=dev))
-    idx = torch.tensor([1, 0], device=dev)
+    idx = torch.tensor([1, 0] if T > 1 else [-1, 0], device=dev)
     results = run_all(args, intermediate_states_buffer=buffer, intermediate_state_indices=idx)
     check_against_refs(
         args,

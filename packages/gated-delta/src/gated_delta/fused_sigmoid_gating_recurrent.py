@@ -264,6 +264,7 @@ def _forward(
         USE_L2NORM=bool(use_qk_l2norm_in_kernel),
         STREAM_STATE=stream_state,
         FLAT_GRID=flat_grid,
+        ONE_TOKEN=not sizes.is_varlen and T == 1,
         num_warps=num_warps,
         num_stages=num_stages,
     )

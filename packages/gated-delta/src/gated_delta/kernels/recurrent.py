@@ -33,6 +33,32 @@ def _mask_if(mask, cond):
     return mask & ((tl.zeros(mask.shape, tl.int32) + cond.to(tl.int32)) != 0)
 
 
+@triton.jit
+def _token_step(
+    h, p_q, p_k, p_v, p_a, p_b, p_o, mask_k, mask_v, neg_A, bias, softplus_beta,
+    softplus_threshold, scale, RED: tl.constexpr, KEEP: tl.constexpr, USE_L2NORM: tl.constexpr,
+):  # fmt: skip
+    """One token on the state tile ``h``: gates, the delta-rule update, o stored. Returns h."""
+    b_q = tl.load(p_q, mask=mask_k, other=0.0).to(tl.float32)
+    b_k = tl.load(p_k, mask=mask_k, other=0.0).to(tl.float32)
+    b_v = tl.load(p_v, mask=mask_v, other=0.0).to(tl.float32)
+    b_a = tl.load(p_a).to(tl.float32)
+    b_b = tl.load(p_b).to(tl.float32)
+    decay = tl.exp(neg_A * _softplus(b_a + bias, softplus_beta, softplus_threshold))
+    beta = 1.0 / (1.0 + tl.exp(-b_b))
+    if USE_L2NORM:
+        b_q = b_q / tl.sqrt(tl.sum(b_q * b_q) + 1e-6)
+        b_k = b_k / tl.sqrt(tl.sum(b_k * b_k) + 1e-6)
+    b_q = b_q * scale
+    h = h * decay
+    kk = tl.expand_dims(b_k, KEEP)
+    v_new = (b_v - tl.sum(h * kk, axis=RED)) * beta
+    h = h + kk * tl.expand_dims(v_new, RED)
+    b_o = tl.sum(h * tl.expand_dims(b_q, KEEP), axis=RED)
+    tl.store(p_o, b_o.to(p_o.dtype.element_ty), mask=mask_v)
+    return h
+
+
 @triton.jit(do_not_specialize=["T", "cache_steps"])
 def fused_gdn_update_kernel(
     A_log,
@@ -84,6 +110,7 @@ def fused_gdn_update_kernel(
     USE_L2NORM: tl.constexpr,
     STREAM_STATE: tl.constexpr,
     FLAT_GRID: tl.constexpr,
+    ONE_TOKEN: tl.constexpr,
 ):
     if FLAT_GRID:
         # one axis, V blocks fastest: the blocks of one head run side by side, so a head's
@@ -112,8 +139,9 @@ def fused_gdn_update_kernel(
 
     o_k = tl.arange(0, BLOCK_K)
     o_v = i_vb * BLOCK_V + tl.arange(0, BLOCK_V)
-    mask_k = o_k < K
-    mask_v = o_v < V
+    # constant-true masks when the blocks tile K and V exactly (full-width vector accesses)
+    mask_k = (o_k < K) | (BLOCK_K == K)
+    mask_v = (o_v < V) | (V % BLOCK_V == 0)
     # element offsets of the state tile inside one head: K has stride V in "kv" (RED = 0),
     # stride 1 in "vk" (RED = 1); the tile's last axis is always the contiguous one
     if RED == 0:
@@ -154,37 +182,32 @@ def fused_gdn_update_kernel(
     # o is a fresh contiguous [B, T, HV, V]
     p_o = o + (row * T + bos) * (HV * V) + i_hv * V + o_v
 
-    for step in range(eos - bos):
-        b_q = tl.load(p_q, mask=mask_k, other=0.0).to(tl.float32)
-        b_k = tl.load(p_k, mask=mask_k, other=0.0).to(tl.float32)
-        b_v = tl.load(p_v, mask=mask_v, other=0.0).to(tl.float32)
-        b_a = tl.load(p_a).to(tl.float32)
-        b_b = tl.load(p_b).to(tl.float32)
-        p_q += stride_qt
-        p_k += stride_kt
-        p_v += stride_vt
-        p_a += stride_at
-        p_b += stride_bt
-
-        decay = tl.exp(neg_A * _softplus(b_a + bias, softplus_beta, softplus_threshold))
-        beta = 1.0 / (1.0 + tl.exp(-b_b))
-        if USE_L2NORM:
-            b_q = b_q / tl.sqrt(tl.sum(b_q * b_q) + 1e-6)
-            b_k = b_k / tl.sqrt(tl.sum(b_k * b_k) + 1e-6)
-        b_q = b_q * scale
-
-        h = h * decay
-        kk = tl.expand_dims(b_k, KEEP)
-        v_new = (b_v - tl.sum(h * kk, axis=RED)) * beta
-        h = h + kk * tl.expand_dims(v_new, RED)
-        b_o = tl.sum(h * tl.expand_dims(b_q, KEEP), axis=RED)
-        tl.store(p_o, b_o.to(p_o.dtype.element_ty), mask=mask_v)
-        p_o += HV * V
-
+    if ONE_TOKEN:
+        # decode (fixed length, T = 1): straight-line code, so the token loads and the gate
+        # math are scheduled together with the state load instead of behind a loop entry
+        h = _token_step(
+            h, p_q, p_k, p_v, p_a, p_b, p_o, mask_k, mask_v, neg_A, bias, softplus_beta,
+            softplus_threshold, scale, RED, KEEP, USE_L2NORM,
+        )  # fmt: skip
         if HAS_BUFFER:
-            keep = (cache >= 0) & (step < cache_steps)
+            keep = (cache >= 0) & (cache_steps > 0)
             tl.store(p_buf, h.to(p_buf.dtype.element_ty), mask=_mask_if(mask_h, keep))
-            p_buf += stride_buf_step
+    else:
+        for step in range(eos - bos):
+            h = _token_step(
+                h, p_q, p_k, p_v, p_a, p_b, p_o, mask_k, mask_v, neg_A, bias, softplus_beta,
+                softplus_threshold, scale, RED, KEEP, USE_L2NORM,
+            )  # fmt: skip
+            p_q += stride_qt
+            p_k += stride_kt
+            p_v += stride_vt
+            p_a += stride_at
+            p_b += stride_bt
+            p_o += HV * V
+            if HAS_BUFFER:
+                keep = (cache >= 0) & (step < cache_steps)
+                tl.store(p_buf, h.to(p_buf.dtype.element_ty), mask=_mask_if(mask_h, keep))
+                p_buf += stride_buf_step
 
     if UPDATE_STATE:
         # an empty sequence touches nothing; a negative slot has no state to write
