@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from flash_attn_tri import flash_attn_func, flash_attn_kvpacked_func, flash_attn_qkvpacked_func
+from flash_attn_tri.attention import _descriptor
 from flash_attn_tri.reference import attention_ref
 from tri_shared.testing import assert_close, poison, randn
 
@@ -182,3 +183,18 @@ def test_strided_inputs(check_grads, device):
     ref32, _ = attention_ref(q, k, v, causal=True)
     grad_out = randn(out.shape, seed=next(_seed), device=device)
     check_grads(out, ref64, ref32, (base,), grad_out, names=("dbase",))
+
+
+def test_unaligned_inputs_use_pointer_path(check_grads, device):
+    # rows of 41 fp16 values (82 bytes): no tensor descriptor can address them, so the
+    # forward falls back to pointer loads; results must be the same
+    base = make((2, 37, 3, 3, 41), torch.float16, device)
+    q, k, v = (base[:, :, :, i, :40] for i in range(3))
+    assert _descriptor(q, 64) is None
+    out = flash_attn_func(q, k, v, causal=True)
+    ref64, _ = attention_ref(
+        q.double(), k.double(), v.double(), causal=True, compute_dtype=torch.float64
+    )
+    reflow, _ = attention_ref(q, k, v, causal=True, compute_dtype=torch.float16)
+    grad_out = randn(out.shape, seed=next(_seed), dtype=torch.float16, device=device)
+    check_grads(out, ref64, reflow, (base,), grad_out, names=("dbase",))

@@ -74,14 +74,16 @@ def test_deterministic_gradients():
 
 
 @pytest.mark.parametrize("d", [64, 96, 128])
-def test_every_dkdv_config(check_grads, monkeypatch, d):
-    """Each dK/dV launch config autotuning may pick: exact gradients, causal and not, that
-    repeat bitwise (the tests otherwise run the first config only)."""
+@pytest.mark.parametrize("kernel", ["dkdv", "dq"])
+def test_every_backward_config(check_grads, monkeypatch, kernel, d):
+    """Each dK/dV and dQ launch config autotuning may pick: exact gradients, causal and not,
+    that repeat bitwise (the tests otherwise run the first config only)."""
     from flash_attn_tri import attention
 
     block_d = 64 if d <= 64 else 128
-    for cfg in attention._dkdv_candidates(block_d):
-        monkeypatch.setattr(attention, "_dkdv_candidates", lambda _bd, cfg=cfg: [cfg])
+    name = f"_{kernel}_candidates"
+    for cfg in getattr(attention, name)(block_d):
+        monkeypatch.setattr(attention, name, lambda _bd, cfg=cfg: [cfg])
         monkeypatch.setattr(attention, "_kernels", {})
         for causal in (False, True):
             q, k, v = _qkv((2, 777, 8, d), (2, 1023, 2, d), d, torch.bfloat16, seed=d)
@@ -94,7 +96,9 @@ def test_every_dkdv_config(check_grads, monkeypatch, d):
             grads = check_grads(out, ref64, reflow, (q, k, v), dout)
             again = torch.autograd.grad(flash_attn_func(q, k, v, causal=causal), (q, k, v), dout)
             for a, b in zip(grads, again, strict=True):
-                assert torch.equal(a, b), f"config {cfg}, causal {causal}: not reproducible"
+                assert torch.equal(a, b), (
+                    f"{kernel} config {cfg}, causal {causal}: not reproducible"
+                )
 
 
 def test_dropout_statistics_and_consistency(check_grads):

@@ -12,6 +12,7 @@ import os
 
 import torch
 import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from tri_shared.checks import (
     FLOAT_DTYPES,
@@ -37,33 +38,38 @@ MAX_HEAD_DIM = 256
 _AUTOTUNE = os.environ.get("FLASH_ATTN_TRI_AUTOTUNE", "1") not in ("", "0")
 
 
-def _configs(candidates: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+def _configs(candidates: list[tuple[int, int, int, int]], pre_hook=None) -> list[triton.Config]:
     if is_interpreter():
         # small blocks in the interpreter: more loop steps and edge cases per test
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+        return [
+            triton.Config(
+                {"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1, pre_hook=pre_hook
+            )
+        ]
     configs = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=pre_hook)
         for bm, bn, w, s in candidates
     ]
     return autotune_configs(configs if _AUTOTUNE else configs[:1])
 
 
 def _fwd_candidates(block_d: int) -> list[tuple[int, int, int, int]]:
-    # (BLOCK_M, BLOCK_N, num_warps, num_stages); the first is the default without autotuning
+    # (BLOCK_M, BLOCK_N, num_warps, num_stages); the first is the default without autotuning.
+    # Measured per sequence-length class on an H200 (BENCHMARKS.md): 64 x 64 tiles win for
+    # causal masks at short lengths, 128-row tiles elsewhere.
     if block_d <= 64:
         return [
             (128, 64, 4, 4),
-            (128, 128, 8, 3),
             (64, 64, 4, 3),
-            (128, 64, 4, 3),
             (128, 128, 4, 3),
+            (128, 64, 4, 3),
+            (128, 128, 8, 3),
         ]
     if block_d <= 128:
         return [
             (128, 128, 8, 3),
-            (128, 64, 8, 3),
-            (128, 64, 4, 3),
             (64, 64, 4, 3),
+            (128, 64, 8, 3),
             (128, 64, 8, 4),
             (128, 128, 8, 2),
         ]
@@ -73,42 +79,73 @@ def _fwd_candidates(block_d: int) -> list[tuple[int, int, int, int]]:
 def _dkdv_candidates(block_d: int) -> list[tuple[int, int, int, int]]:
     # BLOCK_M = query rows per step, BLOCK_N = keys owned by the program (the M side of the
     # transposed tiles). Every candidate is checked on the GPU, causal and not, for exact
-    # gradients that repeat bitwise (test_gpu.py::test_every_dkdv_config).
+    # gradients that repeat bitwise (test_gpu.py::test_every_backward_config).
     if block_d <= 64:
-        return [(32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 8, 3)]
+        return [(32, 128, 4, 3), (32, 128, 4, 2), (64, 64, 4, 3), (64, 128, 8, 3)]
     if block_d <= 128:
-        return [(32, 64, 4, 3), (64, 128, 8, 2), (64, 64, 4, 3), (32, 64, 4, 2)]
+        return [(32, 64, 4, 3), (32, 64, 4, 2), (64, 128, 8, 2), (32, 128, 8, 2)]
     return [(32, 64, 4, 2), (16, 64, 4, 2), (32, 32, 4, 2)]
 
 
 def _dq_candidates(block_d: int) -> list[tuple[int, int, int, int]]:
+    # BLOCK_M = query rows owned by the program, BLOCK_N = keys per step (same GPU check)
     if block_d <= 64:
-        return [(128, 32, 4, 3), (64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4)]
+        return [(128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3)]
     if block_d <= 128:
-        return [(128, 32, 4, 3), (64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 2)]
+        return [(128, 64, 8, 3), (128, 128, 8, 2), (128, 32, 4, 3), (64, 64, 4, 3)]
     return [(64, 32, 4, 2), (64, 16, 4, 2), (32, 32, 4, 2)]
 
 
 _KEY = ["HEAD_DIM", "HEAD_DIM_V", "IS_VARLEN", "HAS_LEFT", "HAS_RIGHT", "HAS_DROPOUT"]
-_kernels: dict[tuple[str, int], object] = {}
+_kernels: dict[tuple[str, int, int], object] = {}
 
 
-def _kernel(name: str, block_d: int):
-    """The autotuned wrapper of kernel ``name`` for one head-dim class (built once)."""
-    key = (name, 64 if block_d <= 64 else 128 if block_d <= 128 else 256)
+def _length_class(seqlen: int) -> int:
+    """Sequence lengths tuned apart: powers of two from 1024 to 16384 (the best tiles change
+    with length, most for causal masks)."""
+    return min(max(next_power_of_2(max(seqlen, 1)), 1024), 16384)
+
+
+def _kernel(name: str, block_d: int, seqlen: int):
+    """The autotuned wrapper of kernel ``name`` for one head-dim class and one length class
+    (built once; the compiled kernels are shared, each wrapper keeps its own choice)."""
+    key = (name, 64 if block_d <= 64 else 128 if block_d <= 128 else 256, _length_class(seqlen))
     if key not in _kernels:
-        fn, cands = {
-            "fwd": (_k._fwd_kernel, _fwd_candidates),
-            "dkdv": (_k._bwd_dkdv_kernel, _dkdv_candidates),
-            "dq": (_k._bwd_dq_kernel, _dq_candidates),
+        fn, cands, hook = {
+            "fwd": (_k._fwd_kernel, _fwd_candidates, _fwd_block_shapes),
+            "dkdv": (_k._bwd_dkdv_kernel, _dkdv_candidates, None),
+            "dq": (_k._bwd_dq_kernel, _dq_candidates, None),
         }[name]
-        _kernels[key] = triton.autotune(configs=_configs(cands(key[1])), key=_KEY)(fn)
+        _kernels[key] = triton.autotune(configs=_configs(cands(key[1]), hook), key=_KEY)(fn)
     return _kernels[key]
 
 
 # ------------------------------------------------------------------------------------------
 # launches
 # ------------------------------------------------------------------------------------------
+
+
+def _descriptor(t: torch.Tensor, block_d: int) -> TensorDescriptor | None:
+    """A tensor descriptor over a fixed-length ``[batch, seqlen, heads, dim]`` tensor, or None
+    where the hardware copy engine cannot address it (strides and base must be 16-byte
+    aligned). The row block is set per launch config by :func:`_fwd_block_shapes`."""
+    size = t.element_size()
+    if t.dim() != 4 or t.stride(-1) != 1 or t.data_ptr() % 16:
+        return None
+    if any(st * size % 16 for st in t.stride()[:-1]):
+        return None
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 16, 1, block_d])
+
+
+def _fwd_block_shapes(nargs: dict) -> None:
+    """Autotune pre-hook: the descriptors' boxes follow the config's BLOCK_M / BLOCK_N."""
+    if not nargs["USE_DESC"]:
+        return
+    bm, bn = nargs["BLOCK_M"], nargs["BLOCK_N"]
+    nargs["Q"].block_shape = [1, bm, 1, nargs["BLOCK_D"]]
+    nargs["Out"].block_shape = [1, bm, 1, nargs["BLOCK_DV"]]
+    nargs["K"].block_shape = [1, bn, 1, nargs["BLOCK_D"]]
+    nargs["V"].block_shape = [1, bn, 1, nargs["BLOCK_DV"]]
 
 
 def _strides3(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
@@ -192,10 +229,19 @@ def _forward_impl(
     rng = rng_state if has_dropout else q
     cu_q = cu_seqlens_q if varlen else q
     cu_k = cu_seqlens_k if varlen else q
-    kern = _kernel("fwd", max(block_d, block_dv))
+    kern = _kernel("fwd", max(block_d, block_dv), max(seqlen_q, seqlen_k))
     grid = lambda meta: make_grid(cdiv(seqlen_q, meta["BLOCK_M"]), heads, batch)
+    # fixed-length inputs go through tensor descriptors (copy-engine loads, zero fill past the
+    # ends); varlen sequences would read across their neighbours' rows, so they use pointers
+    descs = None
+    if not varlen:
+        descs = [_descriptor(t, bd) for t, bd in ((q, block_d), (k, block_d), (v, block_dv))]
+        descs.append(_descriptor(out, block_dv))
+        if any(d is None for d in descs):
+            descs = None
+    q_arg, k_arg, v_arg, o_arg = descs if descs is not None else (q, k, v, out)
     kern[grid](
-        q, k, v, out, lse, cu_q, cu_k, slopes, rng,
+        q_arg, k_arg, v_arg, o_arg, lse, cu_q, cu_k, slopes, rng,
         *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen),
         *_strides3(out, varlen), *_lse_strides(lse, varlen), s_ab, s_ah,
         seqlen_q, seqlen_k, heads, heads // heads_k,
@@ -204,6 +250,7 @@ def _forward_impl(
         HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=block_d, BLOCK_DV=block_dv, IS_VARLEN=varlen,
         HAS_LEFT=o.has_left, HAS_RIGHT=o.has_right, IS_SOFTCAP=o.is_softcap,
         HAS_ALIBI=has_alibi, HAS_DROPOUT=has_dropout, IEEE=ieee_dots(q.dtype),
+        USE_DESC=descs is not None,
     )  # fmt: skip
     return out, lse
 
@@ -251,14 +298,14 @@ def _backward_impl(
         "IEEE": ieee_dots(q.dtype),
     }  # fmt: skip
     kv_grid = lambda meta: make_grid(cdiv(seqlen_k, meta["BLOCK_N"]), heads_k, batch)
-    _kernel("dkdv", max(block_d, block_dv))[kv_grid](
+    _kernel("dkdv", max(block_d, block_dv), max(seqlen_q, seqlen_k))[kv_grid](
         q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, slopes, rng,
         *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen),
         *_strides3(dout, varlen), *_strides3(dk, varlen), *_strides3(dv, varlen),
         *common, **consts,
     )  # fmt: skip
     q_grid = lambda meta: make_grid(cdiv(seqlen_q, meta["BLOCK_M"]), heads, batch)
-    _kernel("dq", max(block_d, block_dv))[q_grid](
+    _kernel("dq", max(block_d, block_dv), max(seqlen_q, seqlen_k))[q_grid](
         q, k, v, dout, lse, delta, dq, cu_q, cu_k, slopes, rng,
         *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen),
         *_strides3(dout, varlen), *_strides3(dq, varlen), *common, **consts,

@@ -229,6 +229,8 @@ def _fwd_inner(
     salt,
     bh,
     dropout_p,
+    b,
+    hk,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -241,17 +243,24 @@ def _fwd_inner(
     HAS_ALIBI: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
     IEEE: tl.constexpr,
+    USE_DESC: tl.constexpr,
 ):
     offs_n0 = tl.arange(0, BLOCK_N)
-    # 64-bit pointers built once and advanced: no per-element 64-bit multiply in the loop
-    k_ptrs = k_base + wide(lo + offs_n0)[None, :] * stride_kn + offs_d[:, None]
-    v_ptrs = v_base + wide(lo + offs_n0)[:, None] * stride_vn + offs_dv[None, :]
+    if not USE_DESC:
+        # 64-bit pointers built once and advanced: no per-element 64-bit multiply in the loop
+        k_ptrs = k_base + wide(lo + offs_n0)[None, :] * stride_kn + offs_d[:, None]
+        v_ptrs = v_base + wide(lo + offs_n0)[:, None] * stride_vn + offs_dv[None, :]
     d_ok = offs_d[:, None] < HEAD_DIM
     dv_ok = offs_dv[None, :] < HEAD_DIM_V
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
-        # interior blocks (MASKED False) lie entirely inside the key sequence
-        k = _load(k_ptrs, offs_n[None, :] < seqlen_k, d_ok, MASKED, HEAD_DIM != BLOCK_D)
+        if USE_DESC:
+            # tensor-memory copies; rows past the sequence and columns past the head dim
+            # arrive as zeros
+            k = tl.trans(k_base.load([b, start_n, hk, 0]).reshape(BLOCK_N, BLOCK_D))
+        else:
+            # interior blocks (MASKED False) lie entirely inside the key sequence
+            k = _load(k_ptrs, offs_n[None, :] < seqlen_k, d_ok, MASKED, HEAD_DIM != BLOCK_D)
         qk = dot(q, k, IEEE)
         s, _t = _logits(
             qk,
@@ -281,10 +290,13 @@ def _fwd_inner(
         acc = acc * alpha[:, None]
         if HAS_DROPOUT:
             p = tl.where(_keep(seed, salt, bh, offs_m[:, None], offs_n[None, :], dropout_p), p, 0.0)
-        v = _load(v_ptrs, offs_n[:, None] < seqlen_k, dv_ok, MASKED, HEAD_DIM_V != BLOCK_DV)
-        k_ptrs += BLOCK_N * stride_kn
-        v_ptrs += BLOCK_N * stride_vn
-        acc += dot(p.to(v.dtype), v, IEEE)
+        if USE_DESC:
+            v = v_base.load([b, start_n, hk, 0]).reshape(BLOCK_N, BLOCK_DV)
+        else:
+            v = _load(v_ptrs, offs_n[:, None] < seqlen_k, dv_ok, MASKED, HEAD_DIM_V != BLOCK_DV)
+            k_ptrs += BLOCK_N * stride_kn
+            v_ptrs += BLOCK_N * stride_vn
+        acc = dot(p.to(v.dtype), v, IEEE, acc)
     return acc, m_i, l_i
 
 
@@ -339,7 +351,10 @@ def _fwd_kernel(
     HAS_ALIBI: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
     IEEE: tl.constexpr,
+    USE_DESC: tl.constexpr,
 ):
+    """``USE_DESC``: Q, K, V, Out are tensor descriptors over ``[batch, seqlen, heads, dim]``
+    (fixed-length inputs with 16-byte aligned strides) instead of pointers."""
     # last query blocks first: under a causal mask they have the most keys (better tail)
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     h = tl.program_id(1)
@@ -351,20 +366,24 @@ def _fwd_kernel(
         return
     hk = h // group
     diag = len_k - len_q
-    q_base = Q + wide(b) * stride_qb + wide(q_start) * stride_qs + wide(h) * stride_qh
-    k_base = K + wide(b) * stride_kb + wide(k_start) * stride_ks + wide(hk) * stride_kh
-    v_base = V + wide(b) * stride_vb + wide(k_start) * stride_vs + wide(hk) * stride_vh
-    o_base = Out + wide(b) * stride_ob + wide(q_start) * stride_os + wide(h) * stride_oh
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     row_ok = offs_m < len_q
-    q = tl.load(
-        q_base + wide(offs_m)[:, None] * stride_qs + offs_d[None, :],
-        mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM),
-        other=0.0,
-    )
+    if USE_DESC:
+        k_base = K
+        v_base = V
+        q = Q.load([b, start_m, h, 0]).reshape(BLOCK_M, BLOCK_D)
+    else:
+        q_base = Q + wide(b) * stride_qb + wide(q_start) * stride_qs + wide(h) * stride_qh
+        k_base = K + wide(b) * stride_kb + wide(k_start) * stride_ks + wide(hk) * stride_kh
+        v_base = V + wide(b) * stride_vb + wide(k_start) * stride_vs + wide(hk) * stride_vh
+        q = tl.load(
+            q_base + wide(offs_m)[:, None] * stride_qs + offs_d[None, :],
+            mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM),
+            other=0.0,
+        )
     slope2 = 0.0
     if HAS_ALIBI:
         slope2 = tl.load(SLOPES + b * stride_ab + h * stride_ah).to(tl.float32) * LOG2E
@@ -385,20 +404,20 @@ def _fwd_kernel(
     acc, m_i, l_i = _fwd_inner(
         acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, offs_dv,
         lo, mid_lo, len_k, diag, win_left, win_right, qk_scale2, softcap_in, softcap_out2,
-        slope2, seed, salt, bh, dropout_p, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N,
-        True, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
+        slope2, seed, salt, bh, dropout_p, b, hk, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV,
+        BLOCK_N, True, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE, USE_DESC,
     )  # fmt: skip
     acc, m_i, l_i = _fwd_inner(
         acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, offs_dv,
         mid_lo, mid_hi, len_k, diag, win_left, win_right, qk_scale2, softcap_in, softcap_out2,
-        slope2, seed, salt, bh, dropout_p, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N,
-        False, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
+        slope2, seed, salt, bh, dropout_p, b, hk, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV,
+        BLOCK_N, False, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE, USE_DESC,
     )  # fmt: skip
     acc, m_i, l_i = _fwd_inner(
         acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, offs_dv,
         mid_hi, hi, len_k, diag, win_left, win_right, qk_scale2, softcap_in, softcap_out2,
-        slope2, seed, salt, bh, dropout_p, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N,
-        True, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
+        slope2, seed, salt, bh, dropout_p, b, hk, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV,
+        BLOCK_N, True, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE, USE_DESC,
     )  # fmt: skip
 
     # A row that saw no key: l = 0, output 0 and lse = +inf (so the backward's p is 0).
@@ -407,11 +426,16 @@ def _fwd_kernel(
         inv_l = inv_l * dropout_scale
     out = acc * inv_l[:, None]
     lse = tl.where(l_i > 0.0, log2_sum_exp2(m_i, l_i) * LN2, float("inf"))
-    tl.store(
-        o_base + wide(offs_m)[:, None] * stride_os + offs_dv[None, :],
-        out.to(Out.dtype.element_ty),
-        mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V),
-    )
+    if USE_DESC:
+        # rows past the sequence and columns past the head dim are not written
+        Out.store([b, start_m, h, 0], out.to(Out.dtype).reshape(1, BLOCK_M, 1, BLOCK_DV))
+    else:
+        o_base = Out + wide(b) * stride_ob + wide(q_start) * stride_os + wide(h) * stride_oh
+        tl.store(
+            o_base + wide(offs_m)[:, None] * stride_os + offs_dv[None, :],
+            out.to(Out.dtype.element_ty),
+            mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V),
+        )
     tl.store(
         LSE + wide(b) * stride_lb + wide(h) * stride_lh + wide(q_start + offs_m), lse, mask=row_ok
     )
