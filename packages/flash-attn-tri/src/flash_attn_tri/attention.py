@@ -88,11 +88,13 @@ def _dkdv_candidates(block_d: int) -> list[tuple[int, int, int, int]]:
 
 
 def _dq_candidates(block_d: int) -> list[tuple[int, int, int, int]]:
-    # BLOCK_M = query rows owned by the program, BLOCK_N = keys per step (same GPU check)
+    # BLOCK_M = query rows owned by the program, BLOCK_N = keys per step (same GPU check).
+    # Not at 128-wide heads: num_stages 2 with tensor descriptors, where ptxas (triton 3.6)
+    # crashes.
     if block_d <= 64:
         return [(128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3)]
     if block_d <= 128:
-        return [(128, 64, 8, 3), (128, 128, 8, 2), (128, 32, 4, 3), (64, 64, 4, 3)]
+        return [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3)]
     return [(64, 32, 4, 2), (64, 16, 4, 2), (32, 32, 4, 2)]
 
 
@@ -113,8 +115,8 @@ def _kernel(name: str, block_d: int, seqlen: int):
     if key not in _kernels:
         fn, cands, hook = {
             "fwd": (_k._fwd_kernel, _fwd_candidates, _fwd_block_shapes),
-            "dkdv": (_k._bwd_dkdv_kernel, _dkdv_candidates, None),
-            "dq": (_k._bwd_dq_kernel, _dq_candidates, None),
+            "dkdv": (_k._bwd_dkdv_kernel, _dkdv_candidates, _dkdv_block_shapes),
+            "dq": (_k._bwd_dq_kernel, _dq_candidates, _dq_block_shapes),
         }[name]
         _kernels[key] = triton.autotune(configs=_configs(cands(key[1]), hook), key=_KEY)(fn)
     return _kernels[key]
@@ -146,6 +148,24 @@ def _fwd_block_shapes(nargs: dict) -> None:
     nargs["Out"].block_shape = [1, bm, 1, nargs["BLOCK_DV"]]
     nargs["K"].block_shape = [1, bn, 1, nargs["BLOCK_D"]]
     nargs["V"].block_shape = [1, bn, 1, nargs["BLOCK_DV"]]
+
+
+def _dkdv_block_shapes(nargs: dict) -> None:
+    if nargs["USE_DESC"]:
+        nargs["Q_DESC"].block_shape = [1, nargs["BLOCK_M"], 1, nargs["BLOCK_D"]]
+        nargs["DO_DESC"].block_shape = [1, nargs["BLOCK_M"], 1, nargs["BLOCK_DV"]]
+
+
+def _dq_block_shapes(nargs: dict) -> None:
+    if nargs["USE_DESC"]:
+        nargs["K_DESC"].block_shape = [1, nargs["BLOCK_N"], 1, nargs["BLOCK_D"]]
+        nargs["V_DESC"].block_shape = [1, nargs["BLOCK_N"], 1, nargs["BLOCK_DV"]]
+
+
+def _descriptors(*pairs: tuple[torch.Tensor, int]) -> list[TensorDescriptor] | None:
+    """Descriptors for every ``(tensor, block_d)`` pair, or None if any cannot have one."""
+    descs = [_descriptor(t, bd) for t, bd in pairs]
+    return None if any(d is None for d in descs) else descs
 
 
 def _strides3(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
@@ -235,10 +255,7 @@ def _forward_impl(
     # ends); varlen sequences would read across their neighbours' rows, so they use pointers
     descs = None
     if not varlen:
-        descs = [_descriptor(t, bd) for t, bd in ((q, block_d), (k, block_d), (v, block_dv))]
-        descs.append(_descriptor(out, block_dv))
-        if any(d is None for d in descs):
-            descs = None
+        descs = _descriptors((q, block_d), (k, block_d), (v, block_dv), (out, block_dv))
     q_arg, k_arg, v_arg, o_arg = descs if descs is not None else (q, k, v, out)
     kern[grid](
         q_arg, k_arg, v_arg, o_arg, lse, cu_q, cu_k, slopes, rng,
@@ -297,18 +314,26 @@ def _backward_impl(
         "IS_SOFTCAP": o.is_softcap, "HAS_ALIBI": has_alibi, "HAS_DROPOUT": has_dropout,
         "IEEE": ieee_dots(q.dtype),
     }  # fmt: skip
+    # fixed-length inputs: the blocks each inner loop streams come through tensor descriptors
+    # (up to 128-wide heads: with 256-wide blocks ptxas 12.x from triton 3.6 crashes on them)
+    use_desc = not varlen and max(block_d, block_dv) <= 128
+    q_side = _descriptors((q, block_d), (dout, block_dv)) if use_desc else None
+    k_side = _descriptors((k, block_d), (v, block_dv)) if use_desc else None
     kv_grid = lambda meta: make_grid(cdiv(seqlen_k, meta["BLOCK_N"]), heads_k, batch)
     _kernel("dkdv", max(block_d, block_dv), max(seqlen_q, seqlen_k))[kv_grid](
         q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, slopes, rng,
+        *(q_side if q_side is not None else (q, dout)),
         *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen),
         *_strides3(dout, varlen), *_strides3(dk, varlen), *_strides3(dv, varlen),
-        *common, **consts,
+        *common, **consts, USE_DESC=q_side is not None,
     )  # fmt: skip
     q_grid = lambda meta: make_grid(cdiv(seqlen_q, meta["BLOCK_M"]), heads, batch)
     _kernel("dq", max(block_d, block_dv), max(seqlen_q, seqlen_k))[q_grid](
         q, k, v, dout, lse, delta, dq, cu_q, cu_k, slopes, rng,
+        *(k_side if k_side is not None else (k, v)),
         *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen),
         *_strides3(dout, varlen), *_strides3(dq, varlen), *common, **consts,
+        USE_DESC=k_side is not None,
     )  # fmt: skip
     return dq, dk, dv
 

@@ -524,6 +524,10 @@ def _bwd_dkdv_inner(
     bh,
     dropout_p,
     dropout_scale,
+    q_desc,
+    do_desc,
+    b,
+    h,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -536,20 +540,27 @@ def _bwd_dkdv_inner(
     HAS_ALIBI: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
     IEEE: tl.constexpr,
+    USE_DESC: tl.constexpr,
 ):
     offs_m0 = tl.arange(0, BLOCK_M)
-    q_ptrs = q_base + wide(lo + offs_m0)[:, None] * stride_qs + offs_d[None, :]
-    do_ptrs = do_base + wide(lo + offs_m0)[:, None] * stride_dos + offs_dv[None, :]
+    if not USE_DESC:
+        q_ptrs = q_base + wide(lo + offs_m0)[:, None] * stride_qs + offs_d[None, :]
+        do_ptrs = do_base + wide(lo + offs_m0)[:, None] * stride_dos + offs_dv[None, :]
     d_ok = offs_d[None, :] < HEAD_DIM
     dv_ok = offs_dv[None, :] < HEAD_DIM_V
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
         row_ok = offs_m < len_q
-        # interior blocks (MASKED False) lie entirely inside the query sequence
-        q = _load(q_ptrs, row_ok[:, None], d_ok, MASKED, HEAD_DIM != BLOCK_D)
-        do = _load(do_ptrs, row_ok[:, None], dv_ok, MASKED, HEAD_DIM_V != BLOCK_DV)
-        q_ptrs += BLOCK_M * stride_qs
-        do_ptrs += BLOCK_M * stride_dos
+        if USE_DESC:
+            # zeros past the sequence end and the head dim, as the masked loads give
+            q = q_desc.load([b, start_m, h, 0]).reshape(BLOCK_M, BLOCK_D)
+            do = do_desc.load([b, start_m, h, 0]).reshape(BLOCK_M, BLOCK_DV)
+        else:
+            # interior blocks (MASKED False) lie entirely inside the query sequence
+            q = _load(q_ptrs, row_ok[:, None], d_ok, MASKED, HEAD_DIM != BLOCK_D)
+            do = _load(do_ptrs, row_ok[:, None], dv_ok, MASKED, HEAD_DIM_V != BLOCK_DV)
+            q_ptrs += BLOCK_M * stride_qs
+            do_ptrs += BLOCK_M * stride_dos
         # rows past the end get lse = +inf, hence p = 0: they contribute nothing
         if MASKED:
             lse2 = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf")) * LOG2E
@@ -607,6 +618,8 @@ def _bwd_dkdv_kernel(
     CU_K,
     SLOPES,
     RNG,
+    Q_DESC,
+    DO_DESC,
     stride_qb,
     stride_qs,
     stride_qh,
@@ -654,7 +667,10 @@ def _bwd_dkdv_kernel(
     HAS_ALIBI: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
     IEEE: tl.constexpr,
+    USE_DESC: tl.constexpr,
 ):
+    """``USE_DESC``: the query-side blocks of the inner loop come through the tensor
+    descriptors ``Q_DESC`` / ``DO_DESC`` (fixed-length inputs) instead of pointers."""
     pid_n = tl.program_id(0)
     hk = tl.program_id(1)
     b = tl.program_id(2)
@@ -703,22 +719,22 @@ def _bwd_dkdv_kernel(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, offs_n,
             offs_d, offs_dv, lo, mid_lo, len_q, len_k, diag, win_left, win_right, qk_scale2,
             softcap_in, softcap_out2, slope2, seed, salt, bh, dropout_p, dropout_scale,
-            HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_M, True, HAS_LEFT, HAS_RIGHT,
-            IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
+            Q_DESC, DO_DESC, b, h, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_M, True,
+            HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE, USE_DESC,
         )  # fmt: skip
         dk, dv = _bwd_dkdv_inner(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, offs_n,
             offs_d, offs_dv, mid_lo, mid_hi, len_q, len_k, diag, win_left, win_right, qk_scale2,
             softcap_in, softcap_out2, slope2, seed, salt, bh, dropout_p, dropout_scale,
-            HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_M, False, HAS_LEFT, HAS_RIGHT,
-            IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
+            Q_DESC, DO_DESC, b, h, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_M, False,
+            HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE, USE_DESC,
         )  # fmt: skip
         dk, dv = _bwd_dkdv_inner(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, offs_n,
             offs_d, offs_dv, mid_hi, hi, len_q, len_k, diag, win_left, win_right, qk_scale2,
             softcap_in, softcap_out2, slope2, seed, salt, bh, dropout_p, dropout_scale,
-            HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_M, True, HAS_LEFT, HAS_RIGHT,
-            IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
+            Q_DESC, DO_DESC, b, h, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_M, True,
+            HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE, USE_DESC,
         )  # fmt: skip
     dk = dk * sm_scale
     tl.store(
@@ -770,6 +786,10 @@ def _bwd_dq_inner(
     bh,
     dropout_p,
     dropout_scale,
+    k_desc,
+    v_desc,
+    b,
+    hk,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -782,19 +802,25 @@ def _bwd_dq_inner(
     HAS_ALIBI: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
     IEEE: tl.constexpr,
+    USE_DESC: tl.constexpr,
 ):
     offs_n0 = tl.arange(0, BLOCK_N)
-    k_ptrs = k_base + wide(lo + offs_n0)[:, None] * stride_kn + offs_d[None, :]
-    v_ptrs = v_base + wide(lo + offs_n0)[:, None] * stride_vn + offs_dv[None, :]
+    if not USE_DESC:
+        k_ptrs = k_base + wide(lo + offs_n0)[:, None] * stride_kn + offs_d[None, :]
+        v_ptrs = v_base + wide(lo + offs_n0)[:, None] * stride_vn + offs_dv[None, :]
     d_ok = offs_d[None, :] < HEAD_DIM
     dv_ok = offs_dv[None, :] < HEAD_DIM_V
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
-        # interior blocks (MASKED False) lie entirely inside the key sequence
-        k = _load(k_ptrs, offs_n[:, None] < len_k, d_ok, MASKED, HEAD_DIM != BLOCK_D)
-        v = _load(v_ptrs, offs_n[:, None] < len_k, dv_ok, MASKED, HEAD_DIM_V != BLOCK_DV)
-        k_ptrs += BLOCK_N * stride_kn
-        v_ptrs += BLOCK_N * stride_vn
+        if USE_DESC:
+            k = k_desc.load([b, start_n, hk, 0]).reshape(BLOCK_N, BLOCK_D)
+            v = v_desc.load([b, start_n, hk, 0]).reshape(BLOCK_N, BLOCK_DV)
+        else:
+            # interior blocks (MASKED False) lie entirely inside the key sequence
+            k = _load(k_ptrs, offs_n[:, None] < len_k, d_ok, MASKED, HEAD_DIM != BLOCK_D)
+            v = _load(v_ptrs, offs_n[:, None] < len_k, dv_ok, MASKED, HEAD_DIM_V != BLOCK_DV)
+            k_ptrs += BLOCK_N * stride_kn
+            v_ptrs += BLOCK_N * stride_vn
         qk = dot(q, tl.trans(k), IEEE)
         s, t = _logits(
             qk,
@@ -845,6 +871,8 @@ def _bwd_dq_kernel(
     CU_K,
     SLOPES,
     RNG,
+    K_DESC,
+    V_DESC,
     stride_qb,
     stride_qs,
     stride_qh,
@@ -889,7 +917,10 @@ def _bwd_dq_kernel(
     HAS_ALIBI: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
     IEEE: tl.constexpr,
+    USE_DESC: tl.constexpr,
 ):
+    """``USE_DESC``: the key-side blocks of the inner loop come through the tensor
+    descriptors ``K_DESC`` / ``V_DESC`` (fixed-length inputs) instead of pointers."""
     # last query blocks first: under a causal mask they have the most keys (better tail)
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     h = tl.program_id(1)
@@ -937,20 +968,23 @@ def _bwd_dq_kernel(
     dq = _bwd_dq_inner(
         dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, offs_dv,
         lo, mid_lo, len_k, diag, win_left, win_right, qk_scale2, softcap_in, softcap_out2,
-        slope2, seed, salt, bh, dropout_p, dropout_scale, HEAD_DIM, HEAD_DIM_V, BLOCK_D,
-        BLOCK_DV, BLOCK_N, True, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
+        slope2, seed, salt, bh, dropout_p, dropout_scale, K_DESC, V_DESC, b, hk, HEAD_DIM,
+        HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, True, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP,
+        HAS_ALIBI, HAS_DROPOUT, IEEE, USE_DESC,
     )  # fmt: skip
     dq = _bwd_dq_inner(
         dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, offs_dv,
         mid_lo, mid_hi, len_k, diag, win_left, win_right, qk_scale2, softcap_in, softcap_out2,
-        slope2, seed, salt, bh, dropout_p, dropout_scale, HEAD_DIM, HEAD_DIM_V, BLOCK_D,
-        BLOCK_DV, BLOCK_N, False, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
+        slope2, seed, salt, bh, dropout_p, dropout_scale, K_DESC, V_DESC, b, hk, HEAD_DIM,
+        HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, False, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP,
+        HAS_ALIBI, HAS_DROPOUT, IEEE, USE_DESC,
     )  # fmt: skip
     dq = _bwd_dq_inner(
         dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, offs_dv,
         mid_hi, hi, len_k, diag, win_left, win_right, qk_scale2, softcap_in, softcap_out2,
-        slope2, seed, salt, bh, dropout_p, dropout_scale, HEAD_DIM, HEAD_DIM_V, BLOCK_D,
-        BLOCK_DV, BLOCK_N, True, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE,
+        slope2, seed, salt, bh, dropout_p, dropout_scale, K_DESC, V_DESC, b, hk, HEAD_DIM,
+        HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, True, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP,
+        HAS_ALIBI, HAS_DROPOUT, IEEE, USE_DESC,
     )  # fmt: skip
     dq = dq * sm_scale
     tl.store(
