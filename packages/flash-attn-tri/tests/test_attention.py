@@ -136,6 +136,22 @@ def test_rows_without_keys(check_grads, device):
     assert torch.equal(dq[:, :30], torch.zeros_like(dq[:, :30]))
 
 
+@pytest.mark.parametrize("empty", ["keys", "queries"])
+def test_empty_sequences(device, empty):
+    # no keys: out 0, lse +inf, every gradient 0; no queries: empty out, zero gradients
+    sq, sk = (7, 0) if empty == "keys" else (0, 7)
+    q = make((2, sq, 2, 16), torch.float32, device).requires_grad_()
+    k = make((2, sk, 2, 16), torch.float32, device).requires_grad_()
+    v = make((2, sk, 2, 16), torch.float32, device).requires_grad_()
+    out, lse, _ = flash_attn_func(q, k, v, return_attn_probs=True)
+    assert out.shape == (2, sq, 2, 16) and lse.shape == (2, 2, sq)
+    assert torch.equal(out, torch.zeros_like(out))
+    assert bool((lse == float("inf")).all())
+    grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    for g, x in zip(grads, (q, k, v), strict=True):
+        assert g.shape == x.shape and torch.equal(g, torch.zeros_like(g))
+
+
 def test_output_written_everywhere(device):
     # poisoned preallocated buffers are not part of the API; instead check no NaN leaks from
     # uninitialised memory: fill the caching allocator with NaN first, then run.

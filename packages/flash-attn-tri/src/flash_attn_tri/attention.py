@@ -130,9 +130,10 @@ def _kernel(name: str, block_d: int, seqlen: int):
 def _descriptor(t: torch.Tensor, block_d: int) -> TensorDescriptor | None:
     """A tensor descriptor over a fixed-length ``[batch, seqlen, heads, dim]`` tensor, or None
     where the hardware copy engine cannot address it (strides and base must be 16-byte
-    aligned). The row block is set per launch config by :func:`_fwd_block_shapes`."""
+    aligned, no dimension empty). The row block is set per launch config by the pre-hooks
+    (:func:`_fwd_block_shapes` and the backward ones)."""
     size = t.element_size()
-    if t.dim() != 4 or t.stride(-1) != 1 or t.data_ptr() % 16:
+    if t.dim() != 4 or t.numel() == 0 or t.stride(-1) != 1 or t.data_ptr() % 16:
         return None
     if any(st * size % 16 for st in t.stride()[:-1]):
         return None
