@@ -55,8 +55,8 @@ def _configs(candidates: list[tuple[int, int, int, int]], pre_hook=None) -> list
 
 def _fwd_candidates(block_d: int) -> list[tuple[int, int, int, int]]:
     # (BLOCK_M, BLOCK_N, num_warps, num_stages); the first is the default without autotuning.
-    # Measured per sequence-length class on an H200 (BENCHMARKS.md): 64 x 64 tiles win for
-    # causal masks at short lengths, 128-row tiles elsewhere.
+    # Measured per sequence-length class on an H200 (BENCHMARKS.md): 64 x 64 tiles win at
+    # short lengths (up to 2048-4096 with tensor descriptors), 128-row tiles at long ones.
     if block_d <= 64:
         return [
             (128, 64, 4, 4),
