@@ -12,6 +12,32 @@ from .fused_sigmoid_gating_recurrent import fused_sigmoid_gating_delta_rule_upda
 from .reference import fused_sigmoid_gating_delta_rule_update_native_optimized
 
 
+def _gated_inputs(
+    B: int,
+    T: int,
+    H: int,
+    HV: int,
+    K: int,
+    V: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int,
+) -> tuple:
+    """The positional arguments before the pool: A_log, a, dt_bias, softplus beta and
+    threshold, q, k, v, b (a and b as [B*T, HV])."""
+    return (
+        randn((HV,), seed=seed, device=device, scale=0.5),
+        randn((B * T, HV), seed=seed + 1, device=device, dtype=dtype),
+        randn((HV,), seed=seed + 2, device=device),
+        1.0,
+        20.0,
+        randn((B, T, H, K), seed=seed + 3, device=device, dtype=dtype),
+        randn((B, T, H, K), seed=seed + 4, device=device, dtype=dtype),
+        randn((B, T, HV, V), seed=seed + 5, device=device, dtype=dtype),
+        randn((B * T, HV), seed=seed + 6, device=device, dtype=dtype),
+    )
+
+
 def _decode_case(device: torch.device) -> DemoCase:
     # Qwen3-Next heads on a GPU; a small head dim under the interpreter (it runs programs one
     # by one on the CPU)
@@ -22,17 +48,7 @@ def _decode_case(device: torch.device) -> DemoCase:
     slots = 2 * N
     pool = randn((slots, HV, K, V), seed=7, device=device, scale=0.1)
     idx = randperm(slots, seed=8, device=device)[:N].to(torch.int32)
-    args = (
-        randn((HV,), seed=0, device=device, scale=0.5),
-        randn((N, HV), seed=1, device=device, dtype=dtype),
-        randn((HV,), seed=2, device=device),
-        1.0,
-        20.0,
-        randn((N, 1, H, K), seed=3, device=device, dtype=dtype),
-        randn((N, 1, H, K), seed=4, device=device, dtype=dtype),
-        randn((N, 1, HV, V), seed=5, device=device, dtype=dtype),
-        randn((N, HV), seed=6, device=device, dtype=dtype),
-    )
+    args = _gated_inputs(N, 1, H, HV, K, V, dtype, device, seed=0)
 
     # each call starts from the same pool (a copy), so repeated timing runs stay comparable
     def run() -> torch.Tensor:
@@ -66,17 +82,7 @@ def _prefill_case(device: torch.device) -> DemoCase:
     slots = 2 * N
     pool = randn((slots, HV, K, V), seed=17, device=device, scale=0.1)
     idx = randperm(slots, seed=18, device=device)[:N].to(torch.int32)
-    args = (
-        randn((HV,), seed=10, device=device, scale=0.5),
-        randn((T, HV), seed=11, device=device, dtype=dtype),
-        randn((HV,), seed=12, device=device),
-        1.0,
-        20.0,
-        randn((1, T, H, K), seed=13, device=device, dtype=dtype),
-        randn((1, T, H, K), seed=14, device=device, dtype=dtype),
-        randn((1, T, HV, V), seed=15, device=device, dtype=dtype),
-        randn((T, HV), seed=16, device=device, dtype=dtype),
-    )
+    args = _gated_inputs(1, T, H, HV, K, V, dtype, device, seed=10)
 
     def run() -> torch.Tensor:
         return fused_sigmoid_gating_delta_rule_prefill(
