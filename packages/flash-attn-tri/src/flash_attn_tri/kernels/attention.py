@@ -15,6 +15,10 @@ Conventions shared by all kernels:
 - Tiles are [queries, keys] in the forward and the dQ pass, and [keys, queries] in the dK/dV
   pass; the mask, ALiBi and dropout helpers take the query and key positions already
   expanded along their axis (``offs_m[:, None]`` and ``offs_n[None, :]``, or the transpose).
+- Fixed-length inputs with 16-byte aligned strides (``USE_DESC``) load through tensor
+  descriptors over ``[batch, seqlen, heads, dim]``: the copy engine fills rows past the
+  sequence and columns past the head dim with zeros, so those loads need no masks. Varlen
+  inputs use pointers (a descriptor would read the neighbouring sequence's rows).
 - No atomics: dK/dV are owned by the program of their key block (it loops over the query
   heads of its GQA group), dQ by the program of its query block, so gradients are
   bitwise reproducible.

@@ -1,0 +1,114 @@
+"""Time every launch candidate of the forward, dK/dV and dQ kernels, one forced at a time, per
+head dim, mask and sequence length: the data behind the candidate lists in
+``flash_attn_tri.attention`` (which the autotuner then chooses from per length class).
+
+Run on a GPU: ``python3 sweep_configs.py [--extra]``. Same setup as ``bench_flash_attn.py``
+(16384 tokens, hidden 2048, bf16). Backward timings force one kernel's config and leave the
+other kernel on its first candidate. ``--extra`` adds configs outside the lists (write them
+into the ``EXTRA`` table first). Prints a table and writes ``sweep_configs.csv`` to
+``results_dir("flash-attn-tri")``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+import torch
+
+from tri_shared.bench import print_table, results_dir, tflops, time_fn, write_csv
+
+TOKENS = 16384
+HIDDEN = 2048
+SEQLENS = (1024, 4096, 16384)
+HEAD_DIMS = (64, 128)
+KERNELS = ("fwd", "dkdv", "dq")
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) to try beyond the candidate lists, per kernel and
+# head-dim class
+EXTRA: dict[tuple[str, int], list[tuple[int, int, int, int]]] = {}
+
+Config = tuple[int, int, int, int]
+
+
+@contextlib.contextmanager
+def forced(kernel: str, cfg: Config) -> Iterator[None]:
+    """Within the block, ``kernel`` launches with ``cfg`` only (autotuning sees one config)."""
+    from flash_attn_tri import attention
+
+    name = f"_{kernel}_candidates"
+    saved = getattr(attention, name)
+    setattr(attention, name, lambda _block_d: [cfg])
+    attention._kernels.clear()
+    try:
+        yield
+    finally:
+        setattr(attention, name, saved)
+        attention._kernels.clear()
+
+
+def candidates(kernel: str, d: int, extra: bool) -> list[Config]:
+    from flash_attn_tri import attention
+
+    cands = list(getattr(attention, f"_{kernel}_candidates")(d))
+    if extra:
+        cands += [c for c in EXTRA.get((kernel, d), []) if c not in cands]
+    return cands
+
+
+def time_once(kernel: str, d: int, causal: bool, seqlen: int) -> tuple[str, float, float]:
+    """(what, ms, TFLOP/s) of the forward (kernel "fwd") or of the backward, at one shape."""
+    from flash_attn_tri import flash_attn_func
+
+    batch, heads = TOKENS // seqlen, HIDDEN // d
+    g = torch.Generator(device="cuda").manual_seed(seqlen + d)
+    q, k, v, dout = (
+        torch.randn((batch, seqlen, heads, d), device="cuda", dtype=torch.bfloat16, generator=g)
+        for _ in range(4)
+    )
+    flops = 4 * batch * heads * seqlen * seqlen * d * (0.5 if causal else 1.0)
+    if kernel == "fwd":
+        ms = time_fn(lambda: flash_attn_func(q, k, v, causal=causal))
+        return "forward", ms, tflops(flops, ms)
+    for t in (q, k, v):
+        t.requires_grad_()
+    out = flash_attn_func(q, k, v, causal=causal)
+    ms = time_fn(lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True))
+    return "backward", ms, tflops(2.5 * flops, ms)
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("no CUDA device: this sweep needs a GPU")
+        return 0
+    extra = "--extra" in sys.argv
+    rows = []
+    for d in HEAD_DIMS:
+        for causal in (False, True):
+            for kernel in KERNELS:
+                for cfg in candidates(kernel, d, extra):
+                    with forced(kernel, cfg):
+                        for s in SEQLENS:
+                            try:
+                                what, ms, rate = time_once(kernel, d, causal, s)
+                            except Exception as exc:  # a config that fails to build
+                                print(f"{kernel} D={d} causal={causal} {cfg} S={s}: {exc!s:.120}")
+                                continue
+                            config = "x".join(str(c) for c in cfg)
+                            rows.append(
+                                {"kernel": kernel, "D": d, "causal": causal, "seqlen": s,
+                                 "config": config, "what": what, "ms": ms, "tflops": rate}
+                            )  # fmt: skip
+                            print(
+                                f"{kernel:4s} D={d:3d} causal={causal!s:5s} {cfg} S={s:5d}: "
+                                f"{what} {ms:.3f} ms {rate:.0f} TFLOP/s",
+                                flush=True,
+                            )
+    cols = ["kernel", "D", "causal", "seqlen", "config", "what", "ms", "tflops"]
+    print_table(rows, cols, title="launch configs, one at a time")
+    write_csv(rows, results_dir("flash-attn-tri") / "sweep_configs.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
