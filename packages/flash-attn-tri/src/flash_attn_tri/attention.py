@@ -114,9 +114,9 @@ def _kernel(name: str, block_d: int, seqlen: int):
     key = (name, 64 if block_d <= 64 else 128 if block_d <= 128 else 256, _length_class(seqlen))
     if key not in _kernels:
         fn, cands, hook = {
-            "fwd": (_k._fwd_kernel, _fwd_candidates, _fwd_block_shapes),
-            "dkdv": (_k._bwd_dkdv_kernel, _dkdv_candidates, _dkdv_block_shapes),
-            "dq": (_k._bwd_dq_kernel, _dq_candidates, _dq_block_shapes),
+            "fwd": (_k._fwd_kernel, _fwd_candidates, _FWD_BOXES),
+            "dkdv": (_k._bwd_dkdv_kernel, _dkdv_candidates, _DKDV_BOXES),
+            "dq": (_k._bwd_dq_kernel, _dq_candidates, _DQ_BOXES),
         }[name]
         _kernels[key] = triton.autotune(configs=_configs(cands(key[1]), hook), key=_KEY)(fn)
     return _kernels[key]
@@ -127,46 +127,44 @@ def _kernel(name: str, block_d: int, seqlen: int):
 # ------------------------------------------------------------------------------------------
 
 
-def _descriptor(t: torch.Tensor, block_d: int) -> TensorDescriptor | None:
+def _descriptor(t: torch.Tensor) -> TensorDescriptor | None:
     """A tensor descriptor over a fixed-length ``[batch, seqlen, heads, dim]`` tensor, or None
     where the hardware copy engine cannot address it (strides and base must be 16-byte
-    aligned, no dimension empty). The row block is set per launch config by the pre-hooks
-    (:func:`_fwd_block_shapes` and the backward ones)."""
+    aligned, no dimension empty). Its box is set per launch config by :func:`_boxes`."""
     size = t.element_size()
     if t.dim() != 4 or t.numel() == 0 or t.stride(-1) != 1 or t.data_ptr() % 16:
         return None
     if any(st * size % 16 for st in t.stride()[:-1]):
         return None
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 16, 1, block_d])
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 16, 1, 16])
 
 
-def _fwd_block_shapes(nargs: dict) -> None:
-    """Autotune pre-hook: the descriptors' boxes follow the config's BLOCK_M / BLOCK_N."""
-    if not nargs["USE_DESC"]:
-        return
-    bm, bn = nargs["BLOCK_M"], nargs["BLOCK_N"]
-    nargs["Q"].block_shape = [1, bm, 1, nargs["BLOCK_D"]]
-    nargs["Out"].block_shape = [1, bm, 1, nargs["BLOCK_DV"]]
-    nargs["K"].block_shape = [1, bn, 1, nargs["BLOCK_D"]]
-    nargs["V"].block_shape = [1, bn, 1, nargs["BLOCK_DV"]]
-
-
-def _dkdv_block_shapes(nargs: dict) -> None:
-    if nargs["USE_DESC"]:
-        nargs["Q_DESC"].block_shape = [1, nargs["BLOCK_M"], 1, nargs["BLOCK_D"]]
-        nargs["DO_DESC"].block_shape = [1, nargs["BLOCK_M"], 1, nargs["BLOCK_DV"]]
-
-
-def _dq_block_shapes(nargs: dict) -> None:
-    if nargs["USE_DESC"]:
-        nargs["K_DESC"].block_shape = [1, nargs["BLOCK_N"], 1, nargs["BLOCK_D"]]
-        nargs["V_DESC"].block_shape = [1, nargs["BLOCK_N"], 1, nargs["BLOCK_DV"]]
-
-
-def _descriptors(*pairs: tuple[torch.Tensor, int]) -> list[TensorDescriptor] | None:
-    """Descriptors for every ``(tensor, block_d)`` pair, or None if any cannot have one."""
-    descs = [_descriptor(t, bd) for t, bd in pairs]
+def _descriptors(*tensors: torch.Tensor) -> list[TensorDescriptor] | None:
+    """Descriptors for every tensor, or None if any cannot have one."""
+    descs = [_descriptor(t) for t in tensors]
     return None if any(d is None for d in descs) else descs
+
+
+def _boxes(**boxes: tuple[str, str]):
+    """Autotune pre-hook: descriptor argument ``name`` gets the box ``[1, rows, 1, cols]``
+    where ``(rows, cols)`` name the config's block sizes (``boxes[name]``)."""
+
+    def hook(nargs: dict) -> None:
+        if nargs["USE_DESC"]:
+            for name, (rows, cols) in boxes.items():
+                nargs[name].block_shape = [1, nargs[rows], 1, nargs[cols]]
+
+    return hook
+
+
+# the blocks each kernel moves through descriptors: forward Q/O rows per program, K/V per step;
+# dK/dV pass q/dO per step; dQ pass k/v per step
+_FWD_BOXES = _boxes(
+    Q=("BLOCK_M", "BLOCK_D"), Out=("BLOCK_M", "BLOCK_DV"), K=("BLOCK_N", "BLOCK_D"),
+    V=("BLOCK_N", "BLOCK_DV"),
+)  # fmt: skip
+_DKDV_BOXES = _boxes(Q_DESC=("BLOCK_M", "BLOCK_D"), DO_DESC=("BLOCK_M", "BLOCK_DV"))
+_DQ_BOXES = _boxes(K_DESC=("BLOCK_N", "BLOCK_D"), V_DESC=("BLOCK_N", "BLOCK_DV"))
 
 
 def _strides3(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
@@ -256,7 +254,7 @@ def _forward_impl(
     # ends); varlen sequences would read across their neighbours' rows, so they use pointers
     descs = None
     if not varlen:
-        descs = _descriptors((q, block_d), (k, block_d), (v, block_dv), (out, block_dv))
+        descs = _descriptors(q, k, v, out)
     q_arg, k_arg, v_arg, o_arg = descs if descs is not None else (q, k, v, out)
     kern[grid](
         q_arg, k_arg, v_arg, o_arg, lse, cu_q, cu_k, slopes, rng,
@@ -318,8 +316,8 @@ def _backward_impl(
     # fixed-length inputs: the blocks each inner loop streams come through tensor descriptors
     # (up to 128-wide heads: with 256-wide blocks ptxas 12.x from triton 3.6 crashes on them)
     use_desc = not varlen and max(block_d, block_dv) <= 128
-    q_side = _descriptors((q, block_d), (dout, block_dv)) if use_desc else None
-    k_side = _descriptors((k, block_d), (v, block_dv)) if use_desc else None
+    q_side = _descriptors(q, dout) if use_desc else None
+    k_side = _descriptors(k, v) if use_desc else None
     kv_grid = lambda meta: make_grid(cdiv(seqlen_k, meta["BLOCK_N"]), heads_k, batch)
     _kernel("dkdv", max(block_d, block_dv), max(seqlen_q, seqlen_k))[kv_grid](
         q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, slopes, rng,
