@@ -295,13 +295,8 @@ def _backward_impl(
     rng = rng_state if has_dropout else q
     cu_q = cu_seqlens_q if varlen else q
     cu_k = cu_seqlens_k if varlen else q
+    # rowsum(O · dO) per query row: written by the dQ kernel, read by the dK/dV kernel
     delta = torch.empty_like(lse)
-    pre_bm = 64
-    _k._bwd_preprocess_kernel[make_grid(cdiv(seqlen_q, pre_bm), heads, batch)](
-        out, dout, delta, cu_q, *_strides3(out, varlen), *_strides3(dout, varlen),
-        *_lse_strides(lse, varlen), seqlen_q,
-        HEAD_DIM_V=dv_dim, BLOCK_DV=block_dv, BLOCK_M=pre_bm, IS_VARLEN=varlen,
-    )  # fmt: skip
     common = (
         *_lse_strides(lse, varlen), s_ab, s_ah, seqlen_q, seqlen_k, heads, heads // heads_k,
         o.sm_scale, o.qk_scale2, o.softcap_in, o.softcap_out2, o.win_left, o.win_right,
@@ -318,6 +313,16 @@ def _backward_impl(
     use_desc = not varlen and max(block_d, block_dv) <= 128
     q_side = _descriptors(q, dout) if use_desc else None
     k_side = _descriptors(k, v) if use_desc else None
+    # dQ first: it computes delta, which dK/dV needs
+    q_grid = lambda meta: make_grid(cdiv(seqlen_q, meta["BLOCK_M"]), heads, batch)
+    _kernel("dq", max(block_d, block_dv), max(seqlen_q, seqlen_k))[q_grid](
+        q, k, v, dout, out, lse, delta, dq, cu_q, cu_k, slopes, rng,
+        *(k_side if k_side is not None else (k, v)),
+        *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen),
+        *_strides3(dout, varlen), *_strides3(out, varlen), *_strides3(dq, varlen), *common,
+        **consts,
+        USE_DESC=k_side is not None,
+    )  # fmt: skip
     kv_grid = lambda meta: make_grid(cdiv(seqlen_k, meta["BLOCK_N"]), heads_k, batch)
     _kernel("dkdv", max(block_d, block_dv), max(seqlen_q, seqlen_k))[kv_grid](
         q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, slopes, rng,
@@ -325,14 +330,6 @@ def _backward_impl(
         *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen),
         *_strides3(dout, varlen), *_strides3(dk, varlen), *_strides3(dv, varlen),
         *common, **consts, USE_DESC=q_side is not None,
-    )  # fmt: skip
-    q_grid = lambda meta: make_grid(cdiv(seqlen_q, meta["BLOCK_M"]), heads, batch)
-    _kernel("dq", max(block_d, block_dv), max(seqlen_q, seqlen_k))[q_grid](
-        q, k, v, dout, lse, delta, dq, cu_q, cu_k, slopes, rng,
-        *(k_side if k_side is not None else (k, v)),
-        *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen),
-        *_strides3(dout, varlen), *_strides3(dq, varlen), *common, **consts,
-        USE_DESC=k_side is not None,
     )  # fmt: skip
     return dq, dk, dv
 

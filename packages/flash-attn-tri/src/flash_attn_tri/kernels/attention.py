@@ -450,53 +450,6 @@ def _fwd_kernel(
 # ------------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["seqlen_q"])
-def _bwd_preprocess_kernel(
-    Out,
-    DO,
-    DELTA,
-    CU_Q,
-    stride_ob,
-    stride_os,
-    stride_oh,
-    stride_dob,
-    stride_dos,
-    stride_doh,
-    stride_lb,
-    stride_lh,
-    seqlen_q,
-    HEAD_DIM_V: tl.constexpr,
-    BLOCK_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    IS_VARLEN: tl.constexpr,
-):
-    """delta[b, h, i] = sum_d O·dO: the rowsum of P∘dP that every dS needs."""
-    pid_m = tl.program_id(0)
-    h = tl.program_id(1)
-    b = tl.program_id(2)
-    q_start, len_q = _seq_range(CU_Q, b, seqlen_q, IS_VARLEN)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    mask = (offs_m[:, None] < len_q) & (offs_dv[None, :] < HEAD_DIM_V)
-    rows = wide(q_start + offs_m)[:, None]
-    o = tl.load(
-        Out + wide(b) * stride_ob + wide(h) * stride_oh + rows * stride_os + offs_dv[None, :],
-        mask=mask,
-        other=0.0,
-    )
-    do = tl.load(
-        DO + wide(b) * stride_dob + wide(h) * stride_doh + rows * stride_dos + offs_dv[None, :],
-        mask=mask,
-        other=0.0,
-    )
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(
-        DELTA + wide(b) * stride_lb + wide(h) * stride_lh + wide(q_start + offs_m),
-        delta,
-        mask=offs_m < len_q,
-    )
-
-
 @triton.jit
 def _bwd_dkdv_inner(
     dk,
@@ -868,6 +821,7 @@ def _bwd_dq_kernel(
     K,
     V,
     DO,
+    Out,
     LSE,
     DELTA,
     DQ,
@@ -889,6 +843,9 @@ def _bwd_dq_kernel(
     stride_dob,
     stride_dos,
     stride_doh,
+    stride_ob,
+    stride_os,
+    stride_oh,
     stride_dqb,
     stride_dqs,
     stride_dqh,
@@ -923,7 +880,11 @@ def _bwd_dq_kernel(
     IEEE: tl.constexpr,
     USE_DESC: tl.constexpr,
 ):
-    """``USE_DESC``: the key-side blocks of the inner loop come through the tensor
+    """dQ for one block of query rows. It also computes ``delta = rowsum(O · dO)`` of those
+    rows (every dS needs it) and stores it in ``DELTA`` for the dK/dV kernel, which runs
+    after this one: dO is loaded here anyway, so no separate pass over O and dO.
+
+    ``USE_DESC``: the key-side blocks of the inner loop come through the tensor
     descriptors ``K_DESC`` / ``V_DESC`` (fixed-length inputs) instead of pointers."""
     # last query blocks first: under a causal mask they have the most keys (better tail)
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -946,14 +907,21 @@ def _bwd_dq_kernel(
         mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM),
         other=0.0,
     )
+    dv_mask = row_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V)
     do = tl.load(
         DO + wide(b) * stride_dob + wide(h) * stride_doh + rows * stride_dos + offs_dv[None, :],
-        mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V),
+        mask=dv_mask,
         other=0.0,
     )
+    o = tl.load(
+        Out + wide(b) * stride_ob + wide(h) * stride_oh + rows * stride_os + offs_dv[None, :],
+        mask=dv_mask,
+        other=0.0,
+    )
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     l_off = wide(b) * stride_lb + wide(h) * stride_lh + wide(q_start + offs_m)
+    tl.store(DELTA + l_off, delta, mask=row_ok)
     lse2 = tl.load(LSE + l_off, mask=row_ok, other=float("inf")) * LOG2E
-    delta = tl.load(DELTA + l_off, mask=row_ok, other=0.0)
     slope2 = 0.0
     if HAS_ALIBI:
         slope2 = tl.load(SLOPES + b * stride_ab + h * stride_ah).to(tl.float32) * LOG2E
