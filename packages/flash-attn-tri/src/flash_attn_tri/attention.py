@@ -80,10 +80,13 @@ def _dkdv_candidates(block_d: int) -> list[tuple[int, int, int, int]]:
     # BLOCK_M = query rows per step, BLOCK_N = keys owned by the program (the M side of the
     # transposed tiles). Every candidate is checked on the GPU, causal and not, for exact
     # gradients that repeat bitwise (test_gpu.py::test_every_backward_config).
+    # The first ones with num_stages 2: under a causal mask at 1024-2048 keys the 3-stage
+    # version is 1.07-1.4x slower (bench/sweep_configs.py, BENCHMARKS.md); without a mask
+    # it is 1-3% faster.
     if block_d <= 64:
-        return [(32, 128, 4, 3), (32, 128, 4, 2), (64, 64, 4, 3), (64, 128, 8, 3)]
+        return [(32, 128, 4, 2), (32, 128, 4, 3), (64, 64, 4, 3), (64, 128, 8, 3)]
     if block_d <= 128:
-        return [(32, 64, 4, 3), (32, 64, 4, 2), (64, 128, 8, 2), (32, 128, 8, 2)]
+        return [(32, 64, 4, 2), (32, 64, 4, 3), (64, 128, 8, 2), (32, 128, 8, 2)]
     return [(32, 64, 4, 2), (16, 64, 4, 2), (32, 32, 4, 2)]
 
 
@@ -92,7 +95,7 @@ def _dq_candidates(block_d: int) -> list[tuple[int, int, int, int]]:
     # Not at 128-wide heads: num_stages 2 with tensor descriptors, where ptxas (triton 3.6)
     # crashes.
     if block_d <= 64:
-        return [(128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3)]
+        return [(64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3)]
     if block_d <= 128:
         return [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3)]
     return [(64, 32, 4, 2), (64, 16, 4, 2), (32, 32, 4, 2)]
@@ -428,6 +431,35 @@ def _backward(ctx, dout, dlse):
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _EagerAttention(torch.autograd.Function):
+    """The same forward and backward as the custom ops, for eager calls. The custom-op layer
+    costs about 0.5 ms of host time per forward+backward (torch 2.11, measured on the H200
+    machine), more than the kernels themselves take at 1024-token causal shapes;
+    torch.compile still traces the custom ops (see ``_run``)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_q, cu_k, max_q, max_k, scale, left, right, softcap, slopes, p,
+                rng):  # fmt: skip
+        out, lse = _forward_impl(
+            q, k, v, cu_q, cu_k, max_q, max_k, scale, left, right, softcap, slopes, p, rng
+        )
+        ctx.mark_non_differentiable(lse)
+        _setup_context(ctx, (q, k, v, cu_q, cu_k, max_q, max_k, scale, left, right, softcap,
+                             slopes, p, rng), (out, lse))  # fmt: skip
+        return out, lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse, cu_q, cu_k, slopes, rng = ctx.saved_tensors
+        max_q, max_k, scale, left, right, softcap, p = ctx.args
+        dq, dk, dv = _backward_impl(
+            dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, left, right, softcap,
+            slopes, p, rng,
+        )  # fmt: skip
+        return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None
+
+
 # ------------------------------------------------------------------------------------------
 # checks and public entry points
 # ------------------------------------------------------------------------------------------
@@ -504,7 +536,10 @@ def _run(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, softmax_scale, causal, wi
     left, right = _window(causal, window_size)
     rng = _draw_rng_state(q.device) if dropout_p > 0 else None
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    out, lse = _fwd_op(
+    # under torch.compile the custom ops (traced, no graph break); in eager mode the direct
+    # autograd.Function, without the custom-op layer's host overhead
+    attention = _fwd_op if torch.compiler.is_compiling() else _EagerAttention.apply
+    out, lse = attention(
         q, k, v, cu_q, cu_k, int(max_q), int(max_k), scale, left, right, float(softcap),
         alibi_slopes, float(dropout_p), rng,
     )  # fmt: skip
