@@ -417,15 +417,21 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (max_q, max_k, scale, left, right, softcap, p)
 
 
-def _backward(ctx, dout, dlse):
-    # dlse is ignored: like flash_attn, the log-sum-exp output carries no gradient
+def _input_grads(ctx, dout, backward_fn):
+    """The gradients of the forward's 14 inputs from what ``_setup_context`` saved, through
+    ``backward_fn`` (the custom op or the implementation behind it)."""
     q, k, v, out, lse, cu_q, cu_k, slopes, rng = ctx.saved_tensors
     max_q, max_k, scale, left, right, softcap, p = ctx.args
-    dq, dk, dv = _bwd_op(
+    dq, dk, dv = backward_fn(
         dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, left, right, softcap,
         slopes, p, rng,
     )  # fmt: skip
     return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None
+
+
+def _backward(ctx, dout, dlse):
+    # dlse is ignored: like flash_attn, the log-sum-exp output carries no gradient
+    return _input_grads(ctx, dout, _bwd_op)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -451,13 +457,7 @@ class _EagerAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dlse):
-        q, k, v, out, lse, cu_q, cu_k, slopes, rng = ctx.saved_tensors
-        max_q, max_k, scale, left, right, softcap, p = ctx.args
-        dq, dk, dv = _backward_impl(
-            dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, left, right, softcap,
-            slopes, p, rng,
-        )  # fmt: skip
-        return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None
+        return _input_grads(ctx, dout, _backward_impl)
 
 
 # ------------------------------------------------------------------------------------------
