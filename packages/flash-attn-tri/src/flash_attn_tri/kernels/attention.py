@@ -1,5 +1,6 @@
-"""FlashAttention-2 kernels: forward, backward pre-pass (delta = rowsum(dO·O)), dK/dV per key
-block, dQ per query block, and the dropout keep-mask generator used by the tests.
+"""FlashAttention-2 kernels: forward, dQ per query block (which also writes
+delta = rowsum(dO·O) for its rows, so it runs first), dK/dV per key block, and the dropout
+keep-mask generator used by the tests.
 
 Conventions shared by all kernels:
 - Scores live in base 2: ``log2(e)`` is folded into the scale so each exponential is one
