@@ -11,6 +11,8 @@ from tri_shared.softmax import (
     log2_sum_exp2,
     online_softmax_update,
     online_softmax_update_1d,
+    online_softmax_update_scaled,
+    safe_max_shift,
 )
 from tri_shared.testing import assert_close, poison, randn
 
@@ -29,6 +31,30 @@ def _blockwise_lse_kernel(
         x = tl.load(x_ptr + rows[:, None] * n_cols + cols[None, :], mask=mask, other=float("-inf"))
         m_i, l_i, _, _ = online_softmax_update(m_i, l_i, x * LOG2E)
     tl.store(lse_ptr + rows, log2_sum_exp2(m_i, l_i) * LN2, mask=rows < n_rows)
+
+
+@triton.jit
+def _scaled_softmax_kernel(
+    x_ptr, out_ptr, lse_ptr, scale, n_rows, n_cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
+):
+    """softmax(x · scale) per row, through the scaled update: lse, then a second pass for the
+    probabilities, both from the raw x."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_R], tl.float32)
+    for start in range(0, n_cols, BLOCK_C):
+        cols = start + tl.arange(0, BLOCK_C)
+        mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+        x = tl.load(x_ptr + rows[:, None] * n_cols + cols[None, :], mask=mask, other=float("-inf"))
+        m_i, l_i, _, _ = online_softmax_update_scaled(m_i, l_i, x, scale * LOG2E)
+    lse2 = log2_sum_exp2(m_i, l_i)
+    tl.store(lse_ptr + rows, lse2 * LN2, mask=rows < n_rows)
+    for start in range(0, n_cols, BLOCK_C):
+        cols = start + tl.arange(0, BLOCK_C)
+        mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+        x = tl.load(x_ptr + rows[:, None] * n_cols + cols[None, :], mask=mask, other=float("-inf"))
+        p = tl.math.exp2(x * (scale * LOG2E) - safe_max_shift(lse2)[:, None])
+        tl.store(out_ptr + rows[:, None] * n_cols + cols[None, :], p, mask=mask)
 
 
 @triton.jit
@@ -69,6 +95,23 @@ def test_blockwise_lse_matches_logsumexp(device, rows, cols, block_c):
     lse = poison(torch.empty(rows, device=device))
     _blockwise_lse_kernel[(triton.cdiv(rows, 4),)](x, lse, rows, cols, BLOCK_R=4, BLOCK_C=block_c)
     assert_close(lse, torch.logsumexp(x.double(), -1), max_rel_err=1e-6, name="lse")
+
+
+@pytest.mark.parametrize(("rows", "cols", "scale"), [(1, 1, 0.5), (5, 17, 0.125), (9, 300, 3.0)])
+def test_scaled_update_matches_softmax_of_scaled_scores(device, rows, cols, scale):
+    x = randn((rows, cols), seed=rows + cols, device=device, scale=4.0)
+    # a fully masked row: lse -inf, probabilities 0, no NaN
+    x[0, :] = float("-inf")
+    out = poison(torch.empty(rows, cols, device=device))
+    lse = poison(torch.empty(rows, device=device))
+    _scaled_softmax_kernel[(triton.cdiv(rows, 4),)](
+        x, out, lse, scale, rows, cols, BLOCK_R=4, BLOCK_C=16
+    )
+    ref = x.double() * scale
+    assert torch.isneginf(lse[0]) and torch.all(out[0] == 0)
+    if rows > 1:
+        assert_close(lse[1:], torch.logsumexp(ref[1:], -1), max_rel_err=1e-6, name="lse")
+        assert_close(out[1:], torch.softmax(ref[1:], -1), max_rel_err=1e-5, name="p")
 
 
 @pytest.mark.parametrize(("rows", "cols"), [(1, 3), (37, 13)])

@@ -130,6 +130,14 @@ def test_softmax_scale_and_everything_at_once(check_grads, device):
              window_size=(20, -1), softcap=3.0, softmax_scale=0.3, alibi_slopes=slopes)  # fmt: skip
 
 
+@pytest.mark.parametrize("scale", [0.7, 0.0, -0.4])
+def test_softmax_scale_sign(check_grads, device, scale):
+    # a positive scale takes the forward's folded-scale update (the row maximum of the raw
+    # scores, scaled), zero and negative scales the general one
+    run_case(check_grads, device, sq=45, sk=70, causal=True, softmax_scale=scale,
+             dtype=torch.float32)  # fmt: skip
+
+
 def test_rows_without_keys(check_grads, device):
     # causal with seqlen_q > seqlen_k: the first rows see no key -> out 0, lse +inf, grad 0
     dq, _, _ = run_case(check_grads, device, sq=50, sk=20, causal=True, dtype=torch.float32)

@@ -46,6 +46,24 @@ def online_softmax_update(m_i, l_i, scores, AXIS: tl.constexpr = 1):
 
 
 @triton.jit
+def online_softmax_update_scaled(m_i, l_i, raw, scale):
+    """:func:`online_softmax_update` (rows along axis 1) of the scores ``raw · scale``, for a
+    positive ``scale``, without forming them: the row maximum is taken on ``raw`` and scaled
+    once per row, and each exponent is one fused multiply-add ``raw · scale − m``.
+
+    Masked entries of ``raw`` must be -inf. With ``scale <= 0`` the maximum would be wrong:
+    use :func:`online_softmax_update` on ``raw * scale`` instead. Returns
+    ``(m_new, l_new, p, alpha)`` as :func:`online_softmax_update` does.
+    """
+    m_new = tl.maximum(m_i, tl.max(raw, 1) * scale)
+    shift = safe_max_shift(m_new)
+    alpha = tl.math.exp2(m_i - shift)
+    p = tl.math.exp2(raw * scale - shift[:, None])
+    l_new = l_i * alpha + tl.sum(p, 1)
+    return m_new, l_new, p, alpha
+
+
+@triton.jit
 def online_softmax_update_1d(m_i, l_i, scores):
     """The scalar-row form of :func:`online_softmax_update`: ``scores`` is ``[BLOCK_N]``.
 

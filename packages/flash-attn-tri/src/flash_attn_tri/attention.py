@@ -269,7 +269,7 @@ def _forward_impl(
         HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=block_d, BLOCK_DV=block_dv, IS_VARLEN=varlen,
         HAS_LEFT=o.has_left, HAS_RIGHT=o.has_right, IS_SOFTCAP=o.is_softcap,
         HAS_ALIBI=has_alibi, HAS_DROPOUT=has_dropout, IEEE=ieee_dots(q.dtype),
-        USE_DESC=descs is not None,
+        USE_DESC=descs is not None, SCALE_POSITIVE=softmax_scale > 0,
     )  # fmt: skip
     return out, lse
 

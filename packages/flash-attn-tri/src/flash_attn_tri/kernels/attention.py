@@ -30,7 +30,13 @@ import triton.language as tl
 
 from tri_shared.dots import dot
 from tri_shared.offsets import wide
-from tri_shared.softmax import LN2, LOG2E, log2_sum_exp2, online_softmax_update
+from tri_shared.softmax import (
+    LN2,
+    LOG2E,
+    log2_sum_exp2,
+    online_softmax_update,
+    online_softmax_update_scaled,
+)
 
 # lengths, head counts and window sizes change from call to call: specialising on them (value 1,
 # divisibility by 16) would recompile the kernels for every new sequence length
@@ -249,7 +255,11 @@ def _fwd_inner(
     HAS_DROPOUT: tl.constexpr,
     IEEE: tl.constexpr,
     USE_DESC: tl.constexpr,
+    SCALE_POSITIVE: tl.constexpr,
 ):
+    # Without softcap or ALiBi the logits are qk · scale; with a positive scale their row
+    # maximum is the scaled maximum of qk, and masking qk with -inf masks the logits.
+    PLAIN_SCALE: tl.constexpr = SCALE_POSITIVE and not IS_SOFTCAP and not HAS_ALIBI
     offs_n0 = tl.arange(0, BLOCK_N)
     if not USE_DESC:
         # 64-bit pointers built once and advanced: no per-element 64-bit multiply in the loop
@@ -267,18 +277,21 @@ def _fwd_inner(
             # interior blocks (MASKED False) lie entirely inside the key sequence
             k = _load(k_ptrs, offs_n[None, :] < seqlen_k, d_ok, MASKED, HEAD_DIM != BLOCK_D)
         qk = dot(q, k, IEEE)
-        s, _t = _logits(
-            qk,
-            offs_m[:, None],
-            offs_n[None, :],
-            diag,
-            qk_scale2,
-            softcap_in,
-            softcap_out2,
-            slope2,
-            IS_SOFTCAP,
-            HAS_ALIBI,
-        )
+        if PLAIN_SCALE:
+            s = qk  # logits = qk · scale: the scale goes into each exponent's multiply-add
+        else:
+            s, _t = _logits(
+                qk,
+                offs_m[:, None],
+                offs_n[None, :],
+                diag,
+                qk_scale2,
+                softcap_in,
+                softcap_out2,
+                slope2,
+                IS_SOFTCAP,
+                HAS_ALIBI,
+            )
         if MASKED:
             vis = _visible(
                 offs_m[:, None],
@@ -291,7 +304,10 @@ def _fwd_inner(
                 HAS_RIGHT,
             )
             s = tl.where(vis, s, float("-inf"))
-        m_i, l_i, p, alpha = online_softmax_update(m_i, l_i, s)
+        if PLAIN_SCALE:
+            m_i, l_i, p, alpha = online_softmax_update_scaled(m_i, l_i, s, qk_scale2)
+        else:
+            m_i, l_i, p, alpha = online_softmax_update(m_i, l_i, s)
         acc = acc * alpha[:, None]
         if HAS_DROPOUT:
             p = tl.where(_keep(seed, salt, bh, offs_m[:, None], offs_n[None, :], dropout_p), p, 0.0)
@@ -357,9 +373,11 @@ def _fwd_kernel(
     HAS_DROPOUT: tl.constexpr,
     IEEE: tl.constexpr,
     USE_DESC: tl.constexpr,
+    SCALE_POSITIVE: tl.constexpr,
 ):
     """``USE_DESC``: Q, K, V, Out are tensor descriptors over ``[batch, seqlen, heads, dim]``
-    (fixed-length inputs with 16-byte aligned strides) instead of pointers."""
+    (fixed-length inputs with 16-byte aligned strides) instead of pointers.
+    ``SCALE_POSITIVE``: softmax_scale > 0 (the usual case; it allows the cheaper update)."""
     # last query blocks first: under a causal mask they have the most keys (better tail)
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     h = tl.program_id(1)
@@ -411,18 +429,21 @@ def _fwd_kernel(
         lo, mid_lo, len_k, diag, win_left, win_right, qk_scale2, softcap_in, softcap_out2,
         slope2, seed, salt, bh, dropout_p, b, hk, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV,
         BLOCK_N, True, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE, USE_DESC,
+        SCALE_POSITIVE,
     )  # fmt: skip
     acc, m_i, l_i = _fwd_inner(
         acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, offs_dv,
         mid_lo, mid_hi, len_k, diag, win_left, win_right, qk_scale2, softcap_in, softcap_out2,
         slope2, seed, salt, bh, dropout_p, b, hk, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV,
         BLOCK_N, False, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE, USE_DESC,
+        SCALE_POSITIVE,
     )  # fmt: skip
     acc, m_i, l_i = _fwd_inner(
         acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, offs_dv,
         mid_hi, hi, len_k, diag, win_left, win_right, qk_scale2, softcap_in, softcap_out2,
         slope2, seed, salt, bh, dropout_p, b, hk, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV,
         BLOCK_N, True, HAS_LEFT, HAS_RIGHT, IS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, IEEE, USE_DESC,
+        SCALE_POSITIVE,
     )  # fmt: skip
 
     # A row that saw no key: l = 0, output 0 and lse = +inf (so the backward's p is 0).
