@@ -256,3 +256,14 @@ def test_every_launch_configuration(device, monkeypatch, config):
     monkeypatch.setattr(sparse_mod, "_launch_config", lambda *_: dict(config))
     check_case(1, 70, 4, 160, 30, 40, dtype=torch.float32, device=device, seed=12)
     check_case(2, 6, 5, 64, 30, 40, dtype=torch.float16, device=device, seed=13)
+
+
+def test_64_bit_key_offsets(device, monkeypatch):
+    # Key-row offsets are 32-bit unless one batch's keys span 2^31 elements; the 64-bit path
+    # (forced here by lowering the limit) gives the same results, one and several head
+    # blocks, D in one chunk and in several.
+    import indexer_loss.sparse as sparse_mod
+
+    monkeypatch.setattr(sparse_mod, "_OFFSET_LIMIT", 0)
+    check_case(2, 3, 7, 40, 23, 19, dtype=torch.float32, device=device, seed=21)
+    check_case(1, 70, 4, 160, 30, 40, dtype=torch.float16, device=device, seed=22)

@@ -27,6 +27,8 @@ from .kernels.sparse import sparse_indexer_fwd_kernel
 __all__ = ["compute_index_loss_sparse", "sparse_attention_target"]
 
 _MAX_BLOCK_H = 64
+# Key-row offsets within one batch's keys are computed in 32-bit below this many elements.
+_OFFSET_LIMIT = 2**31
 
 
 def _block_sizes(num_heads: int, head_dim: int) -> tuple[int, int]:
@@ -109,6 +111,8 @@ def _forward(
     )
     x = index_score if index_score is not None else loss  # dummy pointer without a loss
     xs = index_score.stride() if index_score is not None else (0, 0, 0)
+    # the largest element offset of a key row within one batch (the batch offset is 64-bit)
+    wide_keys = (L - 1) * key.stride(1) + (D - 1) * key.stride(2) >= _OFFSET_LIMIT
     grid = make_grid(B * S)
     sparse_indexer_fwd_kernel[grid](
         query,
@@ -140,6 +144,7 @@ def _forward(
         STORE_DIFF=store == "diff",
         COMPUTE_LOSS=index_score is not None,
         BLOCK_X=block_x,
+        WIDE_KEYS=wide_keys,
         **config,
     )
     return loss, p, lse, n_valid

@@ -37,11 +37,25 @@ from tri_shared.softmax import (
 
 @triton.jit
 def _row_indices(i_row, offs_k, stride_ik, TOPK, L, last_pos):
-    """Key rows of one top-k block (0 where invalid, int64) and the validity mask."""
+    """Key rows of one top-k block (0 where invalid) and the validity mask."""
     inb = offs_k < TOPK
     idx = tl.load(i_row + wide(offs_k) * stride_ik, mask=inb, other=-1)
     valid = inb & (idx >= 0) & (idx < L) & (idx <= last_pos)
-    return tl.where(valid, idx, 0).to(tl.int64), valid
+    return tl.where(valid, idx, 0), valid
+
+
+@triton.jit
+def _key_offsets(i_row, offs_k, stride_ik, TOPK, L, last_pos, stride_kl, WIDE_KEYS: tl.constexpr):
+    """Element offsets of the key rows of one top-k block within the batch's keys (row 0
+    where invalid) and the validity mask. In 32-bit unless ``WIDE_KEYS`` (the batch's keys
+    span 2^31 elements or more): a 64-bit multiply per gathered row is several integer
+    instructions, a real share of the loop's work."""
+    kidx, valid = _row_indices(i_row, offs_k, stride_ik, TOPK, L, last_pos)
+    if WIDE_KEYS:
+        key_off = kidx.to(tl.int64) * stride_kl
+    else:
+        key_off = kidx.to(tl.int32) * stride_kl
+    return key_off, valid
 
 
 @triton.jit
@@ -62,11 +76,10 @@ def _scores(
     q_pre,
     heads,
     hmask,
-    kidx,
+    key_off,
     valid,
     stride_qh,
     stride_qd,
-    stride_kl,
     stride_kd,
     HEAD_DIM: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -76,14 +89,15 @@ def _scores(
     IEEE: tl.constexpr,
     KT: tl.constexpr,
 ):
-    """Raw scores ``Q[heads] · K[kidx]ᵀ`` ``[BLOCK_H, BLOCK_K]`` fp32, or their transpose
-    ``[BLOCK_K, BLOCK_H]`` when KT (keys on the M side of the matmul: the gathered key tile
-    is the left operand, the query tile, transposed once, the right one)."""
+    """Raw scores ``Q[heads] · K[rows]ᵀ`` ``[BLOCK_H, BLOCK_K]`` fp32 (the key rows at element
+    offsets ``key_off``), or their transpose ``[BLOCK_K, BLOCK_H]`` when KT (keys on the M
+    side of the matmul: the gathered key tile is the left operand, the query tile, transposed
+    once, the right one)."""
     if Q_PRELOADED:
         # HEAD_DIM fits one BLOCK_D chunk and the query operand is already loaded.
         offs_d = tl.arange(0, BLOCK_D)
         kt = tl.load(
-            k_bat + kidx[:, None] * stride_kl + offs_d[None, :] * stride_kd,
+            k_bat + key_off[:, None] + offs_d[None, :] * stride_kd,
             mask=valid[:, None] & (offs_d < HEAD_DIM)[None, :],
             other=0.0,
         )
@@ -100,7 +114,7 @@ def _scores(
             offs_d = d0 + tl.arange(0, BLOCK_D)
             qt = _load_q(q_row, heads, hmask, d0, stride_qh, stride_qd, HEAD_DIM, BLOCK_D)
             kt = tl.load(
-                k_bat + kidx[:, None] * stride_kl + offs_d[None, :] * stride_kd,
+                k_bat + key_off[:, None] + offs_d[None, :] * stride_kd,
                 mask=valid[:, None] & (offs_d < HEAD_DIM)[None, :],
                 other=0.0,
             )
@@ -152,6 +166,7 @@ def _head_lse(
     BLOCK_D: tl.constexpr,
     IEEE: tl.constexpr,
     KT: tl.constexpr,
+    WIDE_KEYS: tl.constexpr,
 ):
     """Sweep 1 for heads ``h0 .. h0 + BLOCK_H``: base-2 log-sum-exp of the scaled scores over
     the valid entries, ``[BLOCK_H]`` (-inf for a row with no valid entry)."""
@@ -165,18 +180,19 @@ def _head_lse(
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     for k0 in tl.range(0, TOPK, BLOCK_K):
-        kidx, valid = _row_indices(i_row, k0 + tl.arange(0, BLOCK_K), stride_ik, TOPK, L, last_pos)
+        key_off, valid = _key_offsets(
+            i_row, k0 + tl.arange(0, BLOCK_K), stride_ik, TOPK, L, last_pos, stride_kl, WIDE_KEYS
+        )
         s = _scores(
             q_row,
             k_bat,
             q_pre,
             heads,
             hmask,
-            kidx,
+            key_off,
             valid,
             stride_qh,
             stride_qd,
-            stride_kl,
             stride_kd,
             HEAD_DIM,
             BLOCK_H,
@@ -204,12 +220,11 @@ def _head_probs(
     lse_h,
     h0,
     H,
-    kidx,
+    key_off,
     valid,
     qk_scale,
     stride_qh,
     stride_qd,
-    stride_kl,
     stride_kd,
     HEAD_DIM: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -228,11 +243,10 @@ def _head_probs(
         q_pre,
         heads,
         hmask,
-        kidx,
+        key_off,
         valid,
         stride_qh,
         stride_qd,
-        stride_kl,
         stride_kd,
         HEAD_DIM,
         BLOCK_H,
@@ -297,6 +311,7 @@ def sparse_indexer_fwd_kernel(
     BLOCK_X: tl.constexpr,
     KT1: tl.constexpr,
     KT2: tl.constexpr,
+    WIDE_KEYS: tl.constexpr,
 ):
     """Forward for one query row.
 
@@ -305,6 +320,7 @@ def sparse_indexer_fwd_kernel(
     ``nvalid[row]`` (when COMPUTE_LOSS), and into ``p_ptr[row, :]`` either ``p`` (STORE_P) or
     ``q − p`` on the valid entries and 0 elsewhere (STORE_DIFF, with COMPUTE_LOSS). The
     p, lse, nvalid, loss and hlse buffers are contiguous, allocated by the wrapper.
+    ``WIDE_KEYS``: one batch's keys span 2^31 elements or more (64-bit row offsets).
     """
     row = tl.program_id(0)
     b = row // S
@@ -357,6 +373,7 @@ def sparse_indexer_fwd_kernel(
             BLOCK_D,
             IEEE,
             KT1,
+            WIDE_KEYS,
         )
         if ONE_D:
             q_pre = _q_operand(
@@ -395,6 +412,7 @@ def sparse_indexer_fwd_kernel(
                 BLOCK_D,
                 IEEE,
                 KT1,
+                WIDE_KEYS,
             )
             tl.store(hlse_ptr + wide(row) * H + heads, lse_h, mask=heads < H)
         # The values are read back by other threads of this program: make them visible.
@@ -404,7 +422,9 @@ def sparse_indexer_fwd_kernel(
     kl = tl.sum(tl.zeros([BLOCK_K], tl.float32), axis=0)
     for k0 in tl.range(0, TOPK, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        kidx, valid = _row_indices(i_row, offs_k, stride_ik, TOPK, L, last_pos)
+        key_off, valid = _key_offsets(
+            i_row, offs_k, stride_ik, TOPK, L, last_pos, stride_kl, WIDE_KEYS
+        )
         if ONE_HEAD_BLOCK:
             p = _head_probs(
                 q_row,
@@ -413,12 +433,11 @@ def sparse_indexer_fwd_kernel(
                 lse_h0,
                 0,
                 H,
-                kidx,
+                key_off,
                 valid,
                 qk_scale,
                 stride_qh,
                 stride_qd,
-                stride_kl,
                 stride_kd,
                 HEAD_DIM,
                 BLOCK_H,
@@ -440,12 +459,11 @@ def sparse_indexer_fwd_kernel(
                     lse_h,
                     h0,
                     H,
-                    kidx,
+                    key_off,
                     valid,
                     qk_scale,
                     stride_qh,
                     stride_qd,
-                    stride_kl,
                     stride_kd,
                     HEAD_DIM,
                     BLOCK_H,
