@@ -419,7 +419,9 @@ def sparse_indexer_fwd_kernel(
         tl.debug_barrier()
 
     # Sweep 2: head-averaged probabilities p, then the KL terms.
-    kl = tl.sum(tl.zeros([BLOCK_K], tl.float32), axis=0)
+    # KL terms summed per lane across blocks, reduced once at the end (a reduction per block
+    # would cross warps, with its barriers, in every step)
+    kl_lanes = tl.zeros([BLOCK_K], tl.float32)
     for k0 in tl.range(0, TOPK, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         key_off, valid = _key_offsets(
@@ -481,10 +483,10 @@ def sparse_indexer_fwd_kernel(
             q = tl.math.exp2((x.to(tl.float32) - lse_x) * LOG2E)
             # eps guards the logarithms only; entries with p = 0 contribute 0.
             terms = p * (tl.log(p + eps) - tl.log(q + eps))
-            kl += tl.sum(tl.where(valid & (p > 0.0), terms, 0.0), axis=0)
+            kl_lanes += tl.where(valid & (p > 0.0), terms, 0.0)
             if STORE_DIFF:
                 # the gradient's direction, so the backward is one multiply per entry
                 diff = tl.where(valid, q - p, 0.0)
                 tl.store(p_ptr + wide(row) * TOPK + offs_k, diff, mask=offs_k < TOPK)
     if COMPUTE_LOSS:
-        tl.store(loss_ptr + row, kl)
+        tl.store(loss_ptr + row, tl.sum(kl_lanes, axis=0))
