@@ -35,6 +35,10 @@ fmt:
     ruff format .
     ruff check --fix .
 
+# registers, spills and per-loop SASS instruction mix of kernels compiled for sm_90a (no GPU)
+kernel-stats *recipes:
+    python tools/kernel_stats.py {{ recipes }}
+
 # benchmarks of one package, or of all (needs a GPU); results under $OUT or bench-results/
 bench package="":
     bash tools/gpu.sh bench {{ package }}

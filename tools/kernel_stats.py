@@ -1,0 +1,216 @@
+"""Compile a Triton kernel for Hopper (sm_90a) on any machine, no GPU needed, and report what
+the hardware will run: registers, spills, shared memory, and the instruction mix of each loop
+in the SASS.
+
+    uv run python tools/kernel_stats.py [recipe ...] [--json]   (recipes: see RECIPES)
+
+Read it before and after a kernel change: per-gathered-row 64-bit address arithmetic,
+spills, or barriers inside the loops show up here without spending GPU time (the indexer
+loss's 32-bit key offsets were found this way). Timings still come from a GPU run.
+The compiler is the Triton of the environment (the workspace's may be newer than the GPU
+machine's, and the counts differ between versions): compare counts from one version only.
+``tests_integration/test_kernel_stats.py`` runs the recipes and checks what they report.
+New recipes: a function that builds the signature and constexprs of one launch and calls
+:func:`compile_sm90`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+
+
+@dataclass
+class KernelStats:
+    """What ptxas and the SASS of one compiled kernel say."""
+
+    registers: int
+    spill_bytes: int
+    shared_bytes: int
+    ptx: str
+    sass: str
+    loops: list[collections.Counter] = field(default_factory=list)
+
+    def ptx_count(self, opcode: str) -> int:
+        """Occurrences of a PTX opcode (e.g. ``mul.lo.s64``) in the whole kernel."""
+        return len(re.findall(rf"^\s*{re.escape(opcode)}\b", self.ptx, flags=re.MULTILINE))
+
+
+def compile_sm90(
+    fn,
+    signature: dict[str, str],
+    constexprs: dict[str, object],
+    *,
+    divisible: Iterable[str] = (),
+    num_warps: int = 4,
+    num_stages: int = 3,
+) -> KernelStats:
+    """Compile ``fn`` for sm_90a. ``signature`` maps every argument to a Triton type
+    (``"*bf16"``, ``"i32"``, ``"fp32"``, ``"constexpr"``); ``constexprs`` gives the constexpr
+    values; ``divisible`` names the arguments the launcher would mark divisible by 16
+    (pointers and strides that are), which changes vectorisation and pipelining."""
+    names = list(fn.arg_names)
+    missing = [n for n in names if n not in signature]
+    if missing:
+        raise ValueError(f"signature: no type for {missing}")
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
+    src = ASTSource(fn, signature, constexprs=constexprs, attrs=attrs)
+    kernel = triton.compile(
+        src,
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": num_warps, "num_stages": num_stages},
+    )
+    ptx = kernel.asm["ptx"]
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx_path, cubin_path = Path(tmp) / "k.ptx", Path(tmp) / "k.cubin"
+        ptx_path.write_text(ptx)
+        cubin_path.write_bytes(kernel.asm["cubin"])
+        ptxas = _run("ptxas", "-arch=sm_90a", "-v", str(ptx_path), "-o", "/dev/null").stderr
+        sass = _run("nvdisasm", "-c", str(cubin_path)).stdout
+    regs = re.search(r"Used (\d+) registers", ptxas)
+    spills = [int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", ptxas)]
+    return KernelStats(
+        registers=int(regs.group(1)) if regs else -1,
+        spill_bytes=sum(spills),
+        shared_bytes=int(kernel.metadata.shared),
+        ptx=ptx,
+        sass=sass,
+        loops=_loop_mix(sass),
+    )
+
+
+def _run(tool: str, *args: str) -> subprocess.CompletedProcess:
+    """One of the CUDA tools that ship with Triton; ptxas is the one Triton itself uses for
+    sm_90 (a wheel can carry several, and an older one rejects newer PTX)."""
+    path = _BIN / tool
+    if tool == "ptxas":
+        try:
+            from triton.backends.nvidia.compiler import get_ptxas
+
+            path = Path(get_ptxas(90).path)
+        except (ImportError, AttributeError, TypeError):
+            pass
+    return subprocess.run([str(path), *args], capture_output=True, text=True, check=True)
+
+
+def _loop_mix(sass: str) -> list[collections.Counter]:
+    """Opcode counts of each loop body: the instructions between a label and a later branch
+    back to it."""
+    code: list[tuple[int, str]] = []
+    label_at: dict[str, int] = {}
+    pending: list[str] = []
+    for line in sass.splitlines():
+        label = re.match(r"\s*(\.L_x_\d+):", line)
+        if label:
+            pending.append(label.group(1))
+            continue
+        ins = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
+        if ins:
+            addr = int(ins.group(1), 16)
+            for name in pending:
+                label_at[name] = addr
+            pending = []
+            code.append((addr, ins.group(2)))
+    loops = []
+    for addr, text in code:
+        target = re.search(r"BRA\b.*?(\.L_x_\d+)", text)
+        if target and label_at.get(target.group(1), addr + 1) < addr:
+            start = label_at[target.group(1)]
+            body = [t for a, t in code if start <= a <= addr]
+            loops.append(
+                collections.Counter(
+                    re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for t in body
+                )
+            )
+    return loops
+
+
+def sparse_indexer_forward(compute_loss: bool = True, wide_keys: bool = False) -> KernelStats:
+    """The sparse indexer-loss forward as launched at H = 64, D = 128, topk = 2048 (bf16)."""
+    from indexer_loss.kernels.sparse import sparse_indexer_fwd_kernel as fn
+
+    signature, constexprs = {}, {}
+    for name in fn.arg_names:
+        if name in ("q_ptr", "k_ptr", "x_ptr"):
+            signature[name] = "*bf16"
+        elif name in ("idx_ptr", "nvalid_ptr"):
+            signature[name] = "*i32"
+        elif name.endswith("_ptr"):
+            signature[name] = "*fp32"
+        elif name in ("qk_scale", "eps"):
+            signature[name] = "fp32"
+        elif name in ("stride_qd", "stride_kd", "stride_xk", "stride_ik"):
+            signature[name], constexprs[name] = "constexpr", 1  # unit strides specialise
+        elif name.isupper() and name not in ("S", "H", "L", "TOPK"):
+            signature[name] = "constexpr"
+        else:
+            signature[name] = "i32"
+    constexprs.update(
+        HEAD_DIM=128, BLOCK_H=64, BLOCK_D=128, ONE_HEAD_BLOCK=True, IEEE=False,
+        STORE_P=not compute_loss, STORE_DIFF=compute_loss, COMPUTE_LOSS=compute_loss,
+        BLOCK_K=128, BLOCK_X=2048, KT1=False, KT2=True, WIDE_KEYS=wide_keys,
+    )  # fmt: skip
+    divisible = [n for n in fn.arg_names if n.endswith("_ptr")] + [
+        "stride_qb", "stride_qh", "stride_qs", "stride_kb", "stride_kl", "stride_xb",
+        "stride_xs", "stride_ib", "stride_is", "S", "L", "TOPK",
+    ]  # fmt: skip
+    return compile_sm90(fn, signature, constexprs, divisible=divisible, num_stages=2)
+
+
+RECIPES = {
+    "sparse-indexer-loss": lambda: sparse_indexer_forward(compute_loss=True),
+    "sparse-indexer-target": lambda: sparse_indexer_forward(compute_loss=False),
+    "sparse-indexer-loss-wide-keys": lambda: sparse_indexer_forward(wide_keys=True),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", nargs="*", help=f"any of {', '.join(RECIPES)} (default all)")
+    parser.add_argument("--json", action="store_true", help="one JSON record per recipe")
+    args = parser.parse_args()
+    unknown = [r for r in args.recipe if r not in RECIPES]
+    if unknown:
+        parser.error(f"recipe: expected one of {sorted(RECIPES)}, got {unknown}")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("TRITON_INTERPRET=1: kernels are interpreted, there is nothing to compile")
+    for name in args.recipe or RECIPES:
+        st = RECIPES[name]()
+        if args.json:
+            record = {
+                "recipe": name,
+                "registers": st.registers,
+                "spill_bytes": st.spill_bytes,
+                "shared_bytes": st.shared_bytes,
+                "mul_lo_s64": st.ptx_count("mul.lo.s64"),
+                "loops": [dict(mix) for mix in st.loops],
+            }
+            print(json.dumps(record))
+            continue
+        print(
+            f"{name}: {st.registers} registers, {st.spill_bytes} B spilled, "
+            f"{st.shared_bytes} B shared, {st.ptx_count('mul.lo.s64')} mul.lo.s64 in the PTX"
+        )
+        for i, mix in enumerate(st.loops):
+            top = ", ".join(f"{op} {n}" for op, n in mix.most_common(10))
+            print(f"  loop {i}: {sum(mix.values())} instructions ({top})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
