@@ -172,10 +172,65 @@ def sparse_indexer_forward(compute_loss: bool = True, wide_keys: bool = False) -
     return compile_sm90(fn, signature, constexprs, divisible=divisible, num_stages=2)
 
 
+def flash_attention(kernel: str, head_dim: int) -> KernelStats:
+    """One flash-attn-tri kernel (``"fwd"``, ``"dkdv"`` or ``"dq"``) as the bench launches it:
+    bf16, fixed length through tensor descriptors, causal, its default launch config (the
+    first candidate)."""
+    from flash_attn_tri import attention
+    from flash_attn_tri.kernels import attention as kernels
+
+    fn = {"fwd": kernels._fwd_kernel, "dkdv": kernels._bwd_dkdv_kernel}.get(
+        kernel, kernels._bwd_dq_kernel
+    )
+    block_m, block_n, warps, stages = getattr(attention, f"_{kernel}_candidates")(head_dim)[0]
+    # descriptor arguments and the rows of their boxes (columns are the head dim)
+    boxes = {
+        "fwd": {"Q": block_m, "Out": block_m, "K": block_n, "V": block_n},
+        "dkdv": {"Q_DESC": block_m, "DO_DESC": block_m},
+        "dq": {"K_DESC": block_n, "V_DESC": block_n},
+    }[kernel]
+    constexprs: dict[str, object] = {}
+    constexprs.update(
+        HEAD_DIM=head_dim, HEAD_DIM_V=head_dim, BLOCK_D=head_dim, BLOCK_DV=head_dim,
+        BLOCK_M=block_m, BLOCK_N=block_n, IS_VARLEN=False, HAS_LEFT=False, HAS_RIGHT=True,
+        IS_SOFTCAP=False, HAS_ALIBI=False, HAS_DROPOUT=False, IEEE=False, USE_DESC=True,
+        SCALE_POSITIVE=True,
+    )  # fmt: skip
+    constexprs = {n: v for n, v in constexprs.items() if n in fn.arg_names}
+    floats = ("sm_scale", "qk_scale2", "softcap_in", "softcap_out2", "dropout_p", "dropout_scale")
+    signature = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in boxes:
+            signature[name] = f"tensordesc<bf16[1, {boxes[name]}, 1, {head_dim}]>"
+        elif name in ("LSE", "DELTA"):
+            signature[name] = "*fp32"
+        elif name in ("CU_Q", "CU_K"):
+            signature[name] = "*i32"
+        elif name == "RNG":
+            signature[name] = "*i64"
+        elif name in floats:
+            signature[name] = "fp32"
+        elif name.startswith(("stride_", "seqlen_", "win_")) or name in ("n_heads", "group"):
+            signature[name] = "i32"
+        else:  # the other tensors: inputs, outputs, gradients, ALiBi slopes
+            signature[name] = "*bf16"
+    divisible = [n for n, t in signature.items() if t.startswith("*")]
+    return compile_sm90(
+        fn, signature, constexprs, divisible=divisible, num_warps=warps, num_stages=stages
+    )
+
+
 RECIPES = {
     "sparse-indexer-loss": lambda: sparse_indexer_forward(compute_loss=True),
     "sparse-indexer-target": lambda: sparse_indexer_forward(compute_loss=False),
     "sparse-indexer-loss-wide-keys": lambda: sparse_indexer_forward(wide_keys=True),
+    **{
+        f"flash-attn-{kernel}-d{d}": (lambda kernel=kernel, d=d: flash_attention(kernel, d))
+        for kernel in ("fwd", "dkdv", "dq")
+        for d in (64, 128)
+    },
 }
 
 
