@@ -37,7 +37,8 @@ _BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 @dataclass
 class KernelStats:
-    """What ptxas and the SASS of one compiled kernel say."""
+    """What ptxas and the SASS of one compiled kernel say. ``spill_bytes``: the spill stores
+    plus spill loads that ``ptxas -v`` reports (0 when everything stays in registers)."""
 
     registers: int
     spill_bytes: int
@@ -68,6 +69,9 @@ def compile_sm90(
     missing = [n for n in names if n not in signature]
     if missing:
         raise ValueError(f"signature: no type for {missing}")
+    unknown = [n for n in divisible if n not in names]
+    if unknown:
+        raise ValueError(f"divisible: expected argument names of {fn.__name__}, got {unknown}")
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
     src = ASTSource(fn, signature, constexprs=constexprs, attrs=attrs)
     kernel = triton.compile(
