@@ -183,9 +183,11 @@ def flash_attention(kernel: str, head_dim: int) -> KernelStats:
     from flash_attn_tri import attention
     from flash_attn_tri.kernels import attention as kernels
 
-    fn = {"fwd": kernels._fwd_kernel, "dkdv": kernels._bwd_dkdv_kernel}.get(
-        kernel, kernels._bwd_dq_kernel
-    )
+    fn = {
+        "fwd": kernels._fwd_kernel,
+        "dkdv": kernels._bwd_dkdv_kernel,
+        "dq": kernels._bwd_dq_kernel,
+    }[kernel]
     block_m, block_n, warps, stages = getattr(attention, f"_{kernel}_candidates")(head_dim)[0]
     # descriptor arguments and the rows of their boxes (columns are the head dim)
     boxes = {
