@@ -46,6 +46,9 @@ class KernelStats:
     ptx: str
     sass: str
     loops: list[collections.Counter] = field(default_factory=list)
+    # per loop: MUFU instructions issued while a wgmma is in flight (between an HGMMA and
+    # the WARPGROUP.DEPBAR that waits for it): exponentials overlapping the tensor cores
+    mufu_under_wgmma: list[int] = field(default_factory=list)
 
     def ptx_count(self, opcode: str) -> int:
         """Occurrences of a PTX opcode (e.g. ``mul.lo.s64``) in the whole kernel."""
@@ -60,11 +63,13 @@ def compile_sm90(
     divisible: Iterable[str] = (),
     num_warps: int = 4,
     num_stages: int = 3,
+    maxnreg: int | None = None,
 ) -> KernelStats:
     """Compile ``fn`` for sm_90a. ``signature`` maps every argument to a Triton type
     (``"*bf16"``, ``"i32"``, ``"fp32"``, ``"constexpr"``); ``constexprs`` gives the constexpr
     values; ``divisible`` names the arguments the launcher would mark divisible by 16
-    (pointers and strides that are), which changes vectorisation and pipelining."""
+    (pointers and strides that are), which changes vectorisation and pipelining. Gluon
+    kernels (``triton.experimental.gluon.jit``) compile the same way."""
     names = list(fn.arg_names)
     missing = [n for n in names if n not in signature]
     if missing:
@@ -73,11 +78,16 @@ def compile_sm90(
     if unknown:
         raise ValueError(f"divisible: expected argument names of {fn.__name__}, got {unknown}")
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
-    src = ASTSource(fn, signature, constexprs=constexprs, attrs=attrs)
+    if type(fn).__module__.startswith("triton.experimental.gluon"):
+        from triton.experimental.gluon._runtime import GluonASTSource
+
+        src = GluonASTSource(fn, signature, constexprs=constexprs, attrs=attrs)
+    else:
+        src = ASTSource(fn, signature, constexprs=constexprs, attrs=attrs)
     kernel = triton.compile(
         src,
         target=GPUTarget("cuda", 90, 32),
-        options={"num_warps": num_warps, "num_stages": num_stages},
+        options={"num_warps": num_warps, "num_stages": num_stages, "maxnreg": maxnreg},
     )
     ptx = kernel.asm["ptx"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,7 +104,8 @@ def compile_sm90(
         shared_bytes=int(kernel.metadata.shared),
         ptx=ptx,
         sass=sass,
-        loops=_loop_mix(sass),
+        loops=[mix for mix, _ in _loop_mix(sass)],
+        mufu_under_wgmma=[overlap for _, overlap in _loop_mix(sass)],
     )
 
 
@@ -112,9 +123,9 @@ def _run(tool: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(path), *args], capture_output=True, text=True, check=True)
 
 
-def _loop_mix(sass: str) -> list[collections.Counter]:
-    """Opcode counts of each loop body: the instructions between a label and a later branch
-    back to it."""
+def _loop_mix(sass: str) -> list[tuple[collections.Counter, int]]:
+    """Opcode counts of each loop body (the instructions between a label and a later branch
+    back to it), with the number of MUFU instructions issued while a wgmma is in flight."""
     code: list[tuple[int, str]] = []
     label_at: dict[str, int] = {}
     pending: list[str] = []
@@ -136,11 +147,16 @@ def _loop_mix(sass: str) -> list[collections.Counter]:
         if target and label_at.get(target.group(1), addr + 1) < addr:
             start = label_at[target.group(1)]
             body = [t for a, t in code if start <= a <= addr]
-            loops.append(
-                collections.Counter(
-                    re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for t in body
-                )
-            )
+            ops = [re.sub(r"^@!?U?P\w+\s+", "", t).split()[0] for t in body]
+            in_flight, overlap = False, 0
+            for op in ops:
+                if op.startswith("HGMMA"):
+                    in_flight = True
+                elif op.startswith("WARPGROUP.DEPBAR"):
+                    in_flight = False
+                elif op.startswith("MUFU") and in_flight:
+                    overlap += 1
+            loops.append((collections.Counter(op.split(".")[0] for op in ops), overlap))
     return loops
 
 
@@ -174,6 +190,36 @@ def sparse_indexer_forward(compute_loss: bool = True, wide_keys: bool = False) -
         "stride_xs", "stride_ib", "stride_is", "S", "L", "TOPK",
     ]  # fmt: skip
     return compile_sm90(fn, signature, constexprs, divisible=divisible, num_stages=2)
+
+
+def sparse_indexer_forward_hopper(compute_loss: bool = True) -> KernelStats:
+    """The Gluon (sm_90) sparse indexer-loss forward as launched at H = 64, D = 128,
+    topk = 2048 (bf16)."""
+    from indexer_loss.sparse import _hopper_launch
+
+    fn, constexprs, options = _hopper_launch(64, 128, 2048, wide_keys=False)
+    constexprs.update(STORE_P=not compute_loss, STORE_DIFF=compute_loss, COMPUTE_LOSS=compute_loss)
+    signature = {}
+    for name in fn.arg_names:
+        if name in ("q_ptr", "k_ptr", "x_ptr"):
+            signature[name] = "*bf16"
+        elif name in ("idx_ptr", "nvalid_ptr"):
+            signature[name] = "*i32"
+        elif name.endswith("_ptr"):
+            signature[name] = "*fp32"
+        elif name in ("qk_scale", "eps"):
+            signature[name] = "fp32"
+        elif name in constexprs:
+            signature[name] = "constexpr"
+        elif name in ("stride_xk", "stride_ik"):
+            signature[name], constexprs[name] = "constexpr", 1  # unit strides specialise
+        else:
+            signature[name] = "i32"
+    divisible = [n for n in fn.arg_names if n.endswith("_ptr")] + [
+        "stride_qb", "stride_qh", "stride_qs", "stride_kb", "stride_kl", "stride_xb",
+        "stride_xs", "stride_ib", "stride_is", "S", "L", "TOPK",
+    ]  # fmt: skip
+    return compile_sm90(fn, signature, constexprs, divisible=divisible, **options)
 
 
 def flash_attention(kernel: str, head_dim: int) -> KernelStats:
@@ -232,6 +278,8 @@ RECIPES = {
     "sparse-indexer-loss": lambda: sparse_indexer_forward(compute_loss=True),
     "sparse-indexer-target": lambda: sparse_indexer_forward(compute_loss=False),
     "sparse-indexer-loss-wide-keys": lambda: sparse_indexer_forward(wide_keys=True),
+    "sparse-indexer-loss-hopper": lambda: sparse_indexer_forward_hopper(compute_loss=True),
+    "sparse-indexer-target-hopper": lambda: sparse_indexer_forward_hopper(compute_loss=False),
     **{
         f"flash-attn-{kernel}-d{d}": (lambda kernel=kernel, d=d: flash_attention(kernel, d))
         for kernel in ("fwd", "dkdv", "dq")
@@ -260,6 +308,7 @@ def main() -> int:
                 "shared_bytes": st.shared_bytes,
                 "mul_lo_s64": st.ptx_count("mul.lo.s64"),
                 "loops": [dict(mix) for mix in st.loops],
+                "mufu_under_wgmma": st.mufu_under_wgmma,
             }
             print(json.dumps(record))
             continue
@@ -269,7 +318,9 @@ def main() -> int:
         )
         for i, mix in enumerate(st.loops):
             top = ", ".join(f"{op} {n}" for op, n in mix.most_common(10))
-            print(f"  loop {i}: {sum(mix.values())} instructions ({top})")
+            under = st.mufu_under_wgmma[i]
+            overlap = f"; {under} MUFU while a wgmma is in flight" if under else ""
+            print(f"  loop {i}: {sum(mix.values())} instructions ({top}){overlap}")
     return 0
 
 

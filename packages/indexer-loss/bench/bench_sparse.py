@@ -10,7 +10,9 @@ each (bytes allocated beyond the inputs), and TFLOP/s: "useful" counts the score
 
 from __future__ import annotations
 
+import os
 import sys
+from contextlib import contextmanager
 
 import torch
 
@@ -68,6 +70,25 @@ def inputs(H, S, L, topk, D, chunk_offset):
     return query, key, index_score, indices
 
 
+@contextmanager
+def triton_kernel_only():
+    """Turn the Gluon (Hopper) forward off, so that the Triton kernel runs."""
+    old = os.environ.get("INDEXER_LOSS_GLUON")
+    os.environ["INDEXER_LOSS_GLUON"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["INDEXER_LOSS_GLUON"]
+        else:
+            os.environ["INDEXER_LOSS_GLUON"] = old
+
+
+def kernel_name(q, k) -> str:
+    """Which forward the fused loss runs for these inputs."""
+    return "Gluon (Hopper)" if sparse_mod._hopper_eligible(q, k) else "Triton"
+
+
 def measure(fn, backward):
     """(median ms, peak extra GiB) of fn (+ backward through index_score)."""
 
@@ -88,8 +109,8 @@ def measure(fn, backward):
 
 
 def sweep_configs(q, k, x, idx, scaling, off):
-    """Forward time of the kernel under a few launch configurations (checks the fixed
-    choice in indexer_loss.sparse._launch_config)."""
+    """Forward time of the Triton kernel under a few launch configurations (checks the fixed
+    choice in indexer_loss.sparse._launch_config; the Gluon forward is off here)."""
     rows = []
     default = sparse_mod._launch_config
     H, D = q.shape[1], q.shape[3]
@@ -121,7 +142,7 @@ def sweep_configs(q, k, x, idx, scaling, off):
             "BLOCK_H": bh or "default",
         }
         try:
-            with torch.no_grad():
+            with torch.no_grad(), triton_kernel_only():
                 row["fwd_ms"] = time_fn(
                     lambda: compute_index_loss_sparse(q, k, x, idx, scaling, off)
                 )
@@ -132,6 +153,11 @@ def sweep_configs(q, k, x, idx, scaling, off):
             sparse_mod._launch_config = default
         rows.append(row)
     return rows
+
+
+def _triton_only(fn):
+    with triton_kernel_only():
+        return fn()
 
 
 def main() -> int:
@@ -158,6 +184,9 @@ def main() -> int:
                 q, k, x, idx, s, o
             ),
         }
+        kernel = kernel_name(q, k)
+        if kernel != "Triton":  # the Triton kernel in the same run, for comparison
+            cases["fused, Triton kernel"] = lambda fused=cases["fused"]: _triton_only(fused)
         for name, fn in cases.items():
             for backward in (False, True):
                 label = "fwd+bwd" if backward else "fwd"
@@ -175,6 +204,11 @@ def main() -> int:
                 rows.append(
                     {
                         "impl": name,
+                        "kernel": ""
+                        if name == "plain torch"
+                        else kernel
+                        if name == "fused"
+                        else "Triton",
                         "pass": label,
                         "H": H,
                         "S": S,
@@ -192,7 +226,7 @@ def main() -> int:
         del q, k, x0, x, idx
         torch.cuda.empty_cache()
     for r in rows:
-        if r["impl"] == "fused":
+        if r["impl"].startswith("fused"):
             base = [
                 b
                 for b in rows

@@ -100,3 +100,67 @@ def test_fp16_and_fp32_inputs_mid_size():
         ref.sum().backward()
         assert_close(loss, ref, max_rel_err=tol, name=f"loss {dtype}")
         assert_close(x.grad, xr.grad, max_rel_err=3 * tol, name=f"grad {dtype}")
+
+
+def _both_kernels(monkeypatch, query, key, index_score, idx, scaling, off):
+    """(loss, grad, target) from the Gluon (Hopper) forward and from the Triton forward."""
+    outs = []
+    for gluon in ("1", "0"):
+        monkeypatch.setenv("INDEXER_LOSS_GLUON", gluon)
+        x = index_score.clone().requires_grad_(True)
+        loss = compute_index_loss_sparse(query, key, x, idx, scaling, off)
+        loss.sum().backward()
+        outs.append((loss, x.grad, sparse_attention_target(query, key, idx, scaling, off)))
+    return outs
+
+
+@pytest.mark.parametrize(
+    ("H", "S", "L", "topk", "D", "chunk_offset", "dtype"),
+    [
+        (64, 256, 8192, 2048, 128, None, torch.bfloat16),
+        (48, 133, 700, 300, 64, 0, torch.float16),  # topk not a multiple of the key block
+        (64, 70, 300, 100, 128, None, torch.bfloat16),  # a single key block
+        (40, 129, 1000, 4096, 128, None, torch.bfloat16),
+        (64, 64, 64, 257, 64, 0, torch.float16),
+    ],
+)
+def test_hopper_kernel_matches_triton_kernel(monkeypatch, H, S, L, topk, D, chunk_offset, dtype):
+    """The Gluon forward (Hopper, 33-64 heads, D 64/128) against the Triton kernel and the
+    reference, with -1 padding, out-of-range and future indices."""
+    from indexer_loss.sparse import _hopper_eligible
+
+    query, key, index_score, idx, off = dsa_inputs(
+        H, S, L, topk, D, seed=S, chunk_offset=chunk_offset
+    )
+    query, key, index_score = query.to(dtype), key.to(dtype), index_score.to(dtype)
+    out_of_range = randint(0, 32, idx.shape, seed=S + 9, device="cuda") == 0
+    idx = torch.where(out_of_range, L + 3, idx)
+    if not _hopper_eligible(query, key):
+        pytest.skip("the Gluon forward needs a Hopper GPU and a Triton with Gluon")
+    scaling = D**-0.5
+    (loss, grad, p), (loss_t, grad_t, p_t) = _both_kernels(
+        monkeypatch, query, key, index_score, idx, scaling, off
+    )
+    assert_close(loss, loss_t, max_rel_err=1e-4, name="loss, Gluon against Triton")
+    assert_close(grad, grad_t, max_rel_err=1e-2, name="grad, Gluon against Triton")
+    assert_close(p, p_t, max_rel_err=1e-4, name="target, Gluon against Triton")
+    rows = (0, min(S, 48))
+    check_rows(query, key, index_score, idx, off, loss, grad, p, rows, scaling)
+
+
+def test_unaligned_keys_take_the_triton_kernel(monkeypatch):
+    # key rows 8 elements apart from a 16-element boundary: cp.async cannot copy 16 bytes
+    # at a time, so the Gluon forward declines and the Triton kernel gives the same result
+    from indexer_loss.sparse import _hopper_eligible
+
+    H, S, L, topk, D = 64, 96, 512, 256, 128
+    query, key, index_score, idx, off = dsa_inputs(H, S, L, topk, D, seed=11)
+    wide = torch.zeros((1, L, D + 8), dtype=key.dtype, device="cuda")
+    wide[..., :D] = key
+    sliced = wide[..., :D]
+    assert not _hopper_eligible(query, sliced)
+    x = index_score.clone().requires_grad_(True)
+    loss = compute_index_loss_sparse(query, sliced, x, idx, D**-0.5, off)
+    loss.sum().backward()
+    p = sparse_attention_target(query, sliced, idx, D**-0.5, off)
+    check_rows(query, key, index_score, idx, off, loss, x.grad, p, (0, 32), D**-0.5)

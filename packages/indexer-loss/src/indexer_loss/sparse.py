@@ -4,6 +4,7 @@ to the indexer scores."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -23,6 +24,14 @@ from ._common import (
     scale_rows,
 )
 from .kernels.sparse import sparse_indexer_fwd_kernel
+
+try:  # Gluon (Triton >= 3.5); without it every launch takes the Triton kernel
+    from triton.experimental import gluon as _gluon
+
+    from .kernels.sparse_hopper import sparse_indexer_fwd_hopper_kernel
+except ImportError:
+    _gluon = None
+    sparse_indexer_fwd_hopper_kernel = None
 
 __all__ = ["compute_index_loss_sparse", "sparse_attention_target"]
 
@@ -72,6 +81,55 @@ def _launch_config(num_heads: int, head_dim: int) -> dict[str, int | bool]:
     }
 
 
+def _hopper_launch(
+    num_heads: int, head_dim: int, topk: int, *, wide_keys: bool
+) -> tuple[Any, dict[str, Any], dict[str, int]]:
+    """(kernel, constexprs, launch options) of the Gluon forward; the output flags (STORE_P,
+    STORE_DIFF, COMPUTE_LOSS) are the caller's."""
+    from triton.experimental.gluon import language as gl
+
+    # 16-byte copies, 4 lanes per key row (64 contiguous bytes, whole sectors) so that each
+    # lane needs the indices of only a few of the block's rows
+    gather = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])
+    constexprs = {
+        "HEAD_DIM": head_dim,
+        "BLOCK_H": 64,
+        "BLOCK_K": 64,
+        "BLOCK_X": min(2048, max(16, next_power_of_2(topk))),
+        "NUM_BUF": 2,
+        "GATHER": gather,
+        "WIDE_KEYS": wide_keys,
+    }
+    # Occupancy decides this kernel's speed (it waits on key gathers from L2): 64-key blocks
+    # in a two-deep ring take 49 KiB of shared memory, and 128 registers a thread let four
+    # programs share an SM. On an H200 (BENCHMARKS.md) that beat 128-key blocks (2 per SM),
+    # a three-deep ring (3 per SM) and the compiler's own register count (3 per SM).
+    return sparse_indexer_fwd_hopper_kernel, constexprs, {"num_warps": 4, "maxnreg": 128}
+
+
+def _hopper_eligible(query: torch.Tensor, key: torch.Tensor) -> bool:
+    """Whether the Gluon forward handles this call: a Hopper GPU, fp16/bf16, 33 to 64 heads,
+    D of 64 or 128, unit strides along D and 16-element aligned key rows (cp.async copies 16
+    bytes at a time). ``INDEXER_LOSS_GLUON=0`` turns it off."""
+    if sparse_indexer_fwd_hopper_kernel is None or not query.is_cuda:
+        return False
+    if os.environ.get("INDEXER_LOSS_GLUON", "1") == "0":
+        return False
+    if torch.cuda.get_device_capability(query.device)[0] != 9:
+        return False
+    _, H, _, D = query.shape
+    return (
+        query.dtype in (torch.float16, torch.bfloat16)
+        and 32 < H <= 64
+        and D in (64, 128)
+        and query.stride(3) == 1
+        and key.stride(2) == 1
+        and key.stride(0) % 16 == 0
+        and key.stride(1) % 16 == 0
+        and key.data_ptr() % 16 == 0
+    )
+
+
 def _forward(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -114,6 +172,35 @@ def _forward(
     # the largest element offset of a key row within one batch (the batch offset is 64-bit)
     wide_keys = (L - 1) * key.stride(1) + (D - 1) * key.stride(2) >= _OFFSET_LIMIT
     grid = make_grid(B * S)
+    if _hopper_eligible(query, key):
+        fn, constexprs, options = _hopper_launch(H, D, topk, wide_keys=wide_keys)
+        fn[grid](
+            query,
+            key,
+            x,
+            indices,
+            loss,
+            p,
+            lse,
+            n_valid,
+            S,
+            H,
+            L,
+            topk,
+            chunk_offset,
+            float(scaling) * LOG2E.value,
+            float(eps),
+            *query.stride()[:3],
+            *key.stride()[:2],
+            *xs,
+            *indices.stride(),
+            STORE_P=store == "p",
+            STORE_DIFF=store == "diff",
+            COMPUTE_LOSS=index_score is not None,
+            **constexprs,
+            **options,
+        )
+        return loss, p, lse, n_valid
     sparse_indexer_fwd_kernel[grid](
         query,
         key,
