@@ -160,45 +160,10 @@ def _loop_mix(sass: str) -> list[tuple[collections.Counter, int]]:
     return loops
 
 
-def sparse_indexer_forward(compute_loss: bool = True, wide_keys: bool = False) -> KernelStats:
-    """The sparse indexer-loss forward as launched at H = 64, D = 128, topk = 2048 (bf16)."""
-    from indexer_loss.kernels.sparse import sparse_indexer_fwd_kernel as fn
-
-    signature, constexprs = {}, {}
-    for name in fn.arg_names:
-        if name in ("q_ptr", "k_ptr", "x_ptr"):
-            signature[name] = "*bf16"
-        elif name in ("idx_ptr", "nvalid_ptr"):
-            signature[name] = "*i32"
-        elif name.endswith("_ptr"):
-            signature[name] = "*fp32"
-        elif name in ("qk_scale", "eps"):
-            signature[name] = "fp32"
-        elif name in ("stride_qd", "stride_kd", "stride_xk", "stride_ik"):
-            signature[name], constexprs[name] = "constexpr", 1  # unit strides specialise
-        elif name.isupper() and name not in ("S", "H", "L", "TOPK"):
-            signature[name] = "constexpr"
-        else:
-            signature[name] = "i32"
-    constexprs.update(
-        HEAD_DIM=128, BLOCK_H=64, BLOCK_D=128, ONE_HEAD_BLOCK=True, IEEE=False,
-        STORE_P=not compute_loss, STORE_DIFF=compute_loss, COMPUTE_LOSS=compute_loss,
-        BLOCK_K=128, BLOCK_X=2048, KT1=False, KT2=True, WIDE_KEYS=wide_keys,
-    )  # fmt: skip
-    divisible = [n for n in fn.arg_names if n.endswith("_ptr")] + [
-        "stride_qb", "stride_qh", "stride_qs", "stride_kb", "stride_kl", "stride_xb",
-        "stride_xs", "stride_ib", "stride_is", "S", "L", "TOPK",
-    ]  # fmt: skip
-    return compile_sm90(fn, signature, constexprs, divisible=divisible, num_stages=2)
-
-
-def sparse_indexer_forward_hopper(compute_loss: bool = True) -> KernelStats:
-    """The Gluon (sm_90) sparse indexer-loss forward as launched at H = 64, D = 128,
-    topk = 2048 (bf16)."""
-    from indexer_loss.sparse import _hopper_launch
-
-    fn, constexprs, options = _hopper_launch(64, 128, 2048, wide_keys=False)
-    constexprs.update(STORE_P=not compute_loss, STORE_DIFF=compute_loss, COMPUTE_LOSS=compute_loss)
+def _indexer_launch(fn, constexprs: dict[str, object]) -> tuple[dict[str, str], list[str]]:
+    """Signature and divisible arguments of a sparse indexer-loss forward (Triton or Gluon)
+    launched on bf16 query/key/index_score, int32 indices and contiguous tensors; the unit
+    strides become constexprs (added to ``constexprs``), as the launcher specialises them."""
     signature = {}
     for name in fn.arg_names:
         if name in ("q_ptr", "k_ptr", "x_ptr"):
@@ -209,16 +174,40 @@ def sparse_indexer_forward_hopper(compute_loss: bool = True) -> KernelStats:
             signature[name] = "*fp32"
         elif name in ("qk_scale", "eps"):
             signature[name] = "fp32"
+        elif name in ("stride_qd", "stride_kd", "stride_xk", "stride_ik"):
+            signature[name], constexprs[name] = "constexpr", 1
         elif name in constexprs:
             signature[name] = "constexpr"
-        elif name in ("stride_xk", "stride_ik"):
-            signature[name], constexprs[name] = "constexpr", 1  # unit strides specialise
         else:
             signature[name] = "i32"
     divisible = [n for n in fn.arg_names if n.endswith("_ptr")] + [
         "stride_qb", "stride_qh", "stride_qs", "stride_kb", "stride_kl", "stride_xb",
         "stride_xs", "stride_ib", "stride_is", "S", "L", "TOPK",
     ]  # fmt: skip
+    return signature, divisible
+
+
+def sparse_indexer_forward(compute_loss: bool = True, wide_keys: bool = False) -> KernelStats:
+    """The sparse indexer-loss forward as launched at H = 64, D = 128, topk = 2048 (bf16)."""
+    from indexer_loss.kernels.sparse import sparse_indexer_fwd_kernel as fn
+
+    constexprs: dict[str, object] = {
+        "HEAD_DIM": 128, "BLOCK_H": 64, "BLOCK_D": 128, "ONE_HEAD_BLOCK": True, "IEEE": False,
+        "STORE_P": not compute_loss, "STORE_DIFF": compute_loss, "COMPUTE_LOSS": compute_loss,
+        "BLOCK_K": 128, "BLOCK_X": 2048, "KT1": False, "KT2": True, "WIDE_KEYS": wide_keys,
+    }  # fmt: skip
+    signature, divisible = _indexer_launch(fn, constexprs)
+    return compile_sm90(fn, signature, constexprs, divisible=divisible, num_stages=2)
+
+
+def sparse_indexer_forward_hopper(compute_loss: bool = True) -> KernelStats:
+    """The Gluon (sm_90) sparse indexer-loss forward as launched at H = 64, D = 128,
+    topk = 2048 (bf16), with the launch options of ``indexer_loss.sparse``."""
+    from indexer_loss.sparse import _hopper_launch
+
+    fn, constexprs, options = _hopper_launch(64, 128, 2048, wide_keys=False)
+    constexprs.update(STORE_P=not compute_loss, STORE_DIFF=compute_loss, COMPUTE_LOSS=compute_loss)
+    signature, divisible = _indexer_launch(fn, constexprs)
     return compile_sm90(fn, signature, constexprs, divisible=divisible, **options)
 
 

@@ -154,6 +154,24 @@ def _forward(
     p = torch.empty((B, S, topk) if store else (1,), dtype=torch.float32, device=dev)
     if B * S == 0:
         return loss, p, lse, n_valid
+    x = index_score if index_score is not None else loss  # dummy pointer without a loss
+    xs = index_score.stride() if index_score is not None else (0, 0, 0)
+    # the largest element offset of a key row within one batch (the batch offset is 64-bit)
+    wide_keys = (L - 1) * key.stride(1) + (D - 1) * key.stride(2) >= _OFFSET_LIMIT
+    grid = make_grid(B * S)
+    buffers = (query, key, x, indices, loss, p, lse, n_valid)
+    sizes = (S, H, L, topk, chunk_offset, float(scaling) * LOG2E.value, float(eps))
+    outputs = {
+        "STORE_P": store == "p",
+        "STORE_DIFF": store == "diff",
+        "COMPUTE_LOSS": index_score is not None,
+    }
+    if _hopper_eligible(query, key):
+        fn, constexprs, options = _hopper_launch(H, D, topk, wide_keys=wide_keys)
+        # unit strides along D are part of the Gluon kernel's contract: not passed
+        strides = (*query.stride()[:3], *key.stride()[:2], *xs, *indices.stride())
+        fn[grid](*buffers, *sizes, *strides, **outputs, **constexprs, **options)
+        return loss, p, lse, n_valid
     block_h, block_d = _block_sizes(H, D)
     config = dict(_launch_config(H, D))
     block_h = int(config.pop("BLOCK_H", block_h))
@@ -167,57 +185,10 @@ def _forward(
         if one_head_block
         else torch.empty((B * S, H), dtype=torch.float32, device=dev)
     )
-    x = index_score if index_score is not None else loss  # dummy pointer without a loss
-    xs = index_score.stride() if index_score is not None else (0, 0, 0)
-    # the largest element offset of a key row within one batch (the batch offset is 64-bit)
-    wide_keys = (L - 1) * key.stride(1) + (D - 1) * key.stride(2) >= _OFFSET_LIMIT
-    grid = make_grid(B * S)
-    if _hopper_eligible(query, key):
-        fn, constexprs, options = _hopper_launch(H, D, topk, wide_keys=wide_keys)
-        fn[grid](
-            query,
-            key,
-            x,
-            indices,
-            loss,
-            p,
-            lse,
-            n_valid,
-            S,
-            H,
-            L,
-            topk,
-            chunk_offset,
-            float(scaling) * LOG2E.value,
-            float(eps),
-            *query.stride()[:3],
-            *key.stride()[:2],
-            *xs,
-            *indices.stride(),
-            STORE_P=store == "p",
-            STORE_DIFF=store == "diff",
-            COMPUTE_LOSS=index_score is not None,
-            **constexprs,
-            **options,
-        )
-        return loss, p, lse, n_valid
     sparse_indexer_fwd_kernel[grid](
-        query,
-        key,
-        x,
-        indices,
-        loss,
-        p,
-        lse,
-        n_valid,
+        *buffers,
         hlse,
-        S,
-        H,
-        L,
-        topk,
-        chunk_offset,
-        float(scaling) * LOG2E.value,
-        float(eps),
+        *sizes,
         *query.stride(),
         *key.stride(),
         *xs,
@@ -227,11 +198,9 @@ def _forward(
         BLOCK_D=block_d,
         ONE_HEAD_BLOCK=one_head_block,
         IEEE=ieee_dots(query.dtype),
-        STORE_P=store == "p",
-        STORE_DIFF=store == "diff",
-        COMPUTE_LOSS=index_score is not None,
         BLOCK_X=block_x,
         WIDE_KEYS=wide_keys,
+        **outputs,
         **config,
     )
     return loss, p, lse, n_valid

@@ -83,6 +83,48 @@ def _gather_block(
 
 
 @gluon.jit
+def _start_ring(
+    k_bat,
+    kbuf,
+    bias_ring,
+    i_row,
+    TOPK,
+    L,
+    last_pos,
+    stride_ik,
+    stride_kl,
+    BLOCK_K: gl.constexpr,
+    NUM_BUF: gl.constexpr,
+    HEAD_DIM: gl.constexpr,
+    GATHER: gl.constexpr,
+    WIDE_KEYS: gl.constexpr,
+):
+    """Start the gathers of blocks 0 .. NUM_BUF - 1 (one per ring buffer); returns the
+    indices of block NUM_BUF."""
+    idx = _load_indices(i_row, 0, TOPK, stride_ik, BLOCK_K, gl.SliceLayout(1, GATHER))
+    for i in gl.static_range(NUM_BUF):
+        idx = _gather_block(
+            k_bat,
+            kbuf,
+            bias_ring,
+            idx,
+            i_row,
+            i,
+            TOPK,
+            L,
+            last_pos,
+            stride_ik,
+            stride_kl,
+            BLOCK_K,
+            NUM_BUF,
+            HEAD_DIM,
+            GATHER,
+            WIDE_KEYS,
+        )
+    return idx
+
+
+@gluon.jit
 def _keys_ready(PENDING: gl.constexpr):
     """Wait until at most PENDING gather groups are in flight, then make every thread's
     copies visible to the tensor cores (async proxy) and to the other warps."""
@@ -225,7 +267,6 @@ def sparse_indexer_fwd_hopper_kernel(
 
     # The key ring with its key biases (one more bias slot than key buffers: a slot is
     # refilled only after every warp has read it) and the query tile (zero rows past H).
-    IDX: gl.constexpr = gl.SliceLayout(1, GATHER)
     kbuf = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_K, HEAD_DIM], SMEM)
     bias_ring = gl.allocate_shared_memory(
         gl.float32, [NUM_BUF + 1, BLOCK_K], gl.SwizzledSharedLayout(1, 1, 1, [0])
@@ -240,26 +281,22 @@ def sparse_indexer_fwd_hopper_kernel(
     q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, HEAD_DIM], SMEM, q)
 
     # Sweep 1 gathers start first; sweep 0 runs while they are in flight.
-    idx_next = _load_indices(i_row, 0, TOPK, stride_ik, BLOCK_K, IDX)
-    for i in gl.static_range(NUM_BUF):
-        idx_next = _gather_block(
-            k_bat,
-            kbuf,
-            bias_ring,
-            idx_next,
-            i_row,
-            i,
-            TOPK,
-            L,
-            last_pos,
-            stride_ik,
-            stride_kl,
-            BLOCK_K,
-            NUM_BUF,
-            HEAD_DIM,
-            GATHER,
-            WIDE_KEYS,
-        )
+    idx_next = _start_ring(
+        k_bat,
+        kbuf,
+        bias_ring,
+        i_row,
+        TOPK,
+        L,
+        last_pos,
+        stride_ik,
+        stride_kl,
+        BLOCK_K,
+        NUM_BUF,
+        HEAD_DIM,
+        GATHER,
+        WIDE_KEYS,
+    )
 
     # Sweep 0: softmax statistics of index_score over the valid entries.
     lse_x = 0.0
@@ -330,26 +367,22 @@ def sparse_indexer_fwd_hopper_kernel(
 
     # Sweep 2: the ring is refilled from block 0 once every warp is done with sweep 1.
     _keys_ready(0)
-    idx_next = _load_indices(i_row, 0, TOPK, stride_ik, BLOCK_K, IDX)
-    for i in gl.static_range(NUM_BUF):
-        idx_next = _gather_block(
-            k_bat,
-            kbuf,
-            bias_ring,
-            idx_next,
-            i_row,
-            i,
-            TOPK,
-            L,
-            last_pos,
-            stride_ik,
-            stride_kl,
-            BLOCK_K,
-            NUM_BUF,
-            HEAD_DIM,
-            GATHER,
-            WIDE_KEYS,
-        )
+    idx_next = _start_ring(
+        k_bat,
+        kbuf,
+        bias_ring,
+        i_row,
+        TOPK,
+        L,
+        last_pos,
+        stride_ik,
+        stride_kl,
+        BLOCK_K,
+        NUM_BUF,
+        HEAD_DIM,
+        GATHER,
+        WIDE_KEYS,
+    )
     zero2 = gl.zeros([BLOCK_K, BLOCK_H], gl.float32, MMA2)
     kl_lanes = gl.zeros([BLOCK_K], gl.float32, KEYS)
     inv_h = 1.0 / H
