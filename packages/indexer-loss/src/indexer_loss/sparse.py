@@ -26,11 +26,8 @@ from ._common import (
 from .kernels.sparse import sparse_indexer_fwd_kernel
 
 try:  # Gluon (Triton >= 3.5); without it every launch takes the Triton kernel
-    from triton.experimental import gluon as _gluon
-
     from .kernels.sparse_hopper import sparse_indexer_fwd_hopper_kernel
 except ImportError:
-    _gluon = None
     sparse_indexer_fwd_hopper_kernel = None
 
 __all__ = ["compute_index_loss_sparse", "sparse_attention_target"]
