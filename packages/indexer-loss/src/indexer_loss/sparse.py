@@ -93,12 +93,11 @@ def _hopper_launch(
         "BLOCK_H": 64,
         "BLOCK_K": 64,
         "BLOCK_X": min(2048, max(16, next_power_of_2(topk))),
-        "NUM_BUF": 2,
         "GATHER": gather,
         "WIDE_KEYS": wide_keys,
     }
     # Occupancy decides this kernel's speed (it waits on key gathers from L2): 64-key blocks
-    # in a two-deep ring take 49 KiB of shared memory, and 128 registers a thread let four
+    # in a two-slot ring take 49 KiB of shared memory, and 128 registers a thread let four
     # programs share an SM. On an H200 (BENCHMARKS.md) that beat 128-key blocks (2 per SM),
     # a three-deep ring (3 per SM) and the compiler's own register count (3 per SM).
     return sparse_indexer_fwd_hopper_kernel, constexprs, {"num_warps": 4, "maxnreg": 128}
@@ -148,7 +147,10 @@ def _forward(
     loss = torch.empty((B, S), dtype=torch.float32, device=dev)
     lse = torch.empty((B, S), dtype=torch.float32, device=dev)
     n_valid = torch.empty((B, S), dtype=torch.int32, device=dev)
-    p = torch.empty((B, S, topk) if store else (1,), dtype=torch.float32, device=dev)
+    gluon = _hopper_eligible(query, key)
+    # the Gluon kernel computes the KL terms from the stored p: it needs the buffer for a loss
+    full = store is not None or (gluon and index_score is not None)
+    p = torch.empty((B, S, topk) if full else (1,), dtype=torch.float32, device=dev)
     if B * S == 0:
         return loss, p, lse, n_valid
     x = index_score if index_score is not None else loss  # dummy pointer without a loss
@@ -163,7 +165,7 @@ def _forward(
         "STORE_DIFF": store == "diff",
         "COMPUTE_LOSS": index_score is not None,
     }
-    if _hopper_eligible(query, key):
+    if gluon:
         fn, constexprs, options = _hopper_launch(H, D, topk, wide_keys=wide_keys)
         # unit strides along D are part of the Gluon kernel's contract: not passed
         strides = (*query.stride()[:3], *key.stride()[:2], *xs, *indices.stride())

@@ -1,14 +1,23 @@
 """The fused sparse indexer-loss forward for Hopper (sm_90), written in Gluon.
 
-Same contract and sweeps as :mod:`indexer_loss.kernels.sparse` (one program per query row;
-sweep 0: index_score statistics; sweep 1: per-head log-sum-exp; sweep 2: head-summed target
-``p`` and the KL terms), restricted to one head block (H <= 64, padded to 64 heads), a head
-dim of 64 or 128, fp16/bf16 and unit last-dim strides. What Gluon adds over the Triton kernel
-is control of when the tensor cores are waited on: each sweep keeps the matmul of the next
-key block in flight (``warpgroup_mma(..., is_async=True)``) while the softmax of the current
-block runs, and gathers key rows ``NUM_BUF - 1`` blocks ahead with ``cp.async`` into a ring
-of shared-memory buffers. Triton 3.6 waits on every wgmma whose result the loop uses, so
-there the exponentials and the matmuls take turns.
+Same contract as :mod:`indexer_loss.kernels.sparse` (one program per query row), restricted
+to one head block (H <= 64, padded to 64 heads), a head dim of 64 or 128, fp16/bf16 and unit
+last-dim strides. The sweeps:
+
+1. per-head log-sum-exp of the scores over the valid keys;
+2. ``p = Σ_h P[h, j] / H`` per key, stored to ``p_ptr`` (0 on invalid entries);
+0. (with a loss) the softmax statistics of index_score;
+3. (with a loss) the KL terms from the stored ``p``, and ``q - p`` over it for the backward.
+
+What Gluon adds over the Triton kernel is control of when the tensor cores are waited on and
+of the shared-memory traffic. In sweeps 1 and 2 the matmul of the next key block stays in
+flight (``warpgroup_mma(..., is_async=True)``) while the softmax of the current block runs,
+and the key rows of the block after it are gathered with ``cp.async`` into a two-slot ring.
+The loops are unrolled by two so that every ring slot is a separate static buffer: the
+compiler then adds no barrier between the matmul reading one slot and the gather writing the
+other, the two accumulators alternate without register moves, and each key block costs one
+block-wide barrier. The loss work (sweeps 0 and 3) runs after sweep 2, so that none of it is
+live during the matmul sweeps (it made ptxas spill in them at 128 registers).
 
 The Triton interpreter cannot run Gluon: this kernel runs only on a GPU and is checked there
 against the reference and the Triton kernel (``tests/test_sparse_gpu.py``).
@@ -19,11 +28,7 @@ from __future__ import annotations
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
-from triton.experimental.gluon.language.nvidia.hopper import (
-    fence_async_shared,
-    warpgroup_mma,
-    warpgroup_mma_wait,
-)
+from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma, warpgroup_mma_wait
 
 # Gluon is experimental and renames things between Triton releases:
 # thread_barrier / barrier, async_copy_global_to_shared / async_load.
@@ -42,10 +47,9 @@ def _load_indices(i_row, k0, TOPK, stride_ik, BLOCK_K: gl.constexpr, layout: gl.
 
 
 @gluon.jit
-def _gather_block(
+def _gather(
     k_bat,
     kbuf,
-    bias_ring,
     idx,
     i_row,
     blk,
@@ -55,17 +59,15 @@ def _gather_block(
     stride_ik,
     stride_kl,
     BLOCK_K: gl.constexpr,
-    NUM_BUF: gl.constexpr,
     HEAD_DIM: gl.constexpr,
     GATHER: gl.constexpr,
     WIDE_KEYS: gl.constexpr,
 ):
     """Start copying the key rows of top-k block ``blk`` (indices ``idx``, loaded one step
-    earlier in ``SliceLayout(1, GATHER)``) into ring buffer ``blk % NUM_BUF`` as one
-    cp.async group, zeros for invalid entries, and store the block's key bias (0 valid,
-    -inf invalid) in bias slot ``blk % (NUM_BUF + 1)``, where the sweeps read it back in
-    their own layouts. Returns the indices of block ``blk + 1``: their load is in flight
-    while the caller works on the current block."""
+    earlier in ``SliceLayout(1, GATHER)``) into ``kbuf`` as one cp.async group, zeros for
+    invalid entries. Returns the indices of block ``blk + 1`` (their load is in flight while
+    the caller works) and this block's validity (its key bias is stored one step later,
+    when no warp reads that bias slot any more)."""
     valid = (idx >= 0) & (idx < L) & (idx <= last_pos)
     rows = gl.where(valid, idx, 0)
     if WIDE_KEYS:
@@ -73,20 +75,20 @@ def _gather_block(
     else:
         key_off = rows.to(gl.int32) * stride_kl
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, GATHER))
-    ptrs = k_bat + key_off[:, None] + offs_d[None, :]
-    _async_load(kbuf.index(blk % NUM_BUF), ptrs, mask=valid[:, None])
+    _async_load(kbuf, k_bat + key_off[:, None] + offs_d[None, :], mask=valid[:, None])
     async_copy.commit_group()
-    bias_ring.index(blk % (NUM_BUF + 1)).store(gl.where(valid, 0.0, float("-inf")))
-    return _load_indices(
+    idx_next = _load_indices(
         i_row, (blk + 1) * BLOCK_K, TOPK, stride_ik, BLOCK_K, gl.SliceLayout(1, GATHER)
     )
+    return idx_next, valid
 
 
 @gluon.jit
 def _start_ring(
     k_bat,
-    kbuf,
-    bias_ring,
+    kbuf0,
+    kbuf1,
+    bias0,
     i_row,
     TOPK,
     L,
@@ -94,43 +96,58 @@ def _start_ring(
     stride_ik,
     stride_kl,
     BLOCK_K: gl.constexpr,
-    NUM_BUF: gl.constexpr,
     HEAD_DIM: gl.constexpr,
     GATHER: gl.constexpr,
     WIDE_KEYS: gl.constexpr,
 ):
-    """Start the gathers of blocks 0 .. NUM_BUF - 1 (one per ring buffer); returns the
-    indices of block NUM_BUF."""
+    """Start the gathers of blocks 0 and 1 and store block 0's key bias. Returns the
+    indices of block 2 and the validity of block 1."""
     idx = _load_indices(i_row, 0, TOPK, stride_ik, BLOCK_K, gl.SliceLayout(1, GATHER))
-    for i in gl.static_range(NUM_BUF):
-        idx = _gather_block(
-            k_bat,
-            kbuf,
-            bias_ring,
-            idx,
-            i_row,
-            i,
-            TOPK,
-            L,
-            last_pos,
-            stride_ik,
-            stride_kl,
-            BLOCK_K,
-            NUM_BUF,
-            HEAD_DIM,
-            GATHER,
-            WIDE_KEYS,
-        )
-    return idx
+    idx, valid = _gather(
+        k_bat, kbuf0, idx, i_row, 0, TOPK, L, last_pos, stride_ik, stride_kl,
+        BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS,
+    )  # fmt: skip
+    bias0.store(_key_bias(valid))
+    return _gather(
+        k_bat, kbuf1, idx, i_row, 1, TOPK, L, last_pos, stride_ik, stride_kl,
+        BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS,
+    )  # fmt: skip
 
 
 @gluon.jit
 def _keys_ready(PENDING: gl.constexpr):
-    """Wait until at most PENDING gather groups are in flight, then make every thread's
-    copies visible to the tensor cores (async proxy) and to the other warps."""
-    async_copy.wait_group(PENDING)
-    fence_async_shared()
+    """Wait until at most PENDING of this thread's gather groups are in flight, make its
+    copies visible to the tensor cores (async proxy), then one block-wide barrier. The wait
+    and the fence are one asm statement: with Gluon's own wait the compiler adds a barrier
+    between the two, which would make it two barriers per key block."""
+    if PENDING == 0:
+        asm: gl.constexpr = "cp.async.wait_group 0; fence.proxy.async.shared::cta; mov.u32 $0, 0;"
+    else:
+        asm: gl.constexpr = "cp.async.wait_group 1; fence.proxy.async.shared::cta; mov.u32 $0, 0;"
+    one_per_thread: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
+    gl.inline_asm_elementwise(
+        asm,
+        "=r,r",
+        [gl.full([128], 0, gl.int32, one_per_thread)],
+        dtype=gl.int32,
+        is_pure=False,
+        pack=1,
+    )
     _block_barrier()
+
+
+@gluon.jit
+def _key_bias(valid):
+    """0 on valid keys, -inf on the others (added to the scores in sweep 1)."""
+    return gl.where(valid, 0.0, float("-inf"))
+
+
+@gluon.jit
+def _log2_approx(v):
+    """log2 on the special-function unit (``gl.log2`` is a polynomial in fp32)."""
+    return gl.inline_asm_elementwise(
+        "lg2.approx.f32 $0, $1;", "=r,r", [v], dtype=gl.float32, is_pure=True, pack=1
+    )
 
 
 @gluon.jit
@@ -148,54 +165,104 @@ def _lse_update(s, m_i, l_i, bias, qk_scale):
 
 
 @gluon.jit
-def _load_scores(x_row, offs_k, bias, stride_xk, COMPUTE_LOSS: gl.constexpr):
-    """index_score of one block in fp32 on the valid entries (0 elsewhere; all 0 without a
-    loss, when it is not read)."""
-    x = gl.zeros_like(bias)
-    if COMPUTE_LOSS:
-        x = gl.load(x_row + offs_k * stride_xk, mask=bias == 0.0, other=0.0).to(gl.float32)
-    return x
+def _store_p(
+    s, bias, lse_h, inv_h, qk_scale, p_row, blk, TOPK, BLOCK_K: gl.constexpr, MMA2: gl.constexpr
+):
+    """Sweep 2, one block: ``p = Σ_h P[h, j] / H`` from ``s`` ``[BLOCK_K, BLOCK_H]`` (keys on
+    rows, so the head sum stays inside a warp), stored with 0 on invalid keys. Padding heads
+    and empty rows carry ``lse = +inf``: their terms are exactly 0."""
+    p = gl.sum(gl.exp2(s * qk_scale - lse_h[None, :]), axis=1)
+    p = gl.where(bias == 0.0, p * inv_h, 0.0)
+    offs_k = blk * BLOCK_K + gl.arange(0, BLOCK_K, layout=gl.SliceLayout(1, MMA2))
+    gl.store(p_row + offs_k, p, mask=offs_k < TOPK)
 
 
 @gluon.jit
-def _probs_and_kl(
+def _sweep1_step(
     s,
-    bias,
-    x,
-    lse_h,
-    kl_lanes,
-    p_row,
-    offs_k,
-    inv_h,
+    m_i,
+    l_i,
+    idx_next,
+    valid_next,
+    q_smem,
+    kbuf_next,
+    kbuf_free,
+    bias_cur,
+    bias_next,
+    k_bat,
+    i_row,
+    blk,
     TOPK,
+    L,
+    last_pos,
+    stride_ik,
+    stride_kl,
     qk_scale,
-    lse_x,
-    eps,
-    KEYS: gl.constexpr,
-    STORE_P: gl.constexpr,
-    STORE_DIFF: gl.constexpr,
-    COMPUTE_LOSS: gl.constexpr,
+    BLOCK_K: gl.constexpr,
+    HEAD_DIM: gl.constexpr,
+    GATHER: gl.constexpr,
+    WIDE_KEYS: gl.constexpr,
+    MMA1: gl.constexpr,
 ):
-    """Sweep 2, one block: ``p = Σ_h P[h, j] / H`` from ``s`` ``[BLOCK_K, BLOCK_H]`` (keys on
-    rows, so the head sum stays inside a warp), then its store and the KL terms. The
-    per-key work runs in the compact layout ``KEYS`` of ``bias``, ``x`` and ``offs_k``
-    (the head sum leaves each key's value on 4 lanes)."""
-    # padding heads and empty rows carry lse = +inf: their terms are exactly 0; invalid keys
-    # (zero rows) are dropped after the head sum, on the [BLOCK_K] vector
-    p = gl.sum(gl.exp2(s * qk_scale - lse_h[None, :]), axis=1)
-    p = gl.convert_layout(p, KEYS)
-    valid = bias == 0.0
-    p = gl.where(valid, p, 0.0) * inv_h
-    if STORE_P:
-        gl.store(p_row + offs_k, p, mask=offs_k < TOPK)
-    if COMPUTE_LOSS:
-        q = gl.exp2((x - lse_x) * _LOG2E)
-        # eps guards the logarithms only; entries with p = 0 contribute 0.
-        terms = p * (gl.log(p + eps) - gl.log(q + eps))
-        kl_lanes += gl.where(valid & (p > 0.0), terms, 0.0)
-        if STORE_DIFF:
-            gl.store(p_row + offs_k, gl.where(valid, q - p, 0.0), mask=offs_k < TOPK)
-    return kl_lanes
+    """Sweep 1, block ``blk``: its scores ``s`` are in registers and its bias in
+    ``bias_cur``; block blk + 1's keys land in ``kbuf_next`` (its validity: ``valid_next``);
+    this block's slot ``kbuf_free`` takes block blk + 2. Returns the scores of blk + 1."""
+    _keys_ready(0)
+    zero = gl.zeros(s.shape, gl.float32, MMA1)
+    nxt = warpgroup_mma(q_smem, kbuf_next.permute((1, 0)), zero, use_acc=False, is_async=True)
+    bias = bias_cur.load(gl.SliceLayout(0, MMA1))
+    bias_next.store(_key_bias(valid_next))
+    idx_next, valid_next = _gather(
+        k_bat, kbuf_free, idx_next, i_row, blk + 2, TOPK, L, last_pos, stride_ik, stride_kl,
+        BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS,
+    )  # fmt: skip
+    m_i, l_i = _lse_update(s, m_i, l_i, bias, qk_scale)
+    s = warpgroup_mma_wait(0, deps=[nxt])
+    return s, m_i, l_i, idx_next, valid_next
+
+
+@gluon.jit
+def _sweep2_step(
+    s,
+    idx_next,
+    valid_next,
+    q_t,
+    kbuf_next,
+    kbuf_free,
+    bias_cur,
+    bias_next,
+    lse_h,
+    inv_h,
+    k_bat,
+    i_row,
+    p_row,
+    blk,
+    TOPK,
+    L,
+    last_pos,
+    stride_ik,
+    stride_kl,
+    qk_scale,
+    BLOCK_K: gl.constexpr,
+    HEAD_DIM: gl.constexpr,
+    GATHER: gl.constexpr,
+    WIDE_KEYS: gl.constexpr,
+    MMA2: gl.constexpr,
+):
+    """Sweep 2, block ``blk``: as :func:`_sweep1_step`, with keys on the matmul's rows;
+    stores the block's ``p``."""
+    _keys_ready(0)
+    zero = gl.zeros(s.shape, gl.float32, MMA2)
+    nxt = warpgroup_mma(kbuf_next, q_t, zero, use_acc=False, is_async=True)
+    bias = bias_cur.load(gl.SliceLayout(1, MMA2))
+    bias_next.store(_key_bias(valid_next))
+    idx_next, valid_next = _gather(
+        k_bat, kbuf_free, idx_next, i_row, blk + 2, TOPK, L, last_pos, stride_ik, stride_kl,
+        BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS,
+    )  # fmt: skip
+    _store_p(s, bias, lse_h, inv_h, qk_scale, p_row, blk, TOPK, BLOCK_K, MMA2)
+    s = warpgroup_mma_wait(0, deps=[nxt])
+    return s, idx_next, valid_next
 
 
 @gluon.jit
@@ -230,7 +297,6 @@ def sparse_indexer_fwd_hopper_kernel(
     BLOCK_H: gl.constexpr,
     BLOCK_K: gl.constexpr,
     BLOCK_X: gl.constexpr,
-    NUM_BUF: gl.constexpr,
     GATHER: gl.constexpr,
     STORE_P: gl.constexpr,
     STORE_DIFF: gl.constexpr,
@@ -238,9 +304,10 @@ def sparse_indexer_fwd_hopper_kernel(
     WIDE_KEYS: gl.constexpr,
 ):
     """Forward for one query row, 4 warps (one warpgroup). Arguments as the Triton kernel's,
-    with unit strides along the head dim of query and key (not passed). ``GATHER``: the
-    blocked layout of a ``[BLOCK_K, HEAD_DIM]`` tile for 16-byte copies."""
-    gl.static_assert(NUM_BUF >= 2, "NUM_BUF: at least two key buffers")
+    with unit strides along the head dim of query and key (not passed). ``p_ptr`` is a
+    ``[rows, TOPK]`` fp32 buffer whenever STORE_P, STORE_DIFF or COMPUTE_LOSS is set: sweep 2
+    writes p there, sweep 3 reads it back (and overwrites it with q - p for STORE_DIFF).
+    ``GATHER``: the blocked layout of a ``[BLOCK_K, HEAD_DIM]`` tile for 16-byte copies."""
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     # heads on M for sweep 1 (the per-head reductions stay inside a warp), keys on M for
     # sweep 2 (the head sum stays inside a warp)
@@ -251,8 +318,8 @@ def sparse_indexer_fwd_hopper_kernel(
         version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_H, 16]
     )
     SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    FLAT: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
     VEC: gl.constexpr = gl.BlockedLayout([4], [32], [4], [0])
-    KEYS: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])  # per-key vectors, compact
 
     row = gl.program_id(0)
     b = row // S
@@ -260,17 +327,20 @@ def sparse_indexer_fwd_hopper_kernel(
     last_pos = chunk_offset + t
     q_row = q_ptr + b.to(gl.int64) * stride_qb + t.to(gl.int64) * stride_qs
     k_bat = k_ptr + b.to(gl.int64) * stride_kb
-    x_row = x_ptr + b.to(gl.int64) * stride_xb + t.to(gl.int64) * stride_xs
     i_row = idx_ptr + b.to(gl.int64) * stride_ib + t.to(gl.int64) * stride_is
     p_row = p_ptr + row.to(gl.int64) * TOPK
-    n_blocks = gl.cdiv(TOPK, BLOCK_K)
+    # Blocks go in pairs, one per ring slot; an odd count gets an empty last block (all its
+    # indices read as -1), which adds nothing to any sum and stores nothing.
+    n_pairs = (gl.cdiv(TOPK, BLOCK_K) + 1) // 2
+    last = 2 * n_pairs - 2  # the first block of the last pair
 
-    # The key ring with its key biases (one more bias slot than key buffers: a slot is
-    # refilled only after every warp has read it) and the query tile (zero rows past H).
-    kbuf = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_K, HEAD_DIM], SMEM)
-    bias_ring = gl.allocate_shared_memory(
-        gl.float32, [NUM_BUF + 1, BLOCK_K], gl.SwizzledSharedLayout(1, 1, 1, [0])
-    )
+    # The ring: two key slots and their key biases, each its own allocation so that the
+    # compiler sees which one a matmul reads and a gather writes. A bias is stored one step
+    # after its gather starts, when no warp reads that slot any more.
+    kbuf0 = gl.allocate_shared_memory(dtype, [BLOCK_K, HEAD_DIM], SMEM)
+    kbuf1 = gl.allocate_shared_memory(dtype, [BLOCK_K, HEAD_DIM], SMEM)
+    bias0 = gl.allocate_shared_memory(gl.float32, [BLOCK_K], FLAT)
+    bias1 = gl.allocate_shared_memory(gl.float32, [BLOCK_K], FLAT)
     offs_h = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, GATHER))
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, GATHER))
     q = gl.load(
@@ -280,27 +350,80 @@ def sparse_indexer_fwd_hopper_kernel(
     )
     q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, HEAD_DIM], SMEM, q)
 
-    # Sweep 1 gathers start first; sweep 0 runs while they are in flight.
-    idx_next = _start_ring(
-        k_bat,
-        kbuf,
-        bias_ring,
-        i_row,
-        TOPK,
-        L,
-        last_pos,
-        stride_ik,
-        stride_kl,
-        BLOCK_K,
-        NUM_BUF,
-        HEAD_DIM,
-        GATHER,
-        WIDE_KEYS,
-    )
+    # Sweep 1: per-head log-sum-exp. Each step issues the matmul of the next block, starts
+    # the gather of the block after it and runs the softmax of the current one.
+    idx_next, valid_next = _start_ring(
+        k_bat, kbuf0, kbuf1, bias0, i_row, TOPK, L, last_pos, stride_ik, stride_kl,
+        BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS,
+    )  # fmt: skip
+    m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(1, MMA1))
+    l_i = gl.zeros([BLOCK_H], gl.float32, gl.SliceLayout(1, MMA1))
+    _keys_ready(1)
+    s = warpgroup_mma(
+        q_smem, kbuf0.permute((1, 0)), gl.zeros([BLOCK_H, BLOCK_K], gl.float32, MMA1),
+        use_acc=False,
+    )  # fmt: skip
+    for pair in range(n_pairs - 1):  # all pairs but the last
+        blk = 2 * pair
+        s, m_i, l_i, idx_next, valid_next = _sweep1_step(
+            s, m_i, l_i, idx_next, valid_next, q_smem, kbuf1, kbuf0, bias0, bias1,
+            k_bat, i_row, blk, TOPK, L, last_pos, stride_ik, stride_kl, qk_scale,
+            BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS, MMA1,
+        )  # fmt: skip
+        s, m_i, l_i, idx_next, valid_next = _sweep1_step(
+            s, m_i, l_i, idx_next, valid_next, q_smem, kbuf0, kbuf1, bias1, bias0,
+            k_bat, i_row, blk + 1, TOPK, L, last_pos, stride_ik, stride_kl, qk_scale,
+            BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS, MMA1,
+        )  # fmt: skip
+    s, m_i, l_i, idx_next, valid_next = _sweep1_step(
+        s, m_i, l_i, idx_next, valid_next, q_smem, kbuf1, kbuf0, bias0, bias1,
+        k_bat, i_row, last, TOPK, L, last_pos, stride_ik, stride_kl, qk_scale,
+        BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS, MMA1,
+    )  # fmt: skip
+    # the last block (odd, in slot 1) has no next matmul
+    _block_barrier()
+    m_i, l_i = _lse_update(s, m_i, l_i, bias1.load(gl.SliceLayout(0, MMA1)), qk_scale)
+    lse_h = gl.convert_layout(m_i + gl.log2(l_i), gl.SliceLayout(0, MMA2))
+    heads = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, MMA2))
+    lse_h = gl.where((heads < H) & (lse_h > float("-inf")), lse_h, float("inf"))
 
-    # Sweep 0: softmax statistics of index_score over the valid entries.
-    lse_x = 0.0
+    # Sweep 2: the ring restarts once the trailing (empty) gathers of sweep 1 have landed
+    # and every warp is done with it.
+    _keys_ready(0)
+    idx_next, valid_next = _start_ring(
+        k_bat, kbuf0, kbuf1, bias0, i_row, TOPK, L, last_pos, stride_ik, stride_kl,
+        BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS,
+    )  # fmt: skip
+    inv_h = 1.0 / H
+    q_t = q_smem.permute((1, 0))
+    _keys_ready(1)
+    s = warpgroup_mma(kbuf0, q_t, gl.zeros([BLOCK_K, BLOCK_H], gl.float32, MMA2), use_acc=False)
+    for pair in range(n_pairs - 1):
+        blk = 2 * pair
+        s, idx_next, valid_next = _sweep2_step(
+            s, idx_next, valid_next, q_t, kbuf1, kbuf0, bias0, bias1, lse_h, inv_h,
+            k_bat, i_row, p_row, blk, TOPK, L, last_pos, stride_ik, stride_kl, qk_scale,
+            BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS, MMA2,
+        )  # fmt: skip
+        s, idx_next, valid_next = _sweep2_step(
+            s, idx_next, valid_next, q_t, kbuf0, kbuf1, bias1, bias0, lse_h, inv_h,
+            k_bat, i_row, p_row, blk + 1, TOPK, L, last_pos, stride_ik, stride_kl, qk_scale,
+            BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS, MMA2,
+        )  # fmt: skip
+    s, idx_next, valid_next = _sweep2_step(
+        s, idx_next, valid_next, q_t, kbuf1, kbuf0, bias0, bias1, lse_h, inv_h,
+        k_bat, i_row, p_row, last, TOPK, L, last_pos, stride_ik, stride_kl, qk_scale,
+        BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS, MMA2,
+    )  # fmt: skip
+    _block_barrier()
+    bias = bias1.load(gl.SliceLayout(1, MMA2))
+    _store_p(s, bias, lse_h, inv_h, qk_scale, p_row, last + 1, TOPK, BLOCK_K, MMA2)
+    # the trailing gathers land before shared memory is reused for the reductions below
+    _keys_ready(0)
+
     if COMPUTE_LOSS:
+        # Sweep 0: softmax statistics of index_score over the valid entries.
+        x_row = x_ptr + b.to(gl.int64) * stride_xb + t.to(gl.int64) * stride_xs
         m_x = gl.max(gl.full([BLOCK_X], float("-inf"), gl.float32, VEC), axis=0)
         l_x = gl.sum(gl.zeros([BLOCK_X], gl.float32, VEC), axis=0)
         n_x = gl.sum(gl.zeros([BLOCK_X], gl.int32, VEC), axis=0)
@@ -320,141 +443,20 @@ def sparse_indexer_fwd_hopper_kernel(
         gl.store(lse_ptr + row, lse_x)
         gl.store(nvalid_ptr + row, n_x)
 
-    # Sweep 1: per-head log-sum-exp. The matmul of block j + 1 runs during the softmax of
-    # block j; the indices of the block gathered next are loaded one step ahead.
-    BIAS1: gl.constexpr = gl.SliceLayout(0, MMA1)
-    zero1 = gl.zeros([BLOCK_H, BLOCK_K], gl.float32, MMA1)
-    m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(1, MMA1))
-    l_i = gl.zeros([BLOCK_H], gl.float32, gl.SliceLayout(1, MMA1))
-    _keys_ready(NUM_BUF - 1)
-    s = warpgroup_mma(q_smem, kbuf.index(0).permute((1, 0)), zero1, use_acc=False)
-    for j in range(n_blocks - 1):
-        _keys_ready(NUM_BUF - 2)
-        nxt = warpgroup_mma(
-            q_smem,
-            kbuf.index((j + 1) % NUM_BUF).permute((1, 0)),
-            zero1,
-            use_acc=False,
-            is_async=True,
-        )
-        bias = bias_ring.index(j % (NUM_BUF + 1)).load(BIAS1)
-        # block j's buffer is free (its matmul is done): refill it NUM_BUF blocks ahead
-        idx_next = _gather_block(
-            k_bat,
-            kbuf,
-            bias_ring,
-            idx_next,
-            i_row,
-            j + NUM_BUF,
-            TOPK,
-            L,
-            last_pos,
-            stride_ik,
-            stride_kl,
-            BLOCK_K,
-            NUM_BUF,
-            HEAD_DIM,
-            GATHER,
-            WIDE_KEYS,
-        )
-        m_i, l_i = _lse_update(s, m_i, l_i, bias, qk_scale)
-        s = warpgroup_mma_wait(0, deps=[nxt])
-    bias = bias_ring.index((n_blocks - 1) % (NUM_BUF + 1)).load(BIAS1)
-    m_i, l_i = _lse_update(s, m_i, l_i, bias, qk_scale)
-    lse_h = gl.convert_layout(m_i + gl.log2(l_i), gl.SliceLayout(0, MMA2))
-    heads = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, MMA2))
-    lse_h = gl.where((heads < H) & (lse_h > float("-inf")), lse_h, float("inf"))
-
-    # Sweep 2: the ring is refilled from block 0 once every warp is done with sweep 1.
-    _keys_ready(0)
-    idx_next = _start_ring(
-        k_bat,
-        kbuf,
-        bias_ring,
-        i_row,
-        TOPK,
-        L,
-        last_pos,
-        stride_ik,
-        stride_kl,
-        BLOCK_K,
-        NUM_BUF,
-        HEAD_DIM,
-        GATHER,
-        WIDE_KEYS,
-    )
-    zero2 = gl.zeros([BLOCK_K, BLOCK_H], gl.float32, MMA2)
-    kl_lanes = gl.zeros([BLOCK_K], gl.float32, KEYS)
-    inv_h = 1.0 / H
-    q_t = q_smem.permute((1, 0))
-    _keys_ready(NUM_BUF - 1)
-    s = warpgroup_mma(kbuf.index(0), q_t, zero2, use_acc=False)
-    for j in range(n_blocks - 1):
-        _keys_ready(NUM_BUF - 2)
-        nxt = warpgroup_mma(kbuf.index((j + 1) % NUM_BUF), q_t, zero2, use_acc=False, is_async=True)
-        # this block's key bias and index scores, in flight while the gather is issued
-        bias2 = bias_ring.index(j % (NUM_BUF + 1)).load(KEYS)
-        offs_k = j * BLOCK_K + gl.arange(0, BLOCK_K, layout=KEYS)
-        x = _load_scores(x_row, offs_k, bias2, stride_xk, COMPUTE_LOSS)
-        idx_next = _gather_block(
-            k_bat,
-            kbuf,
-            bias_ring,
-            idx_next,
-            i_row,
-            j + NUM_BUF,
-            TOPK,
-            L,
-            last_pos,
-            stride_ik,
-            stride_kl,
-            BLOCK_K,
-            NUM_BUF,
-            HEAD_DIM,
-            GATHER,
-            WIDE_KEYS,
-        )
-        kl_lanes = _probs_and_kl(
-            s,
-            bias2,
-            x,
-            lse_h,
-            kl_lanes,
-            p_row,
-            offs_k,
-            inv_h,
-            TOPK,
-            qk_scale,
-            lse_x,
-            eps,
-            KEYS,
-            STORE_P,
-            STORE_DIFF,
-            COMPUTE_LOSS,
-        )
-        s = warpgroup_mma_wait(0, deps=[nxt])
-    bias2 = bias_ring.index((n_blocks - 1) % (NUM_BUF + 1)).load(KEYS)
-    offs_k = (n_blocks - 1) * BLOCK_K + gl.arange(0, BLOCK_K, layout=KEYS)
-    x = _load_scores(x_row, offs_k, bias2, stride_xk, COMPUTE_LOSS)
-    kl_lanes = _probs_and_kl(
-        s,
-        bias2,
-        x,
-        lse_h,
-        kl_lanes,
-        p_row,
-        offs_k,
-        inv_h,
-        TOPK,
-        qk_scale,
-        lse_x,
-        eps,
-        KEYS,
-        STORE_P,
-        STORE_DIFF,
-        COMPUTE_LOSS,
-    )
-    # the trailing (empty) gathers must land before the program exits
-    async_copy.wait_group(0)
-    if COMPUTE_LOSS:
-        gl.store(loss_ptr + row, gl.sum(kl_lanes, axis=0))
+        # Sweep 3: the KL terms from p as sweep 2 stored it (the barrier of the wait above
+        # orders those stores before these loads); q - p replaces p for the backward.
+        kl = gl.zeros([BLOCK_X], gl.float32, VEC)
+        for k0 in range(0, TOPK, BLOCK_X):
+            offs_x = k0 + gl.arange(0, BLOCK_X, layout=VEC)
+            inb = offs_x < TOPK
+            idx_x = gl.load(i_row + offs_x * stride_ik, mask=inb, other=-1)
+            valid = inb & (idx_x >= 0) & (idx_x < L) & (idx_x <= last_pos)
+            x = gl.load(x_row + offs_x * stride_xk, mask=valid, other=0.0).to(gl.float32)
+            p = gl.load(p_row + offs_x, mask=valid, other=0.0)
+            q_x = gl.exp2((x - lse_x) * _LOG2E)
+            # eps guards the logarithms only; entries with p = 0 contribute 0
+            terms = p * (_log2_approx(p + eps) - _log2_approx(q_x + eps)) * _LN2
+            kl += gl.where(p > 0.0, terms, 0.0)
+            if STORE_DIFF:
+                gl.store(p_row + offs_x, gl.where(valid, q_x - p, 0.0), mask=inb)
+        gl.store(loss_ptr + row, gl.sum(kl, axis=0))
