@@ -181,8 +181,10 @@ def _indexer_launch(fn, constexprs: dict[str, object]) -> tuple[dict[str, str], 
         else:
             signature[name] = "i32"
     divisible = [n for n in fn.arg_names if n.endswith("_ptr")] + [
-        "stride_qb", "stride_qh", "stride_qs", "stride_kb", "stride_kl", "stride_xb",
-        "stride_xs", "stride_ib", "stride_is", "S", "L", "TOPK",
+        n for n in (
+            "stride_qb", "stride_qh", "stride_qs", "stride_kb", "stride_kl", "stride_xb",
+            "stride_xs", "stride_ib", "stride_is", "S", "L", "TOPK",
+        ) if n in fn.arg_names
     ]  # fmt: skip
     return signature, divisible
 
@@ -201,12 +203,13 @@ def sparse_indexer_forward(compute_loss: bool = True, wide_keys: bool = False) -
 
 
 def sparse_indexer_forward_hopper(compute_loss: bool = True) -> KernelStats:
-    """The Gluon (sm_90) sparse indexer-loss forward as launched at H = 64, D = 128,
-    topk = 2048 (bf16), with the launch options of ``indexer_loss.sparse``."""
+    """The Gluon (sm_90) sparse indexer target kernel as launched at H = 64, D = 128,
+    topk = 2048 (bf16), with the launch options of ``indexer_loss.sparse``; with
+    ``compute_loss`` it marks invalid entries for the loss kernel that follows."""
     from indexer_loss.sparse import _hopper_launch
 
     fn, constexprs, options = _hopper_launch(64, 128, 2048, wide_keys=False)
-    constexprs.update(STORE_P=not compute_loss, STORE_DIFF=compute_loss, COMPUTE_LOSS=compute_loss)
+    constexprs.update(MARK_INVALID=compute_loss)
     signature, divisible = _indexer_launch(fn, constexprs)
     return compile_sm90(fn, signature, constexprs, divisible=divisible, **options)
 

@@ -267,3 +267,39 @@ def test_64_bit_key_offsets(device, monkeypatch):
     monkeypatch.setattr(sparse_mod, "_OFFSET_LIMIT", 0)
     check_case(2, 3, 7, 40, 23, 19, dtype=torch.float32, device=device, seed=21)
     check_case(1, 70, 4, 160, 30, 40, dtype=torch.float16, device=device, seed=22)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("topk", [1, 37, 300])
+def test_row_loss_kernel_from_marked_target(device, dtype, topk):
+    """The loss kernel that runs after the Hopper target kernel, fed the exact target with
+    -1 on invalid entries: loss, log-sum-exp and count of the valid index scores, and
+    q − p written over the target, as the reference gives them."""
+    from indexer_loss.sparse import _row_loss
+
+    B, H, S, D, L, off = 2, 3, 19, 16, 40, 5
+    query, key, index_score, idx = make_inputs(
+        B, H, S, D, L, topk, dtype=dtype, device=device, seed=topk, chunk_offset=off,
+        empty_rows=((1, 3),),
+    )  # fmt: skip
+    scaling = D**-0.5
+    last = off + torch.arange(S, device=device)
+    valid = (idx >= 0) & (idx < L) & (idx <= last[None, :, None])
+    p_ref = sparse_attention_target_ref(query.double(), key.double(), idx, scaling, off)
+    target = torch.where(valid, p_ref.float(), -1.0).contiguous()
+    loss = torch.empty((B, S), dtype=torch.float32, device=device)
+    lse = torch.empty_like(loss)
+    n_valid = torch.empty((B, S), dtype=torch.int32, device=device)
+    _row_loss(index_score, target, loss, lse, n_valid, 1e-10, store_diff=True)
+
+    x = index_score.detach().double().requires_grad_(True)
+    loss_ref = index_loss_sparse_ref(query.double(), key.double(), x, idx, scaling, off)
+    loss_ref.sum().backward()
+    tol = TOL[dtype]
+    assert_close(loss, loss_ref, max_rel_err=tol, name="loss")
+    assert_close(target, x.grad, max_rel_err=3 * tol, name="q - p")
+    assert torch.equal(n_valid, valid.sum(-1).to(torch.int32))
+    lse_ref = torch.where(valid, index_score.double(), float("-inf")).logsumexp(-1)
+    rows = valid.any(-1)
+    assert not rows.all()  # the empty row is there
+    assert_close(lse[rows], lse_ref[rows], max_rel_err=tol, name="lse")

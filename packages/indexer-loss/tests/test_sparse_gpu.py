@@ -164,3 +164,39 @@ def test_unaligned_keys_take_the_triton_kernel(monkeypatch):
     loss.sum().backward()
     p = sparse_attention_target(query, sliced, idx, D**-0.5, off)
     check_rows(query, key, index_score, idx, off, loss, x.grad, p, (0, 32), D**-0.5)
+
+
+@pytest.mark.parametrize(
+    "case", ["block_0_invalid", "later_scores_overflow", "all_scores_far_below_0"]
+)
+def test_hopper_kernel_rows_that_need_the_exact_sweep(monkeypatch, case):
+    """Sweep 1 of the Gluon kernel sums exp2(score − block 0's maximum − 64); rows where
+    that overflows or block 0 has no valid key redo the sweep with an online maximum. Each
+    case makes such rows (without the redo, these rows come out NaN or wrong)."""
+    from indexer_loss.sparse import _hopper_eligible
+
+    H, S, L, topk, D = 64, 40, 600, 300, 128
+    query, key, index_score, idx, off = dsa_inputs(H, S, L, topk, D, seed=23)
+    if case == "block_0_invalid":  # the first key block: padding (rows 0-19), future (20-29)
+        idx[:, :20, :64] = -1
+        idx[:, 20:30, :64] = L - 1
+    else:
+        # scores of about ±375 (base 2): block 0 picks small keys, later blocks large ones
+        sign = 1.0 if case == "later_scores_overflow" else -1.0
+        query = (query.float().abs() * 6).to(torch.bfloat16)
+        key = (sign * key.float().abs() * 6).to(torch.bfloat16)
+        if case == "later_scores_overflow":
+            key[:, : off // 2] *= 0.01
+            idx[:, :, :64] = randint(0, off // 2, (1, S, 64), seed=5, device="cuda")
+    if not _hopper_eligible(query, key):
+        pytest.skip("the Gluon forward needs a Hopper GPU and a Triton with Gluon")
+    scaling = D**-0.5
+    (loss, grad, p), (loss_t, grad_t, p_t) = _both_kernels(
+        monkeypatch, query, key, index_score, idx, scaling, off
+    )
+    for out in (loss, grad, p):
+        assert torch.isfinite(out).all()
+    assert_close(loss, loss_t, max_rel_err=1e-4, name="loss, Gluon against Triton")
+    assert_close(grad, grad_t, max_rel_err=1e-2, name="grad, Gluon against Triton")
+    assert_close(p, p_t, max_rel_err=1e-4, name="target, Gluon against Triton")
+    check_rows(query, key, index_score, idx, off, loss, grad, p, (0, S), scaling)

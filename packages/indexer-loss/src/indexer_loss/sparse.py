@@ -23,6 +23,7 @@ from ._common import (
     row_grad,
     scale_rows,
 )
+from .kernels.row_loss import sparse_row_loss_kernel
 from .kernels.sparse import sparse_indexer_fwd_kernel
 
 try:  # Gluon (Triton >= 3.5); without it every launch takes the Triton kernel
@@ -81,8 +82,8 @@ def _launch_config(num_heads: int, head_dim: int) -> dict[str, int | bool]:
 def _hopper_launch(
     num_heads: int, head_dim: int, topk: int, *, wide_keys: bool
 ) -> tuple[Any, dict[str, Any], dict[str, int]]:
-    """(kernel, constexprs, launch options) of the Gluon forward; the output flags (STORE_P,
-    STORE_DIFF, COMPUTE_LOSS) are the caller's."""
+    """(kernel, constexprs, launch options) of the Gluon target kernel; MARK_INVALID is the
+    caller's."""
     from triton.experimental.gluon import language as gl
 
     # 16-byte copies, 4 lanes per key row (64 contiguous bytes, whole sectors) so that each
@@ -92,7 +93,6 @@ def _hopper_launch(
         "HEAD_DIM": head_dim,
         "BLOCK_H": 64,
         "BLOCK_K": 64,
-        "BLOCK_X": min(2048, max(16, next_power_of_2(topk))),
         "GATHER": gather,
         "WIDE_KEYS": wide_keys,
     }
@@ -148,29 +148,34 @@ def _forward(
     lse = torch.empty((B, S), dtype=torch.float32, device=dev)
     n_valid = torch.empty((B, S), dtype=torch.int32, device=dev)
     gluon = _hopper_eligible(query, key)
-    # the Gluon kernel computes the KL terms from the stored p: it needs the buffer for a loss
+    # the Gluon kernel stores the target; the loss is computed from it by a second kernel
     full = store is not None or (gluon and index_score is not None)
     p = torch.empty((B, S, topk) if full else (1,), dtype=torch.float32, device=dev)
     if B * S == 0:
         return loss, p, lse, n_valid
-    x = index_score if index_score is not None else loss  # dummy pointer without a loss
-    xs = index_score.stride() if index_score is not None else (0, 0, 0)
     # the largest element offset of a key row within one batch (the batch offset is 64-bit)
     wide_keys = (L - 1) * key.stride(1) + (D - 1) * key.stride(2) >= _OFFSET_LIMIT
     grid = make_grid(B * S)
+    sizes = (S, H, L, topk, chunk_offset, float(scaling) * LOG2E.value)
+    if gluon:
+        fn, constexprs, options = _hopper_launch(H, D, topk, wide_keys=wide_keys)
+        # unit strides along D are part of the Gluon kernel's contract: not passed
+        strides = (*query.stride()[:3], *key.stride()[:2], *indices.stride())
+        mark = index_score is not None  # -1 on invalid entries tells the loss kernel
+        fn[grid](
+            query, key, indices, p, *sizes, *strides, MARK_INVALID=mark, **constexprs, **options
+        )
+        if index_score is not None:
+            _row_loss(index_score, p, loss, lse, n_valid, eps, store_diff=store == "diff")
+        return loss, p, lse, n_valid
+    x = index_score if index_score is not None else loss  # dummy pointer without a loss
+    xs = index_score.stride() if index_score is not None else (0, 0, 0)
     buffers = (query, key, x, indices, loss, p, lse, n_valid)
-    sizes = (S, H, L, topk, chunk_offset, float(scaling) * LOG2E.value, float(eps))
     outputs = {
         "STORE_P": store == "p",
         "STORE_DIFF": store == "diff",
         "COMPUTE_LOSS": index_score is not None,
     }
-    if gluon:
-        fn, constexprs, options = _hopper_launch(H, D, topk, wide_keys=wide_keys)
-        # unit strides along D are part of the Gluon kernel's contract: not passed
-        strides = (*query.stride()[:3], *key.stride()[:2], *xs, *indices.stride())
-        fn[grid](*buffers, *sizes, *strides, **outputs, **constexprs, **options)
-        return loss, p, lse, n_valid
     block_h, block_d = _block_sizes(H, D)
     config = dict(_launch_config(H, D))
     block_h = int(config.pop("BLOCK_H", block_h))
@@ -188,6 +193,7 @@ def _forward(
         *buffers,
         hlse,
         *sizes,
+        float(eps),
         *query.stride(),
         *key.stride(),
         *xs,
@@ -203,6 +209,36 @@ def _forward(
         **config,
     )
     return loss, p, lse, n_valid
+
+
+def _row_loss(
+    index_score: torch.Tensor,
+    p: torch.Tensor,
+    loss: torch.Tensor,
+    lse: torch.Tensor,
+    n_valid: torch.Tensor,
+    eps: float,
+    *,
+    store_diff: bool,
+) -> None:
+    """The loss of each row from the target ``p`` ``[B, S, topk]`` fp32 (contiguous, -1 on
+    invalid entries) into ``loss``, ``lse`` and ``n_valid`` ``[B, S]``; with ``store_diff``,
+    ``q - p`` (0 on invalid entries) overwrites ``p``."""
+    B, S, topk = index_score.shape
+    sparse_row_loss_kernel[make_grid(B * S)](
+        index_score,
+        p,
+        loss,
+        lse,
+        n_valid,
+        S,
+        topk,
+        float(eps),
+        *index_score.stride(),
+        BLOCK_X=min(4096, max(16, next_power_of_2(topk))),
+        STORE_DIFF=store_diff,
+        num_warps=8 if topk > 1024 else 4,
+    )
 
 
 def _check(

@@ -1,23 +1,28 @@
-"""The fused sparse indexer-loss forward for Hopper (sm_90), written in Gluon.
+"""The sparse attention target ``p`` for Hopper (sm_90), written in Gluon.
 
-Same contract as :mod:`indexer_loss.kernels.sparse` (one program per query row), restricted
-to one head block (H <= 64, padded to 64 heads), a head dim of 64 or 128, fp16/bf16 and unit
-last-dim strides. The sweeps:
+One program per query row, as :mod:`indexer_loss.kernels.sparse`, restricted to one head
+block (H <= 64, padded to 64 heads), a head dim of 64 or 128, fp16/bf16 and unit last-dim
+strides. Two sweeps over the row's top-k keys:
 
 1. per-head log-sum-exp of the scores over the valid keys;
-2. ``p = Σ_h P[h, j] / H`` per key, stored to ``p_ptr`` (0 on invalid entries);
-0. (with a loss) the softmax statistics of index_score;
-3. (with a loss) the KL terms from the stored ``p``, and ``q - p`` over it for the backward.
+2. ``p = Σ_h P[h, j] / H`` per key, stored to ``p_ptr`` (0 on invalid entries, or -1 as a
+   validity mark for :mod:`indexer_loss.kernels.row_loss`, which adds the loss).
 
 What Gluon adds over the Triton kernel is control of when the tensor cores are waited on and
-of the shared-memory traffic. In sweeps 1 and 2 the matmul of the next key block stays in
+of the shared-memory traffic. In both sweeps the matmul of the next key block stays in
 flight (``warpgroup_mma(..., is_async=True)``) while the softmax of the current block runs,
 and the key rows of the block after it are gathered with ``cp.async`` into a two-slot ring.
 The loops are unrolled by two so that every ring slot is a separate static buffer: the
 compiler then adds no barrier between the matmul reading one slot and the gather writing the
 other, the two accumulators alternate without register moves, and each key block costs one
-block-wide barrier. The loss work (sweeps 0 and 3) runs after sweep 2, so that none of it is
-live during the matmul sweeps (it made ptxas spill in them at 128 registers).
+block-wide barrier.
+
+Sweep 1 sums ``exp2(s - ref_h)`` against a fixed reference per head (block 0's maximum plus
+a margin) instead of an online maximum: per score one multiply-add, one exponential and one
+multiply-add, and no reduction across lanes that the exponentials wait on. Where that
+reference does not fit the row (block 0 has no valid key, or a later score overflows
+``exp2``), the sum comes out inf or NaN and the row runs sweep 1 again with the online
+maximum.
 
 The Triton interpreter cannot run Gluon: this kernel runs only on a GPU and is checked there
 against the reference and the Triton kernel (``tests/test_sparse_gpu.py``).
@@ -34,9 +39,6 @@ from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma, warp
 # thread_barrier / barrier, async_copy_global_to_shared / async_load.
 _block_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
-
-_LOG2E: gl.constexpr = gl.constexpr(1.4426950408889634)
-_LN2: gl.constexpr = gl.constexpr(0.6931471805599453)
 
 
 @gluon.jit
@@ -66,8 +68,8 @@ def _gather(
     """Start copying the key rows of top-k block ``blk`` (indices ``idx``, loaded one step
     earlier in ``SliceLayout(1, GATHER)``) into ``kbuf`` as one cp.async group, zeros for
     invalid entries. Returns the indices of block ``blk + 1`` (their load is in flight while
-    the caller works) and this block's validity (its key bias is stored one step later,
-    when no warp reads that bias slot any more)."""
+    the caller works) and this block's validity (its key mask is stored one step later,
+    when no warp reads that mask slot any more)."""
     valid = (idx >= 0) & (idx < L) & (idx <= last_pos)
     rows = gl.where(valid, idx, 0)
     if WIDE_KEYS:
@@ -88,7 +90,7 @@ def _start_ring(
     k_bat,
     kbuf0,
     kbuf1,
-    bias0,
+    keep0,
     i_row,
     TOPK,
     L,
@@ -100,14 +102,14 @@ def _start_ring(
     GATHER: gl.constexpr,
     WIDE_KEYS: gl.constexpr,
 ):
-    """Start the gathers of blocks 0 and 1 and store block 0's key bias. Returns the
+    """Start the gathers of blocks 0 and 1 and store block 0's key mask. Returns the
     indices of block 2 and the validity of block 1."""
     idx = _load_indices(i_row, 0, TOPK, stride_ik, BLOCK_K, gl.SliceLayout(1, GATHER))
     idx, valid = _gather(
         k_bat, kbuf0, idx, i_row, 0, TOPK, L, last_pos, stride_ik, stride_kl,
         BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS,
     )  # fmt: skip
-    bias0.store(_key_bias(valid))
+    keep0.store(_key_mask(valid))
     return _gather(
         k_bat, kbuf1, idx, i_row, 1, TOPK, L, last_pos, stride_ik, stride_kl,
         BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS,
@@ -137,42 +139,54 @@ def _keys_ready(PENDING: gl.constexpr):
 
 
 @gluon.jit
-def _key_bias(valid):
-    """0 on valid keys, -inf on the others (added to the scores in sweep 1)."""
-    return gl.where(valid, 0.0, float("-inf"))
+def _key_mask(valid):
+    """1 on valid keys, 0 on the others."""
+    return gl.where(valid, 1.0, 0.0)
 
 
 @gluon.jit
-def _log2_approx(v):
-    """log2 on the special-function unit (``gl.log2`` is a polynomial in fp32)."""
-    return gl.inline_asm_elementwise(
-        "lg2.approx.f32 $0, $1;", "=r,r", [v], dtype=gl.float32, is_pure=True, pack=1
-    )
-
-
-@gluon.jit
-def _lse_update(s, m_i, l_i, bias, qk_scale):
-    """Sweep 1, one block: online max and sum per head of ``s·qk_scale`` (base 2) over the
-    valid keys. ``s`` ``[BLOCK_H, BLOCK_K]`` (heads on rows), ``bias`` ``[BLOCK_K]``."""
-    # invalid keys are masked by adding -inf: one fused multiply-add per score
-    z = s * qk_scale + bias[None, :]
-    m_new = gl.maximum(m_i, gl.max(z, axis=1))
-    # rows with no valid key so far keep m = -inf; shift by 0 there so nothing turns NaN
-    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = gl.exp2(m_i - m_safe)
-    l_i = l_i * alpha + gl.sum(gl.exp2(z - m_safe[:, None]), axis=1)
-    return m_new, l_i
+def _lse_step(s, st0, st1, keep, qk_scale, EXACT: gl.constexpr):
+    """Sweep 1, one block of scores ``s`` ``[BLOCK_H, BLOCK_K]`` (heads on rows), ``keep``
+    ``[BLOCK_K]`` (1 on valid keys). EXACT: online max ``st0`` and sum ``st1`` per head.
+    Otherwise ``st0`` is a fixed reference per head and ``st1`` the sum of
+    ``exp2(score - reference)``: a multiply-add, an exponential and a multiply-add into the
+    sum per score, and no maximum that the exponentials have to wait for."""
+    if EXACT:
+        z = gl.where(keep[None, :] != 0.0, s * qk_scale, float("-inf"))
+        m_new = gl.maximum(st0, gl.max(z, axis=1))
+        # rows with no valid key so far keep m = -inf; shift by 0 there so nothing turns NaN
+        m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = gl.exp2(st0 - m_safe)
+        st1 = st1 * alpha + gl.sum(gl.exp2(z - m_safe[:, None]), axis=1)
+        st0 = m_new
+    else:
+        st1 = st1 + gl.sum(gl.exp2(s * qk_scale - st0[:, None]) * keep[None, :], axis=1)
+    return st0, st1
 
 
 @gluon.jit
 def _store_p(
-    s, bias, lse_h, inv_h, qk_scale, p_row, blk, TOPK, BLOCK_K: gl.constexpr, MMA2: gl.constexpr
+    s,
+    keep,
+    lse_h,
+    inv_h,
+    qk_scale,
+    p_row,
+    blk,
+    TOPK,
+    BLOCK_K: gl.constexpr,
+    MMA2: gl.constexpr,
+    MARK_INVALID: gl.constexpr,
 ):
     """Sweep 2, one block: ``p = Σ_h P[h, j] / H`` from ``s`` ``[BLOCK_K, BLOCK_H]`` (keys on
-    rows, so the head sum stays inside a warp), stored with 0 on invalid keys. Padding heads
-    and empty rows carry ``lse = +inf``: their terms are exactly 0."""
+    rows, so the head sum stays inside a warp), stored with 0 (or -1 when MARK_INVALID) on
+    invalid keys. Padding heads and empty rows carry ``lse = +inf``: their terms are 0."""
     p = gl.sum(gl.exp2(s * qk_scale - lse_h[None, :]), axis=1)
-    p = gl.where(bias == 0.0, p * inv_h, 0.0)
+    # a select, not a multiply by keep: an invalid key's exp2 can be inf (its score is 0)
+    if MARK_INVALID:
+        p = gl.where(keep != 0.0, p * inv_h, -1.0)
+    else:
+        p = gl.where(keep != 0.0, p * inv_h, 0.0)
     offs_k = blk * BLOCK_K + gl.arange(0, BLOCK_K, layout=gl.SliceLayout(1, MMA2))
     gl.store(p_row + offs_k, p, mask=offs_k < TOPK)
 
@@ -187,8 +201,8 @@ def _sweep1_step(
     q_smem,
     kbuf_next,
     kbuf_free,
-    bias_cur,
-    bias_next,
+    keep_cur,
+    keep_next,
     k_bat,
     i_row,
     blk,
@@ -203,20 +217,21 @@ def _sweep1_step(
     GATHER: gl.constexpr,
     WIDE_KEYS: gl.constexpr,
     MMA1: gl.constexpr,
+    EXACT: gl.constexpr,
 ):
-    """Sweep 1, block ``blk``: its scores ``s`` are in registers and its bias in
-    ``bias_cur``; block blk + 1's keys land in ``kbuf_next`` (its validity: ``valid_next``);
+    """Sweep 1, block ``blk``: its scores ``s`` are in registers and its key mask in
+    ``keep_cur``; block blk + 1's keys land in ``kbuf_next`` (its validity: ``valid_next``);
     this block's slot ``kbuf_free`` takes block blk + 2. Returns the scores of blk + 1."""
     _keys_ready(0)
     zero = gl.zeros(s.shape, gl.float32, MMA1)
     nxt = warpgroup_mma(q_smem, kbuf_next.permute((1, 0)), zero, use_acc=False, is_async=True)
-    bias = bias_cur.load(gl.SliceLayout(0, MMA1))
-    bias_next.store(_key_bias(valid_next))
+    keep = keep_cur.load(gl.SliceLayout(0, MMA1))
+    keep_next.store(_key_mask(valid_next))
     idx_next, valid_next = _gather(
         k_bat, kbuf_free, idx_next, i_row, blk + 2, TOPK, L, last_pos, stride_ik, stride_kl,
         BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS,
     )  # fmt: skip
-    m_i, l_i = _lse_update(s, m_i, l_i, bias, qk_scale)
+    m_i, l_i = _lse_step(s, m_i, l_i, keep, qk_scale, EXACT)
     s = warpgroup_mma_wait(0, deps=[nxt])
     return s, m_i, l_i, idx_next, valid_next
 
@@ -229,8 +244,8 @@ def _sweep2_step(
     q_t,
     kbuf_next,
     kbuf_free,
-    bias_cur,
-    bias_next,
+    keep_cur,
+    keep_next,
     lse_h,
     inv_h,
     k_bat,
@@ -248,66 +263,132 @@ def _sweep2_step(
     GATHER: gl.constexpr,
     WIDE_KEYS: gl.constexpr,
     MMA2: gl.constexpr,
+    MARK_INVALID: gl.constexpr,
 ):
     """Sweep 2, block ``blk``: as :func:`_sweep1_step`, with keys on the matmul's rows;
     stores the block's ``p``."""
     _keys_ready(0)
     zero = gl.zeros(s.shape, gl.float32, MMA2)
     nxt = warpgroup_mma(kbuf_next, q_t, zero, use_acc=False, is_async=True)
-    bias = bias_cur.load(gl.SliceLayout(1, MMA2))
-    bias_next.store(_key_bias(valid_next))
+    keep = keep_cur.load(gl.SliceLayout(1, MMA2))
+    keep_next.store(_key_mask(valid_next))
     idx_next, valid_next = _gather(
         k_bat, kbuf_free, idx_next, i_row, blk + 2, TOPK, L, last_pos, stride_ik, stride_kl,
         BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS,
     )  # fmt: skip
-    _store_p(s, bias, lse_h, inv_h, qk_scale, p_row, blk, TOPK, BLOCK_K, MMA2)
+    _store_p(s, keep, lse_h, inv_h, qk_scale, p_row, blk, TOPK, BLOCK_K, MMA2, MARK_INVALID)
     s = warpgroup_mma_wait(0, deps=[nxt])
     return s, idx_next, valid_next
+
+
+# Reference per head for the bounded sweep: block 0's maximum plus this margin (base 2). The
+# largest term is then at least 2^-64, terms below 2^-126 of it flush to 0 (at most 2^-62
+# relative each), and a later score has to exceed block 0's maximum by about 190 before
+# anything overflows; the caller detects that (inf or NaN) and redoes the sweep exactly.
+_REF_MARGIN: gl.constexpr = gl.constexpr(64.0)
+
+
+@gluon.jit
+def _sweep1(
+    q_smem,
+    kbuf0,
+    kbuf1,
+    keep0,
+    keep1,
+    k_bat,
+    i_row,
+    n_pairs,
+    TOPK,
+    L,
+    last_pos,
+    stride_ik,
+    stride_kl,
+    qk_scale,
+    BLOCK_H: gl.constexpr,
+    BLOCK_K: gl.constexpr,
+    HEAD_DIM: gl.constexpr,
+    GATHER: gl.constexpr,
+    WIDE_KEYS: gl.constexpr,
+    MMA1: gl.constexpr,
+    EXACT: gl.constexpr,
+):
+    """Sweep 1: the per-head log-sum-exp (base 2) of the scaled scores over the valid keys,
+    ``[BLOCK_H]`` in ``SliceLayout(1, MMA1)``; -inf for a row without valid keys (EXACT),
+    inf or NaN where the bounded form cannot be used. Each step issues the matmul of the
+    next block, starts the gather of the block after it and adds up the current one."""
+    last = 2 * n_pairs - 2
+    idx_next, valid_next = _start_ring(
+        k_bat, kbuf0, kbuf1, keep0, i_row, TOPK, L, last_pos, stride_ik, stride_kl,
+        BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS,
+    )  # fmt: skip
+    _keys_ready(1)
+    s = warpgroup_mma(
+        q_smem, kbuf0.permute((1, 0)), gl.zeros([BLOCK_H, BLOCK_K], gl.float32, MMA1),
+        use_acc=False,
+    )  # fmt: skip
+    if EXACT:
+        st0 = gl.full([BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(1, MMA1))
+        st1 = gl.zeros([BLOCK_H], gl.float32, gl.SliceLayout(1, MMA1))
+    else:
+        keep = keep0.load(gl.SliceLayout(0, MMA1))
+        z = gl.where(keep[None, :] != 0.0, s * qk_scale, float("-inf"))
+        st0 = gl.max(z, axis=1) + _REF_MARGIN
+        st1 = gl.zeros([BLOCK_H], gl.float32, gl.SliceLayout(1, MMA1))
+    for pair in range(n_pairs - 1):  # all pairs but the last
+        blk = 2 * pair
+        s, st0, st1, idx_next, valid_next = _sweep1_step(
+            s, st0, st1, idx_next, valid_next, q_smem, kbuf1, kbuf0, keep0, keep1,
+            k_bat, i_row, blk, TOPK, L, last_pos, stride_ik, stride_kl, qk_scale,
+            BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS, MMA1, EXACT,
+        )  # fmt: skip
+        s, st0, st1, idx_next, valid_next = _sweep1_step(
+            s, st0, st1, idx_next, valid_next, q_smem, kbuf0, kbuf1, keep1, keep0,
+            k_bat, i_row, blk + 1, TOPK, L, last_pos, stride_ik, stride_kl, qk_scale,
+            BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS, MMA1, EXACT,
+        )  # fmt: skip
+    s, st0, st1, idx_next, valid_next = _sweep1_step(
+        s, st0, st1, idx_next, valid_next, q_smem, kbuf1, kbuf0, keep0, keep1,
+        k_bat, i_row, last, TOPK, L, last_pos, stride_ik, stride_kl, qk_scale,
+        BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS, MMA1, EXACT,
+    )  # fmt: skip
+    # the last block (odd, in slot 1) has no next matmul
+    _block_barrier()
+    st0, st1 = _lse_step(s, st0, st1, keep1.load(gl.SliceLayout(0, MMA1)), qk_scale, EXACT)
+    return st0 + gl.log2(st1)
 
 
 @gluon.jit
 def sparse_indexer_fwd_hopper_kernel(
     q_ptr,
     k_ptr,
-    x_ptr,
     idx_ptr,
-    loss_ptr,
     p_ptr,
-    lse_ptr,
-    nvalid_ptr,
     S,
     H,
     L,
     TOPK,
     chunk_offset,
     qk_scale,
-    eps,
     stride_qb,
     stride_qh,
     stride_qs,
     stride_kb,
     stride_kl,
-    stride_xb,
-    stride_xs,
-    stride_xk,
     stride_ib,
     stride_is,
     stride_ik,
     HEAD_DIM: gl.constexpr,
     BLOCK_H: gl.constexpr,
     BLOCK_K: gl.constexpr,
-    BLOCK_X: gl.constexpr,
     GATHER: gl.constexpr,
-    STORE_P: gl.constexpr,
-    STORE_DIFF: gl.constexpr,
-    COMPUTE_LOSS: gl.constexpr,
+    MARK_INVALID: gl.constexpr,
     WIDE_KEYS: gl.constexpr,
 ):
-    """Forward for one query row, 4 warps (one warpgroup). Arguments as the Triton kernel's,
-    with unit strides along the head dim of query and key (not passed). ``p_ptr`` is a
-    ``[rows, TOPK]`` fp32 buffer whenever STORE_P, STORE_DIFF or COMPUTE_LOSS is set: sweep 2
-    writes p there, sweep 3 reads it back (and overwrites it with q - p for STORE_DIFF).
-    ``GATHER``: the blocked layout of a ``[BLOCK_K, HEAD_DIM]`` tile for 16-byte copies."""
+    """The target of one query row, 4 warps (one warpgroup). Arguments as the Triton
+    kernel's, with unit strides along the head dim of query and key (not passed). Writes
+    ``p`` into the contiguous ``[rows, TOPK]`` fp32 buffer ``p_ptr``, with 0 on invalid
+    entries, or -1 there when MARK_INVALID. ``GATHER``: the blocked layout of a
+    ``[BLOCK_K, HEAD_DIM]`` tile for 16-byte copies."""
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     # heads on M for sweep 1 (the per-head reductions stay inside a warp), keys on M for
     # sweep 2 (the head sum stays inside a warp)
@@ -319,7 +400,6 @@ def sparse_indexer_fwd_hopper_kernel(
     )
     SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     FLAT: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
-    VEC: gl.constexpr = gl.BlockedLayout([4], [32], [4], [0])
 
     row = gl.program_id(0)
     b = row // S
@@ -334,13 +414,13 @@ def sparse_indexer_fwd_hopper_kernel(
     n_pairs = (gl.cdiv(TOPK, BLOCK_K) + 1) // 2
     last = 2 * n_pairs - 2  # the first block of the last pair
 
-    # The ring: two key slots and their key biases, each its own allocation so that the
-    # compiler sees which one a matmul reads and a gather writes. A bias is stored one step
+    # The ring: two key slots and their key masks, each its own allocation so that the
+    # compiler sees which one a matmul reads and a gather writes. A mask is stored one step
     # after its gather starts, when no warp reads that slot any more.
     kbuf0 = gl.allocate_shared_memory(dtype, [BLOCK_K, HEAD_DIM], SMEM)
     kbuf1 = gl.allocate_shared_memory(dtype, [BLOCK_K, HEAD_DIM], SMEM)
-    bias0 = gl.allocate_shared_memory(gl.float32, [BLOCK_K], FLAT)
-    bias1 = gl.allocate_shared_memory(gl.float32, [BLOCK_K], FLAT)
+    keep0 = gl.allocate_shared_memory(gl.float32, [BLOCK_K], FLAT)
+    keep1 = gl.allocate_shared_memory(gl.float32, [BLOCK_K], FLAT)
     offs_h = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, GATHER))
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, GATHER))
     q = gl.load(
@@ -350,40 +430,22 @@ def sparse_indexer_fwd_hopper_kernel(
     )
     q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, HEAD_DIM], SMEM, q)
 
-    # Sweep 1: per-head log-sum-exp. Each step issues the matmul of the next block, starts
-    # the gather of the block after it and runs the softmax of the current one.
-    idx_next, valid_next = _start_ring(
-        k_bat, kbuf0, kbuf1, bias0, i_row, TOPK, L, last_pos, stride_ik, stride_kl,
-        BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS,
+    # Sweep 1: per-head log-sum-exp (base 2), against a fixed reference per head; rows
+    # where that reference turns out unusable take the online-max sweep instead.
+    lse_h = _sweep1(
+        q_smem, kbuf0, kbuf1, keep0, keep1, k_bat, i_row, n_pairs, TOPK, L, last_pos,
+        stride_ik, stride_kl, qk_scale, BLOCK_H, BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS, MMA1,
+        False,
     )  # fmt: skip
-    m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(1, MMA1))
-    l_i = gl.zeros([BLOCK_H], gl.float32, gl.SliceLayout(1, MMA1))
-    _keys_ready(1)
-    s = warpgroup_mma(
-        q_smem, kbuf0.permute((1, 0)), gl.zeros([BLOCK_H, BLOCK_K], gl.float32, MMA1),
-        use_acc=False,
-    )  # fmt: skip
-    for pair in range(n_pairs - 1):  # all pairs but the last
-        blk = 2 * pair
-        s, m_i, l_i, idx_next, valid_next = _sweep1_step(
-            s, m_i, l_i, idx_next, valid_next, q_smem, kbuf1, kbuf0, bias0, bias1,
-            k_bat, i_row, blk, TOPK, L, last_pos, stride_ik, stride_kl, qk_scale,
-            BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS, MMA1,
+    redo = gl.max(gl.where(lse_h < float("inf"), 0, 1), axis=0)
+    if redo > 0:
+        _keys_ready(0)
+        lse_h = _sweep1(
+            q_smem, kbuf0, kbuf1, keep0, keep1, k_bat, i_row, n_pairs, TOPK, L, last_pos,
+            stride_ik, stride_kl, qk_scale, BLOCK_H, BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS,
+            MMA1, True,
         )  # fmt: skip
-        s, m_i, l_i, idx_next, valid_next = _sweep1_step(
-            s, m_i, l_i, idx_next, valid_next, q_smem, kbuf0, kbuf1, bias1, bias0,
-            k_bat, i_row, blk + 1, TOPK, L, last_pos, stride_ik, stride_kl, qk_scale,
-            BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS, MMA1,
-        )  # fmt: skip
-    s, m_i, l_i, idx_next, valid_next = _sweep1_step(
-        s, m_i, l_i, idx_next, valid_next, q_smem, kbuf1, kbuf0, bias0, bias1,
-        k_bat, i_row, last, TOPK, L, last_pos, stride_ik, stride_kl, qk_scale,
-        BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS, MMA1,
-    )  # fmt: skip
-    # the last block (odd, in slot 1) has no next matmul
-    _block_barrier()
-    m_i, l_i = _lse_update(s, m_i, l_i, bias1.load(gl.SliceLayout(0, MMA1)), qk_scale)
-    lse_h = gl.convert_layout(m_i + gl.log2(l_i), gl.SliceLayout(0, MMA2))
+    lse_h = gl.convert_layout(lse_h, gl.SliceLayout(0, MMA2))
     heads = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, MMA2))
     lse_h = gl.where((heads < H) & (lse_h > float("-inf")), lse_h, float("inf"))
 
@@ -391,7 +453,7 @@ def sparse_indexer_fwd_hopper_kernel(
     # and every warp is done with it.
     _keys_ready(0)
     idx_next, valid_next = _start_ring(
-        k_bat, kbuf0, kbuf1, bias0, i_row, TOPK, L, last_pos, stride_ik, stride_kl,
+        k_bat, kbuf0, kbuf1, keep0, i_row, TOPK, L, last_pos, stride_ik, stride_kl,
         BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS,
     )  # fmt: skip
     inv_h = 1.0 / H
@@ -401,62 +463,22 @@ def sparse_indexer_fwd_hopper_kernel(
     for pair in range(n_pairs - 1):
         blk = 2 * pair
         s, idx_next, valid_next = _sweep2_step(
-            s, idx_next, valid_next, q_t, kbuf1, kbuf0, bias0, bias1, lse_h, inv_h,
+            s, idx_next, valid_next, q_t, kbuf1, kbuf0, keep0, keep1, lse_h, inv_h,
             k_bat, i_row, p_row, blk, TOPK, L, last_pos, stride_ik, stride_kl, qk_scale,
-            BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS, MMA2,
+            BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS, MMA2, MARK_INVALID,
         )  # fmt: skip
         s, idx_next, valid_next = _sweep2_step(
-            s, idx_next, valid_next, q_t, kbuf0, kbuf1, bias1, bias0, lse_h, inv_h,
+            s, idx_next, valid_next, q_t, kbuf0, kbuf1, keep1, keep0, lse_h, inv_h,
             k_bat, i_row, p_row, blk + 1, TOPK, L, last_pos, stride_ik, stride_kl, qk_scale,
-            BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS, MMA2,
+            BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS, MMA2, MARK_INVALID,
         )  # fmt: skip
     s, idx_next, valid_next = _sweep2_step(
-        s, idx_next, valid_next, q_t, kbuf1, kbuf0, bias0, bias1, lse_h, inv_h,
+        s, idx_next, valid_next, q_t, kbuf1, kbuf0, keep0, keep1, lse_h, inv_h,
         k_bat, i_row, p_row, last, TOPK, L, last_pos, stride_ik, stride_kl, qk_scale,
-        BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS, MMA2,
+        BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS, MMA2, MARK_INVALID,
     )  # fmt: skip
     _block_barrier()
-    bias = bias1.load(gl.SliceLayout(1, MMA2))
-    _store_p(s, bias, lse_h, inv_h, qk_scale, p_row, last + 1, TOPK, BLOCK_K, MMA2)
-    # the trailing gathers land before shared memory is reused for the reductions below
+    keep = keep1.load(gl.SliceLayout(1, MMA2))
+    _store_p(s, keep, lse_h, inv_h, qk_scale, p_row, last + 1, TOPK, BLOCK_K, MMA2, MARK_INVALID)
+    # the trailing gathers land before the program exits
     _keys_ready(0)
-
-    if COMPUTE_LOSS:
-        # Sweep 0: softmax statistics of index_score over the valid entries.
-        x_row = x_ptr + b.to(gl.int64) * stride_xb + t.to(gl.int64) * stride_xs
-        m_x = gl.max(gl.full([BLOCK_X], float("-inf"), gl.float32, VEC), axis=0)
-        l_x = gl.sum(gl.zeros([BLOCK_X], gl.float32, VEC), axis=0)
-        n_x = gl.sum(gl.zeros([BLOCK_X], gl.int32, VEC), axis=0)
-        for k0 in range(0, TOPK, BLOCK_X):
-            offs_x = k0 + gl.arange(0, BLOCK_X, layout=VEC)
-            inb = offs_x < TOPK
-            idx_x = gl.load(i_row + offs_x * stride_ik, mask=inb, other=-1)
-            valid = inb & (idx_x >= 0) & (idx_x < L) & (idx_x <= last_pos)
-            x = gl.load(x_row + offs_x * stride_xk, mask=valid, other=float("-inf"))
-            x = x.to(gl.float32) * _LOG2E
-            m_new = gl.maximum(m_x, gl.max(x, axis=0))
-            m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-            l_x = l_x * gl.exp2(m_x - m_safe) + gl.sum(gl.exp2(x - m_safe), axis=0)
-            m_x = m_new
-            n_x += gl.sum(valid.to(gl.int32), axis=0)
-        lse_x = (m_x + gl.log2(l_x)) * _LN2
-        gl.store(lse_ptr + row, lse_x)
-        gl.store(nvalid_ptr + row, n_x)
-
-        # Sweep 3: the KL terms from p as sweep 2 stored it (the barrier of the wait above
-        # orders those stores before these loads); q - p replaces p for the backward.
-        kl = gl.zeros([BLOCK_X], gl.float32, VEC)
-        for k0 in range(0, TOPK, BLOCK_X):
-            offs_x = k0 + gl.arange(0, BLOCK_X, layout=VEC)
-            inb = offs_x < TOPK
-            idx_x = gl.load(i_row + offs_x * stride_ik, mask=inb, other=-1)
-            valid = inb & (idx_x >= 0) & (idx_x < L) & (idx_x <= last_pos)
-            x = gl.load(x_row + offs_x * stride_xk, mask=valid, other=0.0).to(gl.float32)
-            p = gl.load(p_row + offs_x, mask=valid, other=0.0)
-            q_x = gl.exp2((x - lse_x) * _LOG2E)
-            # eps guards the logarithms only; entries with p = 0 contribute 0
-            terms = p * (_log2_approx(p + eps) - _log2_approx(q_x + eps)) * _LN2
-            kl += gl.where(p > 0.0, terms, 0.0)
-            if STORE_DIFF:
-                gl.store(p_row + offs_x, gl.where(valid, q_x - p, 0.0), mask=inb)
-        gl.store(loss_ptr + row, gl.sum(kl, axis=0))

@@ -1,0 +1,74 @@
+"""The KL terms of the sparse indexer loss from a stored target ``p``, one program per row.
+
+The Gluon forward (:mod:`indexer_loss.kernels.sparse_hopper`) computes only the target: it
+stores ``p`` with a negative mark on the invalid entries, and this kernel adds the loss. Run
+inside the matmul kernel, this per-row tail held the program's shared memory and registers
+while it waited on loads; as a kernel of its own it runs at full occupancy and is bound by
+memory bandwidth (index_score and p read once, q − p written once).
+"""
+
+import triton
+import triton.language as tl
+
+from tri_shared.offsets import wide
+from tri_shared.softmax import LN2, LOG2E, log2_sum_exp2, online_softmax_update_1d
+
+
+@triton.jit
+def sparse_row_loss_kernel(
+    x_ptr,
+    p_ptr,
+    loss_ptr,
+    lse_ptr,
+    nvalid_ptr,
+    S,
+    TOPK,
+    eps,
+    stride_xb,
+    stride_xs,
+    stride_xk,
+    BLOCK_X: tl.constexpr,
+    STORE_DIFF: tl.constexpr,
+):
+    """Loss of one row ``(b, t)``.
+
+    ``p_ptr`` is a contiguous ``[rows, TOPK]`` fp32 buffer holding ``p`` on the valid entries
+    and a negative value on the others (the validity mark). Writes ``loss[row]``, the
+    natural log-sum-exp of index_score over the valid entries ``lse[row]``, their count
+    ``nvalid[row]`` and, for STORE_DIFF, ``q − p`` over ``p`` (0 on invalid entries).
+    """
+    row = tl.program_id(0)
+    b = row // S
+    t = row % S
+    x_row = x_ptr + wide(b) * stride_xb + wide(t) * stride_xs
+    p_row = p_ptr + wide(row) * TOPK
+
+    # softmax statistics of index_score over the valid entries
+    m_x = tl.max(tl.full([BLOCK_X], float("-inf"), tl.float32), axis=0)
+    l_x = tl.sum(tl.zeros([BLOCK_X], tl.float32), axis=0)
+    n_x = tl.sum(tl.zeros([BLOCK_X], tl.int32), axis=0)
+    for k0 in tl.range(0, TOPK, BLOCK_X):
+        offs = k0 + tl.arange(0, BLOCK_X)
+        valid = tl.load(p_row + offs, mask=offs < TOPK, other=-1.0) >= 0.0
+        x = tl.load(x_row + wide(offs) * stride_xk, mask=valid, other=float("-inf"))
+        m_x, l_x, _, _ = online_softmax_update_1d(m_x, l_x, x.to(tl.float32) * LOG2E)
+        n_x += tl.sum(valid.to(tl.int32), axis=0)
+    lse_x = log2_sum_exp2(m_x, l_x) * LN2
+
+    # KL terms; entries with p = 0 contribute 0 and eps guards the logarithms only
+    kl = tl.zeros([BLOCK_X], tl.float32)
+    for k0 in tl.range(0, TOPK, BLOCK_X):
+        offs = k0 + tl.arange(0, BLOCK_X)
+        inb = offs < TOPK
+        p = tl.load(p_row + offs, mask=inb, other=-1.0)
+        valid = p >= 0.0
+        x = tl.load(x_row + wide(offs) * stride_xk, mask=valid, other=0.0).to(tl.float32)
+        q = tl.math.exp2((x - lse_x) * LOG2E)
+        terms = p * (tl.log(p + eps) - tl.log(q + eps))
+        kl += tl.where(valid & (p > 0.0), terms, 0.0)
+        if STORE_DIFF:
+            # the gradient's direction, so the backward is one multiply per entry
+            tl.store(p_row + offs, tl.where(valid, q - p, 0.0), mask=inb)
+    tl.store(loss_ptr + row, tl.sum(kl, axis=0))
+    tl.store(lse_ptr + row, lse_x)
+    tl.store(nvalid_ptr + row, n_x)
