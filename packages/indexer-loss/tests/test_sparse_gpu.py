@@ -200,3 +200,22 @@ def test_hopper_kernel_rows_that_need_the_exact_sweep(monkeypatch, case):
     assert_close(grad, grad_t, max_rel_err=1e-2, name="grad, Gluon against Triton")
     assert_close(p, p_t, max_rel_err=1e-4, name="target, Gluon against Triton")
     check_rows(query, key, index_score, idx, off, loss, grad, p, (0, S), scaling)
+
+
+def test_hopper_kernel_nan_query_reaches_the_gradient(monkeypatch):
+    """A NaN in one query row makes that row's target and gradient NaN in both forwards (the
+    Gluon kernel's -1 mark for invalid entries does not swallow it); other rows stay finite."""
+    from indexer_loss.sparse import _hopper_eligible
+
+    H, S, L, topk, D = 64, 24, 300, 130, 128
+    query, key, index_score, idx, off = dsa_inputs(H, S, L, topk, D, seed=31)
+    query[0, 5, 7, 3] = float("nan")
+    if not _hopper_eligible(query, key):
+        pytest.skip("the Gluon forward needs a Hopper GPU and a Triton with Gluon")
+    for loss, grad, p in _both_kernels(monkeypatch, query, key, index_score, idx, D**-0.5, off):
+        has_valid = idx[0, 7].ge(0).any()
+        assert has_valid
+        assert grad[0, 7].isnan().any() and p[0, 7].isnan().any()
+        others = torch.arange(S, device="cuda") != 7
+        assert torch.isfinite(grad[0, others]).all() and torch.isfinite(p[0, others]).all()
+        assert torch.isfinite(loss[0, others]).all()

@@ -1,7 +1,7 @@
 """The KL terms of the sparse indexer loss from a stored target ``p``, one program per row.
 
 The Gluon forward (:mod:`indexer_loss.kernels.sparse_hopper`) computes only the target: it
-stores ``p`` with a negative mark on the invalid entries, and this kernel adds the loss. Run
+stores ``p`` with -1 as a mark on the invalid entries, and this kernel adds the loss. Run
 inside the matmul kernel, this per-row tail held the program's shared memory and registers
 while it waited on loads; as a kernel of its own it runs at full occupancy and is bound by
 memory bandwidth (index_score and p read once, q − p written once).
@@ -33,7 +33,8 @@ def sparse_row_loss_kernel(
     """Loss of one row ``(b, t)``.
 
     ``p_ptr`` is a contiguous ``[rows, TOPK]`` fp32 buffer holding ``p`` on the valid entries
-    and a negative value on the others (the validity mark). Writes ``loss[row]``, the
+    and -1 on the others (the validity mark; a NaN in ``p`` stays a valid entry, so that it
+    reaches the gradient as it does through the Triton kernel). Writes ``loss[row]``, the
     natural log-sum-exp of index_score over the valid entries ``lse[row]``, their count
     ``nvalid[row]`` and, for STORE_DIFF, ``q − p`` over ``p`` (0 on invalid entries).
     """
@@ -49,7 +50,7 @@ def sparse_row_loss_kernel(
     n_x = tl.sum(tl.zeros([BLOCK_X], tl.int32), axis=0)
     for k0 in tl.range(0, TOPK, BLOCK_X):
         offs = k0 + tl.arange(0, BLOCK_X)
-        valid = tl.load(p_row + offs, mask=offs < TOPK, other=-1.0) >= 0.0
+        valid = tl.load(p_row + offs, mask=offs < TOPK, other=-1.0) != -1.0
         x = tl.load(x_row + wide(offs) * stride_xk, mask=valid, other=float("-inf"))
         m_x, l_x, _, _ = online_softmax_update_1d(m_x, l_x, x.to(tl.float32) * LOG2E)
         n_x += tl.sum(valid.to(tl.int32), axis=0)
@@ -61,7 +62,7 @@ def sparse_row_loss_kernel(
         offs = k0 + tl.arange(0, BLOCK_X)
         inb = offs < TOPK
         p = tl.load(p_row + offs, mask=inb, other=-1.0)
-        valid = p >= 0.0
+        valid = p != -1.0
         x = tl.load(x_row + wide(offs) * stride_xk, mask=valid, other=0.0).to(tl.float32)
         q = tl.math.exp2((x - lse_x) * LOG2E)
         terms = p * (tl.log(p + eps) - tl.log(q + eps))
