@@ -15,6 +15,16 @@ from tri_shared.softmax import LN2, LOG2E, log2_sum_exp2, online_softmax_update_
 
 
 @triton.jit
+def kl_terms(p, x, lse_x, valid, eps):
+    """Per entry of a row: the KL term ``p (log(p + eps) − log(q + eps))`` (0 on invalid
+    entries and where p = 0; eps guards the logarithms only) and ``q``, the softmax of the
+    index scores ``x`` given their natural log-sum-exp ``lse_x``."""
+    q = tl.math.exp2((x.to(tl.float32) - lse_x) * LOG2E)
+    terms = tl.where(valid & (p > 0.0), p * (tl.log(p + eps) - tl.log(q + eps)), 0.0)
+    return terms, q
+
+
+@triton.jit
 def sparse_row_loss_kernel(
     x_ptr,
     p_ptr,
@@ -56,17 +66,16 @@ def sparse_row_loss_kernel(
         n_x += tl.sum(valid.to(tl.int32), axis=0)
     lse_x = log2_sum_exp2(m_x, l_x) * LN2
 
-    # KL terms; entries with p = 0 contribute 0 and eps guards the logarithms only
+    # KL terms, and q − p for the backward
     kl = tl.zeros([BLOCK_X], tl.float32)
     for k0 in tl.range(0, TOPK, BLOCK_X):
         offs = k0 + tl.arange(0, BLOCK_X)
         inb = offs < TOPK
         p = tl.load(p_row + offs, mask=inb, other=-1.0)
         valid = p != -1.0
-        x = tl.load(x_row + wide(offs) * stride_xk, mask=valid, other=0.0).to(tl.float32)
-        q = tl.math.exp2((x - lse_x) * LOG2E)
-        terms = p * (tl.log(p + eps) - tl.log(q + eps))
-        kl += tl.where(valid & (p > 0.0), terms, 0.0)
+        x = tl.load(x_row + wide(offs) * stride_xk, mask=valid, other=0.0)
+        terms, q = kl_terms(p, x, lse_x, valid, eps)
+        kl += terms
         if STORE_DIFF:
             # the gradient's direction, so the backward is one multiply per entry
             tl.store(p_row + offs, tl.where(valid, q - p, 0.0), mask=inb)

@@ -34,6 +34,8 @@ from tri_shared.softmax import (
     online_softmax_update_1d,
 )
 
+from .row_loss import kl_terms
+
 
 @triton.jit
 def _row_indices(i_row, offs_k, stride_ik, TOPK, L, last_pos):
@@ -480,10 +482,8 @@ def sparse_indexer_fwd_kernel(
             tl.store(p_ptr + wide(row) * TOPK + offs_k, p, mask=offs_k < TOPK)
         if COMPUTE_LOSS:
             x = tl.load(x_row + wide(offs_k) * stride_xk, mask=valid, other=0.0)
-            q = tl.math.exp2((x.to(tl.float32) - lse_x) * LOG2E)
-            # eps guards the logarithms only; entries with p = 0 contribute 0.
-            terms = p * (tl.log(p + eps) - tl.log(q + eps))
-            kl_lanes += tl.where(valid & (p > 0.0), terms, 0.0)
+            terms, q = kl_terms(p, x, lse_x, valid, eps)
+            kl_lanes += terms
             if STORE_DIFF:
                 # the gradient's direction, so the backward is one multiply per entry
                 diff = tl.where(valid, q - p, 0.0)
