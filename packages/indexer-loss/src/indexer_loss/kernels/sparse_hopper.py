@@ -192,6 +192,40 @@ def _store_p(
 
 
 @gluon.jit
+def _advance_ring(
+    keep_cur,
+    keep_next,
+    valid_next,
+    kbuf_free,
+    idx_next,
+    k_bat,
+    i_row,
+    blk,
+    TOPK,
+    L,
+    last_pos,
+    stride_ik,
+    stride_kl,
+    BLOCK_K: gl.constexpr,
+    HEAD_DIM: gl.constexpr,
+    GATHER: gl.constexpr,
+    WIDE_KEYS: gl.constexpr,
+    KEEP_LAYOUT: gl.constexpr,
+):
+    """The ring work of step ``blk`` in either sweep, once the next block's matmul is
+    issued: read this block's key mask (in ``KEEP_LAYOUT``), store block blk + 1's, and
+    start gathering block blk + 2 into the slot this block's matmul has released. Returns
+    the mask, the indices of block blk + 3 and the validity of block blk + 2."""
+    keep = keep_cur.load(KEEP_LAYOUT)
+    keep_next.store(_key_mask(valid_next))
+    idx_next, valid_next = _gather(
+        k_bat, kbuf_free, idx_next, i_row, blk + 2, TOPK, L, last_pos, stride_ik, stride_kl,
+        BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS,
+    )  # fmt: skip
+    return keep, idx_next, valid_next
+
+
+@gluon.jit
 def _sweep1_step(
     s,
     m_i,
@@ -225,11 +259,10 @@ def _sweep1_step(
     _keys_ready(0)
     zero = gl.zeros(s.shape, gl.float32, MMA1)
     nxt = warpgroup_mma(q_smem, kbuf_next.permute((1, 0)), zero, use_acc=False, is_async=True)
-    keep = keep_cur.load(gl.SliceLayout(0, MMA1))
-    keep_next.store(_key_mask(valid_next))
-    idx_next, valid_next = _gather(
-        k_bat, kbuf_free, idx_next, i_row, blk + 2, TOPK, L, last_pos, stride_ik, stride_kl,
-        BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS,
+    keep, idx_next, valid_next = _advance_ring(
+        keep_cur, keep_next, valid_next, kbuf_free, idx_next, k_bat, i_row, blk, TOPK, L,
+        last_pos, stride_ik, stride_kl, BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS,
+        gl.SliceLayout(0, MMA1),
     )  # fmt: skip
     m_i, l_i = _lse_step(s, m_i, l_i, keep, qk_scale, EXACT)
     s = warpgroup_mma_wait(0, deps=[nxt])
@@ -270,11 +303,10 @@ def _sweep2_step(
     _keys_ready(0)
     zero = gl.zeros(s.shape, gl.float32, MMA2)
     nxt = warpgroup_mma(kbuf_next, q_t, zero, use_acc=False, is_async=True)
-    keep = keep_cur.load(gl.SliceLayout(1, MMA2))
-    keep_next.store(_key_mask(valid_next))
-    idx_next, valid_next = _gather(
-        k_bat, kbuf_free, idx_next, i_row, blk + 2, TOPK, L, last_pos, stride_ik, stride_kl,
-        BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS,
+    keep, idx_next, valid_next = _advance_ring(
+        keep_cur, keep_next, valid_next, kbuf_free, idx_next, k_bat, i_row, blk, TOPK, L,
+        last_pos, stride_ik, stride_kl, BLOCK_K, HEAD_DIM, GATHER, WIDE_KEYS,
+        gl.SliceLayout(1, MMA2),
     )  # fmt: skip
     _store_p(s, keep, lse_h, inv_h, qk_scale, p_row, blk, TOPK, BLOCK_K, MMA2, MARK_INVALID)
     s = warpgroup_mma_wait(0, deps=[nxt])
