@@ -270,12 +270,17 @@ def test_64_bit_key_offsets(device, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("topk", [1, 37, 300])
-def test_row_loss_kernel_from_marked_target(device, dtype, topk):
+@pytest.mark.parametrize(("topk", "max_block"), [(1, None), (37, None), (300, None), (300, 64)])
+def test_row_loss_kernel_from_marked_target(monkeypatch, device, dtype, topk, max_block):
     """The loss kernel that runs after the Hopper target kernel, fed the exact target with
     -1 on invalid entries: loss, log-sum-exp and count of the valid index scores, and
-    q − p written over the target, as the reference gives them."""
+    q − p written over the target, as the reference gives them. ``max_block`` below topk
+    makes the kernel take two passes over each row in blocks."""
+    import indexer_loss.sparse as sparse_mod
     from indexer_loss.sparse import _row_loss
+
+    if max_block is not None:
+        monkeypatch.setattr(sparse_mod, "_ROW_LOSS_MAX_BLOCK", max_block)
 
     B, H, S, D, L, off = 2, 3, 19, 16, 40, 5
     query, key, index_score, idx = make_inputs(

@@ -36,6 +36,9 @@ __all__ = ["compute_index_loss_sparse", "sparse_attention_target"]
 _MAX_BLOCK_H = 64
 # Key-row offsets within one batch's keys are computed in 32-bit below this many elements.
 _OFFSET_LIMIT = 2**31
+# The loss kernel holds a row of up to this many entries in registers; longer rows take two
+# passes over it.
+_ROW_LOSS_MAX_BLOCK = 4096
 
 
 def _block_sizes(num_heads: int, head_dim: int) -> tuple[int, int]:
@@ -225,6 +228,7 @@ def _row_loss(
     invalid entries) into ``loss``, ``lse`` and ``n_valid`` ``[B, S]``; with ``store_diff``,
     ``q - p`` (0 on invalid entries) overwrites ``p``."""
     B, S, topk = index_score.shape
+    block_x = min(_ROW_LOSS_MAX_BLOCK, max(16, next_power_of_2(topk)))
     sparse_row_loss_kernel[make_grid(B * S)](
         index_score,
         p,
@@ -235,7 +239,8 @@ def _row_loss(
         topk,
         float(eps),
         *index_score.stride(),
-        BLOCK_X=min(4096, max(16, next_power_of_2(topk))),
+        BLOCK_X=block_x,
+        ONE_BLOCK=topk <= block_x,
         STORE_DIFF=store_diff,
         num_warps=8 if topk > 1024 else 4,
     )

@@ -11,7 +11,13 @@ import triton
 import triton.language as tl
 
 from tri_shared.offsets import wide
-from tri_shared.softmax import LN2, LOG2E, log2_sum_exp2, online_softmax_update_1d
+from tri_shared.softmax import (
+    LN2,
+    LOG2E,
+    log2_sum_exp2,
+    online_softmax_update_1d,
+    safe_max_shift,
+)
 
 
 @triton.jit
@@ -38,6 +44,7 @@ def sparse_row_loss_kernel(
     stride_xs,
     stride_xk,
     BLOCK_X: tl.constexpr,
+    ONE_BLOCK: tl.constexpr,
     STORE_DIFF: tl.constexpr,
 ):
     """Loss of one row ``(b, t)``.
@@ -47,6 +54,7 @@ def sparse_row_loss_kernel(
     reaches the gradient as it does through the Triton kernel). Writes ``loss[row]``, the
     natural log-sum-exp of index_score over the valid entries ``lse[row]``, their count
     ``nvalid[row]`` and, for STORE_DIFF, ``q − p`` over ``p`` (0 on invalid entries).
+    ONE_BLOCK: the row fits in one ``BLOCK_X`` block (otherwise two passes over it).
     """
     row = tl.program_id(0)
     b = row // S
@@ -54,31 +62,47 @@ def sparse_row_loss_kernel(
     x_row = x_ptr + wide(b) * stride_xb + wide(t) * stride_xs
     p_row = p_ptr + wide(row) * TOPK
 
-    # softmax statistics of index_score over the valid entries
-    m_x = tl.max(tl.full([BLOCK_X], float("-inf"), tl.float32), axis=0)
-    l_x = tl.sum(tl.zeros([BLOCK_X], tl.float32), axis=0)
-    n_x = tl.sum(tl.zeros([BLOCK_X], tl.int32), axis=0)
-    for k0 in tl.range(0, TOPK, BLOCK_X):
-        offs = k0 + tl.arange(0, BLOCK_X)
-        valid = tl.load(p_row + offs, mask=offs < TOPK, other=-1.0) != -1.0
-        x = tl.load(x_row + wide(offs) * stride_xk, mask=valid, other=float("-inf"))
-        m_x, l_x, _, _ = online_softmax_update_1d(m_x, l_x, x.to(tl.float32) * LOG2E)
-        n_x += tl.sum(valid.to(tl.int32), axis=0)
-    lse_x = log2_sum_exp2(m_x, l_x) * LN2
-
-    # KL terms, and q − p for the backward
-    kl = tl.zeros([BLOCK_X], tl.float32)
-    for k0 in tl.range(0, TOPK, BLOCK_X):
-        offs = k0 + tl.arange(0, BLOCK_X)
+    if ONE_BLOCK:
+        # The whole row at once (TOPK <= BLOCK_X): p and x are loaded together, both stay in
+        # registers for the second half, and the program waits on one round trip to memory
+        # (the x load does not wait for p's validity marks).
+        offs = tl.arange(0, BLOCK_X)
         inb = offs < TOPK
         p = tl.load(p_row + offs, mask=inb, other=-1.0)
+        x = tl.load(x_row + wide(offs) * stride_xk, mask=inb, other=0.0).to(tl.float32)
         valid = p != -1.0
-        x = tl.load(x_row + wide(offs) * stride_xk, mask=valid, other=0.0)
-        terms, q = kl_terms(p, x, lse_x, valid, eps)
-        kl += terms
+        z = tl.where(valid, x * LOG2E, float("-inf"))
+        m_x = tl.max(z, axis=0)
+        l_x = tl.sum(tl.math.exp2(z - safe_max_shift(m_x)), axis=0)
+        lse_x = log2_sum_exp2(m_x, l_x) * LN2
+        n_x = tl.sum(valid.to(tl.int32), axis=0)
+        kl, q = kl_terms(p, x, lse_x, valid, eps)
         if STORE_DIFF:
             # the gradient's direction, so the backward is one multiply per entry
             tl.store(p_row + offs, tl.where(valid, q - p, 0.0), mask=inb)
+    else:
+        # softmax statistics of index_score over the valid entries, then the KL terms
+        m_x = tl.max(tl.full([BLOCK_X], float("-inf"), tl.float32), axis=0)
+        l_x = tl.sum(tl.zeros([BLOCK_X], tl.float32), axis=0)
+        n_x = tl.sum(tl.zeros([BLOCK_X], tl.int32), axis=0)
+        for k0 in tl.range(0, TOPK, BLOCK_X):
+            offs = k0 + tl.arange(0, BLOCK_X)
+            valid = tl.load(p_row + offs, mask=offs < TOPK, other=-1.0) != -1.0
+            x = tl.load(x_row + wide(offs) * stride_xk, mask=valid, other=float("-inf"))
+            m_x, l_x, _, _ = online_softmax_update_1d(m_x, l_x, x.to(tl.float32) * LOG2E)
+            n_x += tl.sum(valid.to(tl.int32), axis=0)
+        lse_x = log2_sum_exp2(m_x, l_x) * LN2
+        kl = tl.zeros([BLOCK_X], tl.float32)
+        for k0 in tl.range(0, TOPK, BLOCK_X):
+            offs = k0 + tl.arange(0, BLOCK_X)
+            inb = offs < TOPK
+            p = tl.load(p_row + offs, mask=inb, other=-1.0)
+            valid = p != -1.0
+            x = tl.load(x_row + wide(offs) * stride_xk, mask=valid, other=0.0)
+            terms, q = kl_terms(p, x, lse_x, valid, eps)
+            kl += terms
+            if STORE_DIFF:
+                tl.store(p_row + offs, tl.where(valid, q - p, 0.0), mask=inb)
     tl.store(loss_ptr + row, tl.sum(kl, axis=0))
     tl.store(lse_ptr + row, lse_x)
     tl.store(nvalid_ptr + row, n_x)
