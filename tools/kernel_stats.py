@@ -49,6 +49,9 @@ class KernelStats:
     # per loop: MUFU instructions issued while a wgmma is in flight (between an HGMMA and
     # the WARPGROUP.DEPBAR that waits for it): exponentials overlapping the tensor cores
     mufu_under_wgmma: list[int] = field(default_factory=list)
+    # per loop: no other loop lies inside it (a warp-specialised kernel's dispatch also shows
+    # up as loops that span the partitions' own loops)
+    innermost: list[bool] = field(default_factory=list)
 
     def ptx_count(self, opcode: str) -> int:
         """Occurrences of a PTX opcode (e.g. ``mul.lo.s64``) in the whole kernel."""
@@ -104,8 +107,9 @@ def compile_sm90(
         shared_bytes=int(kernel.metadata.shared),
         ptx=ptx,
         sass=sass,
-        loops=[mix for mix, _ in _loop_mix(sass)],
-        mufu_under_wgmma=[overlap for _, overlap in _loop_mix(sass)],
+        loops=[mix for mix, _, _ in _loop_mix(sass)],
+        mufu_under_wgmma=[overlap for _, overlap, _ in _loop_mix(sass)],
+        innermost=[inner for _, _, inner in _loop_mix(sass)],
     )
 
 
@@ -123,9 +127,10 @@ def _run(tool: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(path), *args], capture_output=True, text=True, check=True)
 
 
-def _loop_mix(sass: str) -> list[tuple[collections.Counter, int]]:
+def _loop_mix(sass: str) -> list[tuple[collections.Counter, int, bool]]:
     """Opcode counts of each loop body (the instructions between a label and a later branch
-    back to it), with the number of MUFU instructions issued while a wgmma is in flight."""
+    back to it), with the number of MUFU instructions issued while a wgmma is in flight and
+    whether the loop is innermost (no other loop's body lies inside its own)."""
     code: list[tuple[int, str]] = []
     label_at: dict[str, int] = {}
     pending: list[str] = []
@@ -142,21 +147,25 @@ def _loop_mix(sass: str) -> list[tuple[collections.Counter, int]]:
             pending = []
             code.append((addr, ins.group(2)))
     loops = []
-    for addr, text in code:
-        target = re.search(r"BRA\b.*?(\.L_x_\d+)", text)
-        if target and label_at.get(target.group(1), addr + 1) < addr:
-            start = label_at[target.group(1)]
-            body = [t for a, t in code if start <= a <= addr]
-            ops = [re.sub(r"^@!?U?P\w+\s+", "", t).split()[0] for t in body]
-            in_flight, overlap = False, 0
-            for op in ops:
-                if op.startswith("HGMMA"):
-                    in_flight = True
-                elif op.startswith("WARPGROUP.DEPBAR"):
-                    in_flight = False
-                elif op.startswith("MUFU") and in_flight:
-                    overlap += 1
-            loops.append((collections.Counter(op.split(".")[0] for op in ops), overlap))
+    spans = [
+        (label_at[m.group(1)], addr)
+        for addr, text in code
+        if (m := re.search(r"BRA\b.*?(\.L_x_\d+)", text))
+        and label_at.get(m.group(1), addr + 1) < addr
+    ]
+    for start, end in spans:
+        body = [t for a, t in code if start <= a <= end]
+        ops = [re.sub(r"^@!?U?P\w+\s+", "", t).split()[0] for t in body]
+        in_flight, overlap = False, 0
+        for op in ops:
+            if op.startswith("HGMMA"):
+                in_flight = True
+            elif op.startswith("WARPGROUP.DEPBAR"):
+                in_flight = False
+            elif op.startswith("MUFU") and in_flight:
+                overlap += 1
+        inner = not any(start <= a and b <= end and (a, b) != (start, end) for a, b in spans)
+        loops.append((collections.Counter(op.split(".")[0] for op in ops), overlap, inner))
     return loops
 
 
@@ -301,6 +310,7 @@ def main() -> int:
                 "mul_lo_s64": st.ptx_count("mul.lo.s64"),
                 "loops": [dict(mix) for mix in st.loops],
                 "mufu_under_wgmma": st.mufu_under_wgmma,
+                "innermost": st.innermost,
             }
             print(json.dumps(record))
             continue

@@ -36,6 +36,10 @@ __all__ = ["compute_index_loss_sparse", "sparse_attention_target"]
 _MAX_BLOCK_H = 64
 # Key-row offsets within one batch's keys are computed in 32-bit below this many elements.
 _OFFSET_LIMIT = 2**31
+# Ring slots of 64 key rows, and the producer warpgroup's registers a thread, of the Gluon
+# target kernel.
+_HOPPER_SLOTS = 2
+_HOPPER_PRODUCER_REGS = 32
 # The loss kernel holds a row of up to this many entries in registers; longer rows take two
 # passes over it.
 _ROW_LOSS_MAX_BLOCK = 4096
@@ -87,23 +91,20 @@ def _hopper_launch(
 ) -> tuple[Any, dict[str, Any], dict[str, int]]:
     """(kernel, constexprs, launch options) of the Gluon target kernel; MARK_INVALID is the
     caller's."""
-    from triton.experimental.gluon import language as gl
-
-    # 16-byte copies, 4 lanes per key row (64 contiguous bytes, whole sectors) so that each
-    # lane needs the indices of only a few of the block's rows
-    gather = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])
     constexprs = {
         "HEAD_DIM": head_dim,
         "BLOCK_H": 64,
         "BLOCK_K": 64,
-        "GATHER": gather,
+        "NUM_SLOTS": _HOPPER_SLOTS,
+        "PRODUCER_WARPS": 4,
+        "PRODUCER_REGS": _HOPPER_PRODUCER_REGS,
         "WIDE_KEYS": wide_keys,
     }
     # Occupancy decides this kernel's speed (it waits on key gathers from L2): 64-key blocks
-    # in a two-slot ring take 49 KiB of shared memory, and 128 registers a thread let four
-    # programs share an SM. On an H200 (BENCHMARKS.md) that beat 128-key blocks (2 per SM),
-    # a three-deep ring (3 per SM) and the compiler's own register count (3 per SM).
-    return sparse_indexer_fwd_hopper_kernel, constexprs, {"num_warps": 4, "maxnreg": 128}
+    # in a two-slot ring take 50 KiB of shared memory, and 64 registers a thread at launch
+    # (8 warps: the consumer and the producer warpgroup) let four programs share an SM;
+    # setmaxnreg then moves all but PRODUCER_REGS of the producer's share to the consumer.
+    return sparse_indexer_fwd_hopper_kernel, constexprs, {"num_warps": 4, "maxnreg": 64}
 
 
 def _hopper_eligible(query: torch.Tensor, key: torch.Tensor) -> bool:
