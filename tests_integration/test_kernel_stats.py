@@ -27,6 +27,7 @@ def stats() -> dict[str, dict]:
     recipes = [
         "sparse-indexer-loss", "sparse-indexer-target", "sparse-indexer-loss-wide-keys",
         "sparse-indexer-loss-hopper", "sparse-indexer-target-hopper",
+        "sparse-indexer-loss-hopper-wide-keys",
         "flash-attn-fwd-d64", "flash-attn-fwd-d128",
     ]  # fmt: skip
     run = subprocess.run(
@@ -57,6 +58,15 @@ def test_sparse_indexer_wide_keys_path_compiles(stats):
     # keys spanning 2^31 elements take 64-bit offsets; the CPU tests run that path through
     # the interpreter, which does not type-check constexpr branches as the compiler does
     assert stats["sparse-indexer-loss-wide-keys"]["spill_bytes"] == 0
+    # the Gluon kernel's 64-bit path: the producer's copies, nothing spilled inside its loops
+    st = stats["sparse-indexer-loss-hopper-wide-keys"]
+    passes = [
+        mix
+        for mix, innermost in zip(st["loops"], st["innermost"], strict=True)
+        if innermost and mix.get("LDGSTS", 0) > 0
+    ]
+    assert len(passes) == 3
+    assert all(mix.get("STL", 0) == 0 for mix in passes)
 
 
 def test_32_bit_key_offsets_cost_less_integer_work(stats):

@@ -211,13 +211,15 @@ def sparse_indexer_forward(compute_loss: bool = True, wide_keys: bool = False) -
     return compile_sm90(fn, signature, constexprs, divisible=divisible, num_stages=2)
 
 
-def sparse_indexer_forward_hopper(compute_loss: bool = True) -> KernelStats:
+def sparse_indexer_forward_hopper(
+    compute_loss: bool = True, wide_keys: bool = False
+) -> KernelStats:
     """The Gluon (sm_90) sparse indexer target kernel as launched at H = 64, D = 128,
     topk = 2048 (bf16), with the launch options of ``indexer_loss.sparse``; with
     ``compute_loss`` it marks invalid entries for the loss kernel that follows."""
     from indexer_loss.sparse import _hopper_launch
 
-    fn, constexprs, options = _hopper_launch(64, 128, 2048, wide_keys=False)
+    fn, constexprs, options = _hopper_launch(64, 128, 2048, wide_keys=wide_keys)
     constexprs.update(MARK_INVALID=compute_loss)
     signature, divisible = _indexer_launch(fn, constexprs)
     return compile_sm90(fn, signature, constexprs, divisible=divisible, **options)
@@ -281,6 +283,7 @@ RECIPES = {
     "sparse-indexer-loss-wide-keys": lambda: sparse_indexer_forward(wide_keys=True),
     "sparse-indexer-loss-hopper": lambda: sparse_indexer_forward_hopper(compute_loss=True),
     "sparse-indexer-target-hopper": lambda: sparse_indexer_forward_hopper(compute_loss=False),
+    "sparse-indexer-loss-hopper-wide-keys": lambda: sparse_indexer_forward_hopper(wide_keys=True),
     **{
         f"flash-attn-{kernel}-d{d}": (lambda kernel=kernel, d=d: flash_attention(kernel, d))
         for kernel in ("fwd", "dkdv", "dq")

@@ -148,6 +148,27 @@ def test_hopper_kernel_matches_triton_kernel(monkeypatch, H, S, L, topk, D, chun
     check_rows(query, key, index_score, idx, off, loss, grad, p, rows, scaling)
 
 
+def test_hopper_kernel_64_bit_key_offsets(monkeypatch):
+    """Keys spanning 2^31 elements take 64-bit row offsets in the Gluon forward too (forced
+    here by lowering the limit): the same results as the Triton kernel and the reference."""
+    import indexer_loss.sparse as sparse_mod
+    from indexer_loss.sparse import _hopper_eligible
+
+    H, S, L, topk, D = 48, 40, 500, 200, 128
+    query, key, index_score, idx, off = dsa_inputs(H, S, L, topk, D, seed=41)
+    if not _hopper_eligible(query, key):
+        pytest.skip("the Gluon forward needs a Hopper GPU and a Triton with Gluon")
+    monkeypatch.setattr(sparse_mod, "_OFFSET_LIMIT", 0)
+    scaling = D**-0.5
+    (loss, grad, p), (loss_t, grad_t, p_t) = _both_kernels(
+        monkeypatch, query, key, index_score, idx, scaling, off
+    )
+    assert_close(loss, loss_t, max_rel_err=1e-4, name="loss, Gluon against Triton")
+    assert_close(grad, grad_t, max_rel_err=1e-2, name="grad, Gluon against Triton")
+    assert_close(p, p_t, max_rel_err=1e-4, name="target, Gluon against Triton")
+    check_rows(query, key, index_score, idx, off, loss, grad, p, (0, S), scaling)
+
+
 def test_unaligned_keys_take_the_triton_kernel(monkeypatch):
     # key rows 8 elements apart from a 16-element boundary: cp.async cannot copy 16 bytes
     # at a time, so the Gluon forward declines and the Triton kernel gives the same result
