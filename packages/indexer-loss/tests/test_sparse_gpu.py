@@ -114,6 +114,17 @@ def _both_kernels(monkeypatch, query, key, index_score, idx, scaling, off):
     return outs
 
 
+def _gluon_against_triton(monkeypatch, query, key, index_score, idx, scaling, off):
+    """(loss, grad, target) of the Gluon forward, checked against the Triton forward's."""
+    (loss, grad, p), (loss_t, grad_t, p_t) = _both_kernels(
+        monkeypatch, query, key, index_score, idx, scaling, off
+    )
+    assert_close(loss, loss_t, max_rel_err=1e-4, name="loss, Gluon against Triton")
+    assert_close(grad, grad_t, max_rel_err=1e-2, name="grad, Gluon against Triton")
+    assert_close(p, p_t, max_rel_err=1e-4, name="target, Gluon against Triton")
+    return loss, grad, p
+
+
 @pytest.mark.parametrize(
     ("H", "S", "L", "topk", "D", "chunk_offset", "dtype"),
     [
@@ -138,12 +149,7 @@ def test_hopper_kernel_matches_triton_kernel(monkeypatch, H, S, L, topk, D, chun
     if not _hopper_eligible(query, key):
         pytest.skip("the Gluon forward needs a Hopper GPU and a Triton with Gluon")
     scaling = D**-0.5
-    (loss, grad, p), (loss_t, grad_t, p_t) = _both_kernels(
-        monkeypatch, query, key, index_score, idx, scaling, off
-    )
-    assert_close(loss, loss_t, max_rel_err=1e-4, name="loss, Gluon against Triton")
-    assert_close(grad, grad_t, max_rel_err=1e-2, name="grad, Gluon against Triton")
-    assert_close(p, p_t, max_rel_err=1e-4, name="target, Gluon against Triton")
+    loss, grad, p = _gluon_against_triton(monkeypatch, query, key, index_score, idx, scaling, off)
     rows = (0, min(S, 48))
     check_rows(query, key, index_score, idx, off, loss, grad, p, rows, scaling)
 
@@ -160,12 +166,7 @@ def test_hopper_kernel_64_bit_key_offsets(monkeypatch):
         pytest.skip("the Gluon forward needs a Hopper GPU and a Triton with Gluon")
     monkeypatch.setattr(sparse_mod, "_OFFSET_LIMIT", 0)
     scaling = D**-0.5
-    (loss, grad, p), (loss_t, grad_t, p_t) = _both_kernels(
-        monkeypatch, query, key, index_score, idx, scaling, off
-    )
-    assert_close(loss, loss_t, max_rel_err=1e-4, name="loss, Gluon against Triton")
-    assert_close(grad, grad_t, max_rel_err=1e-2, name="grad, Gluon against Triton")
-    assert_close(p, p_t, max_rel_err=1e-4, name="target, Gluon against Triton")
+    loss, grad, p = _gluon_against_triton(monkeypatch, query, key, index_score, idx, scaling, off)
     check_rows(query, key, index_score, idx, off, loss, grad, p, (0, S), scaling)
 
 
@@ -212,14 +213,9 @@ def test_hopper_kernel_rows_that_need_the_exact_sweep(monkeypatch, case):
     if not _hopper_eligible(query, key):
         pytest.skip("the Gluon forward needs a Hopper GPU and a Triton with Gluon")
     scaling = D**-0.5
-    (loss, grad, p), (loss_t, grad_t, p_t) = _both_kernels(
-        monkeypatch, query, key, index_score, idx, scaling, off
-    )
+    loss, grad, p = _gluon_against_triton(monkeypatch, query, key, index_score, idx, scaling, off)
     for out in (loss, grad, p):
         assert torch.isfinite(out).all()
-    assert_close(loss, loss_t, max_rel_err=1e-4, name="loss, Gluon against Triton")
-    assert_close(grad, grad_t, max_rel_err=1e-2, name="grad, Gluon against Triton")
-    assert_close(p, p_t, max_rel_err=1e-4, name="target, Gluon against Triton")
     check_rows(query, key, index_score, idx, off, loss, grad, p, (0, S), scaling)
 
 
