@@ -99,6 +99,7 @@ def compile_sm90(
         cubin_path.write_bytes(kernel.asm["cubin"])
         ptxas = _run("ptxas", "-arch=sm_90a", "-v", str(ptx_path), "-o", "/dev/null").stderr
         sass = _run("nvdisasm", "-c", str(cubin_path)).stdout
+    loops = _loop_mix(sass)
     regs = re.search(r"Used (\d+) registers", ptxas)
     spills = [int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", ptxas)]
     return KernelStats(
@@ -107,9 +108,9 @@ def compile_sm90(
         shared_bytes=int(kernel.metadata.shared),
         ptx=ptx,
         sass=sass,
-        loops=[mix for mix, _, _ in _loop_mix(sass)],
-        mufu_under_wgmma=[overlap for _, overlap, _ in _loop_mix(sass)],
-        innermost=[inner for _, _, inner in _loop_mix(sass)],
+        loops=[mix for mix, _, _ in loops],
+        mufu_under_wgmma=[overlap for _, overlap, _ in loops],
+        innermost=[inner for _, _, inner in loops],
     )
 
 
