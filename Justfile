@@ -43,6 +43,10 @@ kernel-stats *recipes:
 bench package="":
     bash tools/gpu.sh bench {{ package }}
 
+# time two source trees against each other on a GPU, alternating processes (tools/ab.py)
+ab case *args:
+    python tools/ab.py {{ case }} {{ args }}
+
 # build wheels and sdists with workspace sources off, each into dist/<package>/
 build package="":
     for p in {{ if package == "" { packages } else { package } }}; do \

@@ -56,6 +56,28 @@ def _impls():
     return impls
 
 
+def ab_attention():
+    """The A/B case of ``tools/ab.py``: D = 128, S = 4096, causal, bf16, at the setup above;
+    forward with backward (gradients by ``torch.autograd.grad``, nothing accumulated) and
+    forward alone."""
+    from flash_attn_tri import flash_attn_func
+
+    s, d = 4096, 128
+    g = torch.Generator(device="cuda").manual_seed(0)
+    shape = (TOKENS // s, s, HIDDEN // d, d)
+    q, k, v = (
+        torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+        for _ in range(3)
+    )
+    dout = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g)
+
+    def fwd_bwd():
+        out = flash_attn_func(q, k, v, causal=True)
+        return torch.autograd.grad(out, (q, k, v), dout)
+
+    return {"fwd+bwd": fwd_bwd, "fwd": lambda: flash_attn_func(q, k, v, causal=True)}
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: this benchmark needs a GPU")

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 
 import indexer_loss.sparse as sparse_mod
-from indexer_loss import compute_index_loss_sparse
+from indexer_loss import compute_index_loss_sparse, sparse_attention_target
 from tri_shared.bench import (
     environment,
     measure_ceilings,
@@ -68,6 +68,23 @@ def inputs(H, S, L, topk, D, chunk_offset):
     u = torch.rand(1, S, topk, device=dev, generator=g)
     indices = (u * (last[None, :, None] + 1)).long().to(torch.int32)
     return query, key, index_score, indices
+
+
+def ab_sparse():
+    """The A/B case of ``tools/ab.py``: the bench's H = 64, topk = 2048, D = 128 shape (the
+    Gluon forward on a Hopper GPU), the loss with its gradient and the target alone."""
+    H, S, L, topk, D = SHAPES[1]
+    off, scaling = L - S, D**-0.5
+    query, key, index_score, indices = inputs(H, S, L, topk, D, off)
+    x = index_score.clone().requires_grad_(True)
+
+    def fwd_bwd():
+        compute_index_loss_sparse(query, key, x, indices, scaling, off).sum().backward()
+
+    return {
+        "fwd+bwd": fwd_bwd,
+        "target": lambda: sparse_attention_target(query, key, indices, scaling, off),
+    }
 
 
 @contextmanager
