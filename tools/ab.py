@@ -19,9 +19,12 @@ caches and the host hits every side alike, and prints every side's median and ra
   the same inputs.
 
 Each callable is timed with :func:`tri_shared.bench.time_fn` (``do_bench`` medians on a GPU,
-wall clock on the CPU); on a GPU the first callable's time per kernel (torch profiler) is
-shown too. ``bash tools/gpu.sh`` users: run it with the machine's ``python3`` from the
-repository root (``PYTHONPATH`` is replaced per side).
+wall clock on the CPU). On a GPU the first callable's time per kernel (torch profiler) and
+the host's time per call are shown too: a call whose host time approaches its GPU time is
+bound by the host, and its ``do_bench`` figure moves with the machine's load.
+
+On a GPU machine without the uv environment, run it with that machine's ``python3`` from
+the repository root (``PYTHONPATH`` is replaced per side).
 """
 
 from __future__ import annotations
@@ -34,9 +37,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# calls queued back to back to take the host's time per call (few enough launches that the
+# GPU's queue does not fill and make the host wait)
+_HOST_CALLS = 20
 
 
 def _source_paths(tree: Path) -> list[str]:
@@ -72,6 +79,13 @@ def _worker(name: str, tree: str, case_file: str | None) -> None:
     if torch.cuda.is_available():
         first = next(iter(metrics.values()))
         record["kernels"] = {k: v * 1e3 for k, v in kernel_times(first).items()}  # µs
+        # host time per call of the first callable: calls queued without waiting for the GPU
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(_HOST_CALLS):
+            first()
+        record["host"] = (time.perf_counter() - start) / _HOST_CALLS * 1e3
+        torch.cuda.synchronize()
     print("AB " + json.dumps(record), flush=True)
 
 
@@ -132,7 +146,7 @@ def main() -> int:
                 results[side].append(_run_side(args.case, tree, args.case_file))
                 print(f"round {r + 1}/{args.rounds} {side}: done", file=sys.stderr, flush=True)
     base = next(iter(trees))
-    metrics = [m for m in results[base][0] if m not in ("kernels", "source")]
+    metrics = [m for m in results[base][0] if m not in ("kernels", "source", "host")]
     print(f"A/B of {args.case}, {args.rounds} rounds, medians (min-max), ms")
     for side in trees:
         print(f"  {side}: packages imported from {results[side][0]['source']}")
@@ -149,7 +163,11 @@ def main() -> int:
         kernels = results[side][-1].get("kernels")
         if kernels:
             top = ", ".join(f"{k[:40]} {v:.1f}" for k, v in list(kernels.items())[:6])
-            print(f"  kernels of {metrics[0]}, {side} (µs, last round): {top}")
+            host = statistics.median(rec["host"] for rec in results[side])
+            print(
+                f"  {metrics[0]}, {side}: GPU {sum(kernels.values()):.1f} µs in kernels"
+                f" ({top}; last round), host {host:.3f} ms a call"
+            )
     return 0
 
 
