@@ -19,10 +19,10 @@ def ab_tiny():
 """
 
 
-def run_ab(*args: str) -> subprocess.CompletedProcess:
+def run_ab(*args: str, python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return subprocess.run(
-        [sys.executable, str(ROOT / "tools/ab.py"), *args],
+        [sys.executable, *python_flags, str(ROOT / "tools/ab.py"), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -56,6 +56,20 @@ def test_a_directory_is_a_side(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count(f"packages imported from {ROOT / 'shared' / 'src'}") == 2
+
+
+def test_the_parent_process_imports_no_package(tmp_path):
+    """On the GPU machine only the sides' source trees provide the packages: a case file that
+    imports them at the top (as the bench scripts do) is read, not run, by the parent."""
+    cases = tmp_path / "cases.py"
+    cases.write_text("import tri_shared\n" + CASES)
+    # -S: no site-packages in the parent, so neither torch nor the workspace packages
+    run = run_ab(
+        "tiny", "--case-file", str(cases), "--rev", ".", "--rev", ".", "--rounds", "1",
+        python_flags=("-S",),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stderr.count(": done") == 2
 
 
 def test_bad_arguments_are_named():

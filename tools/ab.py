@@ -51,18 +51,24 @@ def _source_paths(tree: Path) -> list[str]:
     return [str(tree / "shared" / "src"), *sorted(str(p) for p in tree.glob("packages/*/src"))]
 
 
-def _find_case(name: str, case_file: str | None):
-    """The ``ab_<name>`` function of the case file or of the working tree's bench scripts."""
+def _case_file(name: str, case_file: str | None) -> Path:
+    """The file that defines ``ab_<name>``: the case file or one of the working tree's bench
+    scripts. Found by its text, so that the parent process imports no package."""
     files = [Path(case_file)] if case_file else sorted(ROOT.glob("packages/*/bench/*.py"))
     for path in files:
-        if f"def ab_{name}(" not in path.read_text():
-            continue
-        spec = importlib.util.spec_from_file_location(f"_ab_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return getattr(module, f"ab_{name}")
+        if f"def ab_{name}(" in path.read_text():
+            return path
     where = case_file or "packages/*/bench/*.py"
     raise SystemExit(f"case: expected a function ab_{name}() in {where}, found none")
+
+
+def _load_case(path: Path, name: str):
+    """Import ``path`` (with the side's packages already on sys.path) and return its
+    ``ab_<name>`` function."""
+    spec = importlib.util.spec_from_file_location(f"_ab_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, f"ab_{name}")
 
 
 def _worker(name: str, tree: str, case_file: str | None) -> None:
@@ -73,7 +79,7 @@ def _worker(name: str, tree: str, case_file: str | None) -> None:
     import tri_shared
     from tri_shared.bench import kernel_times, time_fn
 
-    metrics = _find_case(name, case_file)()
+    metrics = _load_case(_case_file(name, case_file), name)()
     record: dict = {metric: time_fn(fn) for metric, fn in metrics.items()}
     record["source"] = str(Path(tri_shared.__file__).parent.parent)
     if torch.cuda.is_available():
@@ -137,7 +143,7 @@ def main() -> int:
         parser.error(f"--rev: expected at least two sides, got {revs}")
     if args.rounds < 1:
         parser.error(f"--rounds: expected at least 1, got {args.rounds}")
-    _find_case(args.case, args.case_file)  # fail early, before any export
+    _case_file(args.case, args.case_file)  # fail early, before any export
     with tempfile.TemporaryDirectory() as tmp:
         trees = {f"{i}:{rev}": _export(rev, Path(tmp) / str(i)) for i, rev in enumerate(revs)}
         results: dict[str, list[dict]] = {side: [] for side in trees}

@@ -31,6 +31,21 @@ def test_time_fn_measures_something():
     assert ms > 0 and len(calls) >= 2
 
 
+def test_time_fn_sets_grads_to_none_before_each_call():
+    import torch
+
+    w = torch.ones(3, requires_grad=True)
+    seen = []
+
+    def step():
+        seen.append(w.grad)  # None each time: nothing left from the call before
+        (2.0 * w).sum().backward()
+
+    time_fn(step, warmup=1, rep=3, grad_to_none=[w])
+    assert len(seen) >= 2 and all(g is None for g in seen)
+    assert torch.equal(w.grad, torch.full((3,), 2.0))  # one call's gradient, not a sum
+
+
 @pytest.mark.gpu
 def test_kernel_times_names_the_kernels():
     import torch

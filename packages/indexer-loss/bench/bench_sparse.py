@@ -79,6 +79,7 @@ def ab_sparse():
     x = index_score.clone().requires_grad_(True)
 
     def fwd_bwd():
+        x.grad = None  # a training step's zero_grad(): the backward writes the gradient
         compute_index_loss_sparse(query, key, x, indices, scaling, off).sum().backward()
 
     return {
@@ -106,8 +107,11 @@ def kernel_name(q, k) -> str:
     return "Gluon (Hopper)" if sparse_mod._hopper_eligible(q, k) else "Triton"
 
 
-def measure(fn, backward):
-    """(median ms, peak extra GiB) of fn (+ backward through index_score)."""
+def measure(fn, backward, grads=()):
+    """(median ms, peak extra GiB) of fn (+ backward through index_score). ``grads``: the
+    tensors whose gradient is set to None before each call (outside the timed span), as a
+    training step's ``zero_grad()`` does; else each backward would also add its gradient to
+    the previous call's."""
 
     def step():
         out = fn()
@@ -121,7 +125,7 @@ def measure(fn, backward):
     step()
     torch.cuda.synchronize()
     peak = (torch.cuda.max_memory_allocated() - base) / 2**30
-    ms = time_fn(step)
+    ms = time_fn(step, grad_to_none=grads)
     return ms, peak
 
 
@@ -209,7 +213,7 @@ def main() -> int:
                 label = "fwd+bwd" if backward else "fwd"
                 try:
                     if backward:
-                        ms, peak = measure(fn, True)
+                        ms, peak = measure(fn, True, grads=[x])
                     else:
                         with torch.no_grad():
                             ms, peak = measure(fn, False)

@@ -274,10 +274,10 @@ def test_64_bit_key_offsets(device, monkeypatch):
 def test_row_loss_kernel_from_marked_target(monkeypatch, device, dtype, topk, max_block):
     """The loss kernel that runs after the Hopper target kernel, fed the exact target with
     -1 on invalid entries: loss, log-sum-exp and count of the valid index scores, and
-    q − p written over the target, as the reference gives them. ``max_block`` below topk
-    makes the kernel take two passes over each row in blocks."""
+    q − p into its own buffer, as the reference gives them; the target is left as it was.
+    ``max_block`` below topk makes the kernel take two passes over each row in blocks."""
     import indexer_loss.sparse as sparse_mod
-    from indexer_loss.sparse import _row_loss
+    from indexer_loss.sparse import _diff_dtype, _row_loss
 
     if max_block is not None:
         monkeypatch.setattr(sparse_mod, "_ROW_LOSS_MAX_BLOCK", max_block)
@@ -295,14 +295,22 @@ def test_row_loss_kernel_from_marked_target(monkeypatch, device, dtype, topk, ma
     loss = torch.empty((B, S), dtype=torch.float32, device=device)
     lse = torch.empty_like(loss)
     n_valid = torch.empty((B, S), dtype=torch.int32, device=device)
-    _row_loss(index_score, target, loss, lse, n_valid, 1e-10, store_diff=True)
+    diff = torch.full(target.shape, float("nan"), dtype=_diff_dtype(index_score), device=device)
+    target_before = target.clone()
+    _row_loss(index_score, target, diff, loss, lse, n_valid, 1e-10)
+    assert torch.equal(target, target_before)
+    # without a gradient to come, the same loss and nothing else written
+    loss_only = torch.empty_like(loss)
+    _row_loss(index_score, target, None, loss_only, torch.empty_like(lse), n_valid, 1e-10)
+    assert torch.equal(loss_only, loss)
+    assert torch.equal(target, target_before)
 
     x = index_score.detach().double().requires_grad_(True)
     loss_ref = index_loss_sparse_ref(query.double(), key.double(), x, idx, scaling, off)
     loss_ref.sum().backward()
     tol = TOL[dtype]
     assert_close(loss, loss_ref, max_rel_err=tol, name="loss")
-    assert_close(target, x.grad, max_rel_err=3 * tol, name="q - p")
+    assert_close(diff, x.grad, max_rel_err=3 * tol, name="q - p")
     assert torch.equal(n_valid, valid.sum(-1).to(torch.int32))
     lse_ref = torch.where(valid, index_score.double(), float("-inf")).logsumexp(-1)
     rows = valid.any(-1)

@@ -236,3 +236,22 @@ def test_hopper_kernel_nan_query_reaches_the_gradient(monkeypatch):
         others = torch.arange(S, device="cuda") != 7
         assert torch.isfinite(grad[0, others]).all() and torch.isfinite(p[0, others]).all()
         assert torch.isfinite(loss[0, others]).all()
+
+
+def test_bf16_gradient_within_one_ulp_of_the_fp32_product():
+    """For a bf16 index_score the forward keeps q − p in bf16, so the gradient is rounded
+    twice; against the fp32 gradient rounded once it differs by at most one unit in the last
+    place, with an upstream gradient of arbitrary row weights."""
+    H, S, L, topk, D = 64, 256, 1024, 512, 128
+    query, key, index_score, idx, off = dsa_inputs(H, S, L, topk, D, seed=31)
+    weights = randn((1, S), seed=32, device="cuda")
+    grads = []
+    for x in (index_score.clone(), index_score.float()):
+        x.requires_grad_(True)
+        (compute_index_loss_sparse(query, key, x, idx, D**-0.5, off) * weights).sum().backward()
+        grads.append(x.grad)
+    grad, once = grads[0].float(), grads[1].to(torch.bfloat16).float()
+    assert grads[0].dtype == torch.bfloat16
+    # one unit in the last place of a bf16 value (8 significant bits)
+    ulp = torch.where(once == 0, 0.0, torch.exp2(torch.floor(torch.log2(once.abs())) - 7))
+    assert ((grad - once).abs() <= ulp).all()

@@ -37,19 +37,37 @@ class Ceilings:
         return tflops / self.matmul_tflops if self.matmul_tflops > 0 else float("nan")
 
 
-def time_fn(fn: Callable[[], Any], *, warmup: int = 25, rep: int = 100) -> float:
+def time_fn(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 25,
+    rep: int = 100,
+    grad_to_none: Sequence[torch.Tensor] = (),
+) -> float:
     """Median milliseconds per call of ``fn``.
 
     On a GPU: ``triton.testing.do_bench`` (CUDA events, L2 flushed between calls), with
     ``warmup`` and ``rep`` in milliseconds. On the CPU: wall clock over a few calls.
+    ``grad_to_none``: tensors whose ``.grad`` is set to None before every call, as a training
+    step's ``zero_grad()`` does, so that a backward writes its gradient instead of adding it
+    to the previous call's (a host-side assignment: no GPU work inside the timed span).
     """
+    if grad_to_none:
+
+        def call() -> Any:
+            for t in grad_to_none:
+                t.grad = None
+            return fn()
+
+    else:
+        call = fn
     if torch.cuda.is_available():
-        return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
-    fn()
+        return float(triton.testing.do_bench(call, warmup=warmup, rep=rep, return_mode="median"))
+    call()
     samples = []
     for _ in range(3):
         t0 = time.perf_counter()
-        fn()
+        call()
         samples.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(samples)
 

@@ -65,7 +65,9 @@ def check_tensor(
             raise ValueError(
                 f"{name}: expected shape {_shape_str(shape)}, got {list(tensor.shape)}"
             )
-    if device is not None and not same_device(tensor.device, torch.device(device)):
+    if device is not None and not same_device(
+        tensor.device, device if isinstance(device, torch.device) else torch.device(device)
+    ):
         raise ValueError(f"{name}: expected a tensor on {device}, got one on {tensor.device}")
     if contiguous and not tensor.is_contiguous():
         raise ValueError(
@@ -77,6 +79,8 @@ def check_tensor(
 
 def same_device(a: torch.device, b: torch.device) -> bool:
     """Device equality where an unindexed CUDA device means the current one."""
+    if a == b:  # the common case, without asking CUDA for the current device
+        return True
     if a.type != b.type:
         return False
     if a.type != "cuda":

@@ -4,6 +4,7 @@ to the indexer scores."""
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -107,6 +108,12 @@ def _hopper_launch(
     return sparse_indexer_fwd_hopper_kernel, constexprs, {"num_warps": 4, "maxnreg": 64}
 
 
+@functools.cache
+def _capability_major(device_index: int | None) -> int:
+    """The compute capability's major number of a CUDA device (asked once per device)."""
+    return torch.cuda.get_device_capability(device_index)[0]
+
+
 def _hopper_eligible(query: torch.Tensor, key: torch.Tensor) -> bool:
     """Whether the Gluon forward handles this call: a Hopper GPU, fp16/bf16, 33 to 64 heads,
     D of 64 or 128, unit strides along D and 16-element aligned key rows (cp.async copies 16
@@ -115,7 +122,7 @@ def _hopper_eligible(query: torch.Tensor, key: torch.Tensor) -> bool:
         return False
     if os.environ.get("INDEXER_LOSS_GLUON", "1") == "0":
         return False
-    if torch.cuda.get_device_capability(query.device)[0] != 9:
+    if _capability_major(query.device.index) != 9:
         return False
     _, H, _, D = query.shape
     return (
@@ -141,9 +148,9 @@ def _forward(
     store: str | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the fused kernel. Returns ``(loss [B, S], out, lse [B, S], n_valid [B, S])``;
-    ``out`` ``[B, S, topk]`` fp32 holds p (``store="p"``), q − p on the valid entries
-    (``store="diff"``, needs ``index_score``) or nothing (None). loss, lse and n_valid are
-    meaningful only when ``index_score`` is given."""
+    ``out`` ``[B, S, topk]`` holds p in fp32 (``store="p"``), q − p on the valid entries
+    (``store="diff"``, needs ``index_score``; dtype from :func:`_diff_dtype`) or nothing
+    (None). loss, lse and n_valid are meaningful only when ``index_score`` is given."""
     B, H, S, D = query.shape
     L = key.shape[1]
     topk = indices.shape[2]
@@ -153,10 +160,14 @@ def _forward(
     n_valid = torch.empty((B, S), dtype=torch.int32, device=dev)
     gluon = _hopper_eligible(query, key)
     # the Gluon kernel stores the target; the loss is computed from it by a second kernel
-    full = store is not None or (gluon and index_score is not None)
+    full = store == "p" or (gluon and index_score is not None)
     p = torch.empty((B, S, topk) if full else (1,), dtype=torch.float32, device=dev)
+    diff = None
+    if store == "diff":
+        diff = torch.empty((B, S, topk), dtype=_diff_dtype(index_score), device=dev)
+    out = diff if store == "diff" else p
     if B * S == 0:
-        return loss, p, lse, n_valid
+        return loss, out, lse, n_valid
     # the largest element offset of a key row within one batch (the batch offset is 64-bit)
     wide_keys = (L - 1) * key.stride(1) + (D - 1) * key.stride(2) >= _OFFSET_LIMIT
     grid = make_grid(B * S)
@@ -170,11 +181,11 @@ def _forward(
             query, key, indices, p, *sizes, *strides, MARK_INVALID=mark, **constexprs, **options
         )
         if index_score is not None:
-            _row_loss(index_score, p, loss, lse, n_valid, eps, store_diff=store == "diff")
-        return loss, p, lse, n_valid
+            _row_loss(index_score, p, diff, loss, lse, n_valid, eps)
+        return loss, out, lse, n_valid
     x = index_score if index_score is not None else loss  # dummy pointer without a loss
     xs = index_score.stride() if index_score is not None else (0, 0, 0)
-    buffers = (query, key, x, indices, loss, p, lse, n_valid)
+    buffers = (query, key, x, indices, loss, out, lse, n_valid)
     outputs = {
         "STORE_P": store == "p",
         "STORE_DIFF": store == "diff",
@@ -212,27 +223,38 @@ def _forward(
         **outputs,
         **config,
     )
-    return loss, p, lse, n_valid
+    return loss, out, lse, n_valid
+
+
+def _diff_dtype(index_score: torch.Tensor) -> torch.dtype:
+    """The dtype in which the forward keeps ``q − p`` for the backward.
+
+    bf16 for a bf16 ``index_score``: half the bytes to write and to read again, and bf16 has
+    fp32's exponent range, so the backward's ``g · (q − p)``, rounded twice, is within one
+    unit in the last place of the fp32 product rounded once. fp32 otherwise: fp16 would
+    flush small differences that a large ``g``, such as a loss scale, brings back into
+    range."""
+    return torch.bfloat16 if index_score.dtype == torch.bfloat16 else torch.float32
 
 
 def _row_loss(
     index_score: torch.Tensor,
     p: torch.Tensor,
+    diff: torch.Tensor | None,
     loss: torch.Tensor,
     lse: torch.Tensor,
     n_valid: torch.Tensor,
     eps: float,
-    *,
-    store_diff: bool,
 ) -> None:
     """The loss of each row from the target ``p`` ``[B, S, topk]`` fp32 (contiguous, -1 on
-    invalid entries) into ``loss``, ``lse`` and ``n_valid`` ``[B, S]``; with ``store_diff``,
-    ``q - p`` (0 on invalid entries) overwrites ``p``."""
+    invalid entries) into ``loss``, ``lse`` and ``n_valid`` ``[B, S]``; and ``q - p`` (0 on
+    invalid entries) into ``diff`` (contiguous, like p) when it is given."""
     B, S, topk = index_score.shape
     block_x = min(_ROW_LOSS_MAX_BLOCK, max(16, next_power_of_2(topk)))
     sparse_row_loss_kernel[make_grid(B * S)](
         index_score,
         p,
+        p if diff is None else diff,  # not written without STORE_DIFF
         loss,
         lse,
         n_valid,
@@ -242,8 +264,10 @@ def _row_loss(
         *index_score.stride(),
         BLOCK_X=block_x,
         ONE_BLOCK=topk <= block_x,
-        STORE_DIFF=store_diff,
-        num_warps=8 if topk > 1024 else 4,
+        STORE_DIFF=diff is not None,
+        # 4 warps (16 entries a thread at topk 2048): more rows in flight per SM than with 8,
+        # 34 -> 31 us at topk 2048 on an H200 (BENCHMARKS.md, run 11); 8 for longer rows
+        num_warps=4 if topk <= 2048 else 8,
     )
 
 
@@ -341,8 +365,8 @@ def compute_index_loss_sparse(
     Gradient: only to ``index_score``, ``g · (q − p)`` on valid entries, 0 elsewhere, in
     ``index_score``'s dtype. ``query`` and ``key`` are constants of this loss (DSA detaches
     the main model from the indexer loss): they get no gradient from it even when they
-    require one. Extra memory: ``q − p`` ``[B, S, topk]`` fp32 is kept for the backward only
-    when ``index_score`` requires a gradient.
+    require one. Extra memory: ``q − p`` ``[B, S, topk]`` (fp32; bf16 for a bf16
+    ``index_score``) is kept for the backward only when ``index_score`` requires a gradient.
     """
     _check(query, key, index_score, indices, scaling, chunk_offset, reduction, eps)
     # p is kept for the backward only when a gradient will be asked for (inside forward,

@@ -4,7 +4,8 @@ The Gluon forward (:mod:`indexer_loss.kernels.sparse_hopper`) computes only the 
 stores ``p`` with -1 as a mark on the invalid entries, and this kernel adds the loss. Run
 inside the matmul kernel, this per-row tail held the program's shared memory and registers
 while it waited on loads; as a kernel of its own it runs at full occupancy and is bound by
-memory bandwidth (index_score and p read once, q − p written once).
+memory bandwidth (index_score and p read once, q − p written once, in bf16 when
+index_score is bf16).
 """
 
 import triton
@@ -34,6 +35,7 @@ def kl_terms(p, x, lse_x, valid, eps):
 def sparse_row_loss_kernel(
     x_ptr,
     p_ptr,
+    diff_ptr,
     loss_ptr,
     lse_ptr,
     nvalid_ptr,
@@ -53,7 +55,8 @@ def sparse_row_loss_kernel(
     and -1 on the others (the validity mark; a NaN in ``p`` stays a valid entry, so that it
     reaches the gradient as it does through the Triton kernel). Writes ``loss[row]``, the
     natural log-sum-exp of index_score over the valid entries ``lse[row]``, their count
-    ``nvalid[row]`` and, for STORE_DIFF, ``q − p`` over ``p`` (0 on invalid entries).
+    ``nvalid[row]`` and, for STORE_DIFF, ``q − p`` (0 on invalid entries) into the
+    contiguous ``[rows, TOPK]`` buffer ``diff_ptr``, in its dtype.
     ONE_BLOCK: the row fits in one ``BLOCK_X`` block (otherwise two passes over it).
     """
     row = tl.program_id(0)
@@ -61,6 +64,7 @@ def sparse_row_loss_kernel(
     t = row % S
     x_row = x_ptr + wide(b) * stride_xb + wide(t) * stride_xs
     p_row = p_ptr + wide(row) * TOPK
+    diff_row = diff_ptr + wide(row) * TOPK
 
     if ONE_BLOCK:
         # The whole row at once (TOPK <= BLOCK_X): p and x are loaded together, both stay in
@@ -79,7 +83,7 @@ def sparse_row_loss_kernel(
         kl, q = kl_terms(p, x, lse_x, valid, eps)
         if STORE_DIFF:
             # the gradient's direction, so the backward is one multiply per entry
-            tl.store(p_row + offs, tl.where(valid, q - p, 0.0), mask=inb)
+            tl.store(diff_row + offs, tl.where(valid, q - p, 0.0), mask=inb)
     else:
         # softmax statistics of index_score over the valid entries, then the KL terms
         m_x = tl.max(tl.full([BLOCK_X], float("-inf"), tl.float32), axis=0)
@@ -102,7 +106,7 @@ def sparse_row_loss_kernel(
             terms, q = kl_terms(p, x, lse_x, valid, eps)
             kl += terms
             if STORE_DIFF:
-                tl.store(p_row + offs, tl.where(valid, q - p, 0.0), mask=inb)
+                tl.store(diff_row + offs, tl.where(valid, q - p, 0.0), mask=inb)
     tl.store(loss_ptr + row, tl.sum(kl, axis=0))
     tl.store(lse_ptr + row, lse_x)
     tl.store(nvalid_ptr + row, n_x)

@@ -88,7 +88,12 @@ def _produce_pass(
     GATHER: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [PRODUCER_WARPS, 1], [1, 0])
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, GATHER))
     offs_b = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(1, GATHER))
+    # indices are loaded two blocks ahead: the first pass reads them from memory, and a
+    # load issued one block ahead (one consumer step, about a microsecond) can still be in
+    # flight when its block's copies are due
     idx = gl.load(i_row + offs_b * stride_ik, mask=offs_b < TOPK, other=-1)
+    offs_n = BLOCK_K + offs_b
+    idx_next = gl.load(i_row + offs_n * stride_ik, mask=offs_n < TOPK, other=-1)
     for blk in range(n_blocks):
         count = base + blk
         slot = count % NUM_SLOTS
@@ -98,9 +103,9 @@ def _produce_pass(
             key_off = rows.to(gl.int64) * stride_kl
         else:
             key_off = rows.to(gl.int32) * stride_kl
-        # the next block's indices are in flight while this one waits for its slot
-        offs_n = (blk + 1) * BLOCK_K + offs_b
-        idx = gl.load(i_row + offs_n * stride_ik, mask=offs_n < TOPK, other=-1)
+        offs_n = (blk + 2) * BLOCK_K + offs_b
+        idx = idx_next
+        idx_next = gl.load(i_row + offs_n * stride_ik, mask=offs_n < TOPK, other=-1)
         mbarrier.wait(empty.index(slot), ((count // NUM_SLOTS) & 1) ^ 1)
         _async_load(
             kbuf.index(slot), k_bat + key_off[:, None] + offs_d[None, :], mask=valid[:, None]
