@@ -12,7 +12,7 @@ import torch
 
 from tri_shared.checks import check_int_tensor
 from tri_shared.dots import ieee_dots
-from tri_shared.launch import make_grid, next_power_of_2
+from tri_shared.launch import is_interpreter, make_grid, next_power_of_2
 from tri_shared.softmax import LOG2E
 
 from ._common import (
@@ -265,6 +265,7 @@ def _row_loss(
         BLOCK_X=block_x,
         ONE_BLOCK=topk <= block_x,
         STORE_DIFF=diff is not None,
+        FAST_LOG=not is_interpreter(),
         # 4 warps (16 entries a thread at topk 2048): more rows in flight per SM than with 8,
         # 34 -> 31 us at topk 2048 on an H200 (BENCHMARKS.md, run 11); 8 for longer rows
         num_warps=4 if topk <= 2048 else 8,

@@ -10,6 +10,7 @@ index_score is bf16).
 
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from tri_shared.offsets import wide
 from tri_shared.softmax import (
@@ -22,12 +23,26 @@ from tri_shared.softmax import (
 
 
 @triton.jit
-def kl_terms(p, x, lse_x, valid, eps):
+def natural_log(x, FAST: tl.constexpr):
+    """``log(x)``. FAST: the hardware's approximate base-2 logarithm (one MUFU instruction,
+    relative error about 2^-22) times ln 2, instead of libdevice's accurate polynomial (about
+    twenty instructions), which left the loss kernel bound by instruction issue rather than
+    by memory. The Triton interpreter has only the latter."""
+    if FAST:
+        y = libdevice.fast_logf(x)
+    else:
+        y = tl.log(x)
+    return y
+
+
+@triton.jit
+def kl_terms(p, x, lse_x, valid, eps, FAST_LOG: tl.constexpr):
     """Per entry of a row: the KL term ``p (log(p + eps) − log(q + eps))`` (0 on invalid
     entries and where p = 0; eps guards the logarithms only) and ``q``, the softmax of the
     index scores ``x`` given their natural log-sum-exp ``lse_x``."""
     q = tl.math.exp2((x.to(tl.float32) - lse_x) * LOG2E)
-    terms = tl.where(valid & (p > 0.0), p * (tl.log(p + eps) - tl.log(q + eps)), 0.0)
+    log_ratio = natural_log(p + eps, FAST_LOG) - natural_log(q + eps, FAST_LOG)
+    terms = tl.where(valid & (p > 0.0), p * log_ratio, 0.0)
     return terms, q
 
 
@@ -48,6 +63,7 @@ def sparse_row_loss_kernel(
     BLOCK_X: tl.constexpr,
     ONE_BLOCK: tl.constexpr,
     STORE_DIFF: tl.constexpr,
+    FAST_LOG: tl.constexpr,
 ):
     """Loss of one row ``(b, t)``.
 
@@ -58,6 +74,7 @@ def sparse_row_loss_kernel(
     ``nvalid[row]`` and, for STORE_DIFF, ``q − p`` (0 on invalid entries) into the
     contiguous ``[rows, TOPK]`` buffer ``diff_ptr``, in its dtype.
     ONE_BLOCK: the row fits in one ``BLOCK_X`` block (otherwise two passes over it).
+    FAST_LOG: see :func:`natural_log` (off in the interpreter).
     """
     row = tl.program_id(0)
     b = row // S
@@ -80,7 +97,7 @@ def sparse_row_loss_kernel(
         l_x = tl.sum(tl.math.exp2(z - safe_max_shift(m_x)), axis=0)
         lse_x = log2_sum_exp2(m_x, l_x) * LN2
         n_x = tl.sum(valid.to(tl.int32), axis=0)
-        kl, q = kl_terms(p, x, lse_x, valid, eps)
+        kl, q = kl_terms(p, x, lse_x, valid, eps, FAST_LOG)
         if STORE_DIFF:
             # the gradient's direction, so the backward is one multiply per entry
             tl.store(diff_row + offs, tl.where(valid, q - p, 0.0), mask=inb)
@@ -103,7 +120,7 @@ def sparse_row_loss_kernel(
             p = tl.load(p_row + offs, mask=inb, other=-1.0)
             valid = p != -1.0
             x = tl.load(x_row + wide(offs) * stride_xk, mask=valid, other=0.0)
-            terms, q = kl_terms(p, x, lse_x, valid, eps)
+            terms, q = kl_terms(p, x, lse_x, valid, eps, FAST_LOG)
             kl += terms
             if STORE_DIFF:
                 tl.store(diff_row + offs, tl.where(valid, q - p, 0.0), mask=inb)

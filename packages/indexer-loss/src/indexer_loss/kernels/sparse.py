@@ -482,7 +482,7 @@ def sparse_indexer_fwd_kernel(
             tl.store(p_ptr + wide(row) * TOPK + offs_k, p, mask=offs_k < TOPK)
         if COMPUTE_LOSS:
             x = tl.load(x_row + wide(offs_k) * stride_xk, mask=valid, other=0.0)
-            terms, q = kl_terms(p, x, lse_x, valid, eps)
+            terms, q = kl_terms(p, x, lse_x, valid, eps, False)
             kl_lanes += terms
             if STORE_DIFF:
                 # the gradient's direction, so the backward is one multiply per entry
