@@ -58,10 +58,9 @@ def causal_pairs(S: int, L: int, off: int) -> int:
 
 
 def measure(fn, *, backward: bool, x: torch.Tensor):
-    """(median ms, extra bytes) of fn() (+ backward into x.grad)."""
+    """(median ms, extra bytes) of fn() (+ backward into x.grad, reset before each call)."""
 
     def step():
-        x.grad = None
         loss = fn()
         if backward:
             loss.sum().backward()
@@ -80,7 +79,7 @@ def measure(fn, *, backward: bool, x: torch.Tensor):
         outputs += x.grad.numel() * x.grad.element_size()
     extra = torch.cuda.max_memory_allocated() - before - outputs
     del loss
-    ms = time_fn(step, warmup=10, rep=50)
+    ms = time_fn(step, warmup=10, rep=50, grad_to_none=[x])
     x.grad = None
     return ms, extra
 
