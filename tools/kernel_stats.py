@@ -49,6 +49,9 @@ class KernelStats:
     # per loop: MUFU instructions issued while a wgmma is in flight (between an HGMMA and
     # the WARPGROUP.DEPBAR that waits for it): exponentials overlapping the tensor cores
     mufu_under_wgmma: list[int] = field(default_factory=list)
+    # per loop: wgmma instructions that take their left operand from registers (the others
+    # read both operands from shared memory)
+    wgmma_a_in_registers: list[int] = field(default_factory=list)
     # per loop: no other loop lies inside it (a warp-specialised kernel's dispatch also shows
     # up as loops that span the partitions' own loops)
     innermost: list[bool] = field(default_factory=list)
@@ -108,9 +111,10 @@ def compile_sm90(
         shared_bytes=int(kernel.metadata.shared),
         ptx=ptx,
         sass=sass,
-        loops=[mix for mix, _, _ in loops],
-        mufu_under_wgmma=[overlap for _, overlap, _ in loops],
-        innermost=[inner for _, _, inner in loops],
+        loops=[mix for mix, _, _, _ in loops],
+        mufu_under_wgmma=[overlap for _, overlap, _, _ in loops],
+        innermost=[inner for _, _, inner, _ in loops],
+        wgmma_a_in_registers=[rs for _, _, _, rs in loops],
     )
 
 
@@ -128,10 +132,11 @@ def _run(tool: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(path), *args], capture_output=True, text=True, check=True)
 
 
-def _loop_mix(sass: str) -> list[tuple[collections.Counter, int, bool]]:
+def _loop_mix(sass: str) -> list[tuple[collections.Counter, int, bool, int]]:
     """Opcode counts of each loop body (the instructions between a label and a later branch
-    back to it), with the number of MUFU instructions issued while a wgmma is in flight and
-    whether the loop is innermost (no other loop's body lies inside its own)."""
+    back to it), with the number of MUFU instructions issued while a wgmma is in flight,
+    whether the loop is innermost (no other loop's body lies inside its own) and the number
+    of wgmma instructions with the left operand in registers (``HGMMA... Rd, Ra, gdesc``)."""
     code: list[tuple[int, str]] = []
     label_at: dict[str, int] = {}
     pending: list[str] = []
@@ -166,7 +171,9 @@ def _loop_mix(sass: str) -> list[tuple[collections.Counter, int, bool]]:
             elif op.startswith("MUFU") and in_flight:
                 overlap += 1
         inner = not any(start <= a and b <= end and (a, b) != (start, end) for a, b in spans)
-        loops.append((collections.Counter(op.split(".")[0] for op in ops), overlap, inner))
+        in_registers = sum(bool(re.search(r"HGMMA\S*\s+R\d+,\s*R\d+,", t)) for t in body)
+        mix = collections.Counter(op.split(".")[0] for op in ops)
+        loops.append((mix, overlap, inner, in_registers))
     return loops
 
 
@@ -315,6 +322,7 @@ def main() -> int:
                 "loops": [dict(mix) for mix in st.loops],
                 "mufu_under_wgmma": st.mufu_under_wgmma,
                 "innermost": st.innermost,
+                "wgmma_a_in_registers": st.wgmma_a_in_registers,
             }
             print(json.dumps(record))
             continue
@@ -326,6 +334,8 @@ def main() -> int:
             top = ", ".join(f"{op} {n}" for op, n in mix.most_common(10))
             under = st.mufu_under_wgmma[i]
             overlap = f"; {under} MUFU while a wgmma is in flight" if under else ""
+            if st.wgmma_a_in_registers[i]:
+                overlap += f"; {st.wgmma_a_in_registers[i]} wgmma with A in registers"
             print(f"  loop {i}: {sum(mix.values())} instructions ({top}){overlap}")
     return 0
 

@@ -1,18 +1,42 @@
 """Launch helpers."""
 
 import pytest
+import torch
 import triton
+import triton.language as tl
 
 from tri_shared.launch import (
     MAX_GRID,
     autotune_configs,
     cdiv,
     device_capability,
+    fast_launcher,
     is_hopper,
     is_interpreter,
     make_grid,
     next_power_of_2,
 )
+
+
+@triton.jit
+def _axpy_kernel(x_ptr, y_ptr, out_ptr, alpha, n, BLOCK: tl.constexpr, NEGATE: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask)
+    y = tl.load(y_ptr + offs, mask=mask)
+    out = alpha * x + y
+    if NEGATE:
+        out = -out
+    tl.store(out_ptr + offs, out, mask=mask)
+
+
+def _axpy(x, y, alpha, negate=False):
+    out = torch.full_like(x, float("nan"))
+    n = x.numel()
+    fast_launcher(_axpy_kernel)[make_grid(cdiv(n, 64))](
+        x, y, out, alpha, n, BLOCK=64, NEGATE=negate, num_warps=1
+    )
+    return out
 
 
 def test_cdiv_and_next_power_of_2():
@@ -44,3 +68,43 @@ def test_mode_queries(on_gpu):
         assert device_capability() is not None
     else:
         assert device_capability() is None and not is_hopper()
+
+
+def test_fast_launcher_matches_the_formula_and_reuses_kernels_only_for_equal_keys(device):
+    """Direct launches (GPU) give what Triton's launch gives, for aligned and unaligned views
+    and sizes with and without the divisibility Triton specialises on; under the
+    interpreter every launch goes through Triton and nothing is kept."""
+    launcher = fast_launcher(_axpy_kernel)
+    assert fast_launcher(_axpy_kernel) is launcher
+    base = torch.arange(300, dtype=torch.float32, device=device)
+    other = torch.linspace(-1.0, 1.0, 300, device=device)
+    cases = [
+        (0, 256, False),  # aligned pointers, n divisible by 16
+        (0, 256, False),  # the same key again: a direct launch on a GPU
+        (1, 256, False),  # pointers off 16-byte alignment: another key
+        (0, 250, False),  # n not divisible by 16
+        (3, 17, True),  # another constexpr
+        (0, 1, False),  # n == 1 (Triton makes it a constant)
+    ]
+    for start, n, negate in cases:
+        x, y = base[start : start + n], other[start : start + n]
+        want = 2.5 * x + y
+        torch.testing.assert_close(_axpy(x, y, 2.5, negate), -want if negate else want)
+    if is_interpreter():
+        assert launcher.num_cached == 0
+    else:
+        assert launcher.num_cached == 5  # six calls, one repeated key
+
+
+def test_fast_launcher_falls_back_for_runtime_keyword_arguments(device):
+    """A runtime argument passed by keyword cannot be keyed: every such launch goes
+    through Triton's own."""
+    launcher = fast_launcher(_axpy_kernel)
+    before = launcher.num_cached
+    x = torch.ones(40, device=device)
+    y = torch.full((40,), 2.0, device=device)
+    for _ in range(2):
+        out = torch.empty_like(x)
+        launcher[(1,)](x, y, out, 3.0, n=40, BLOCK=64, NEGATE=False)
+        torch.testing.assert_close(out, torch.full_like(x, 5.0))
+    assert launcher.num_cached == before

@@ -1,11 +1,12 @@
 """Launch helpers: interpreter detection, grid sizing inside CUDA's limits, autotune configs,
-device capability queries."""
+device capability queries, and a launcher with less host work per call."""
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import triton
@@ -85,3 +86,127 @@ def num_sms(index: int = 0) -> int:
     if not torch.cuda.is_available():
         return 1
     return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+# Option names a launch takes besides the kernel's parameters (the compiled kernel for a
+# call depends on them as on the constexprs).
+_LAUNCH_OPTIONS = frozenset(
+    ("num_warps", "num_stages", "num_ctas", "maxnreg", "launch_pdl", "launch_cooperative_grid")
+)
+
+
+def _arg_key(arg: object) -> object:
+    """What the compiled kernel may depend on in a runtime argument: a tensor's dtype and
+    16-byte alignment; an int's value class (1, a multiple of 16, 32- or 64-bit); the type of a
+    float. At least as fine as Triton's own specialisation, so two calls with equal keys take
+    the same compiled kernel."""
+    kind = type(arg)
+    if kind is int:
+        return (arg == 1, arg % 16 == 0, -0x80000000 <= arg <= 0x7FFFFFFF, arg >= 1 << 63)
+    if kind is float:
+        return float
+    if isinstance(arg, torch.Tensor):
+        return (arg.dtype, arg.data_ptr() % 16 == 0)
+    return (kind, arg)  # None, bools, dtypes: by value
+
+
+def _hooks_installed() -> bool:
+    """Whether a launch hook is set (profilers install them); Triton keeps empty hook chains
+    when none is."""
+    runtime = triton.knobs.runtime
+    hooks = (runtime.launch_enter_hook, runtime.launch_exit_hook)
+    return any(h is not None and bool(getattr(h, "calls", True)) for h in hooks)
+
+
+class FastLauncher:
+    """``launcher[grid](*args, **constexprs)``: launch a ``@triton.jit`` or ``@gluon.jit``
+    kernel as ``kernel[grid](...)`` does, with less host work on repeated calls.
+
+    The first call for each *specialisation key* goes through Triton's own launch (which
+    compiles or loads the kernel) and keeps the compiled kernel; later calls with the same
+    key launch it directly. The key holds the current device, each runtime argument's
+    :func:`_arg_key` (tensor dtype and 16-byte alignment, int divisibility by 16, equality
+    to 1 and width) and the keyword arguments, so a call never reuses a kernel compiled for
+    different alignment or divisibility. Runtime arguments are positional; keyword arguments
+    are constexprs and launch options (``num_warps``, ...), hashable values.
+
+    Triton's launch costs tens of microseconds of host time (binding and specialising every
+    argument, a cache key built from a string of the options); a host-bound call, such as a
+    small problem or a training step whose GPU work is short, pays it on every launch.
+    Launches go through Triton's path under the interpreter, with a launch hook installed
+    (profilers), or when keyword arguments are not constexprs or options.
+    """
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self._kernels: dict[tuple, tuple[Any, tuple]] = {}
+        self._driver: Any = None
+
+    def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., Any]:
+        return functools.partial(self._launch, grid)
+
+    @property
+    def num_cached(self) -> int:
+        """Compiled kernels kept for direct launches (one per specialisation key seen)."""
+        return len(self._kernels)
+
+    def _launch(self, grid: tuple[int, ...], *args: object, **kwargs: object) -> Any:
+        driver = self._driver
+        if driver is None:
+            if is_interpreter():  # the interpreter has no driver and nothing to keep
+                return self.fn[grid](*args, **kwargs)
+            driver = self._driver = triton.runtime.driver.active
+        if _hooks_installed():
+            return self.fn[grid](*args, **kwargs)
+        device = driver.get_current_device()
+        key = (device, tuple(map(_arg_key, args)), tuple(kwargs.items()))
+        hit = self._kernels.get(key)
+        if hit is None:
+            kernel = self.fn[grid](*args, **kwargs)
+            tail = self._constexpr_tail(len(args), kwargs)
+            if tail is not None and all(
+                hasattr(kernel, a) for a in ("run", "function", "packed_metadata")
+            ):
+                self._kernels[key] = (kernel, tail)
+            return kernel
+        kernel, tail = hit
+        g1 = grid[1] if len(grid) > 1 else 1
+        g2 = grid[2] if len(grid) > 2 else 1
+        stream = driver.get_current_stream(device)
+        kernel.run(
+            grid[0], g1, g2, stream, kernel.function, kernel.packed_metadata, None, None, None,
+            *args, *tail,
+        )  # fmt: skip
+        return kernel
+
+    def _constexpr_tail(self, n_args: int, kwargs: dict[str, object]) -> tuple | None:
+        """The values of the parameters after the positional ones, in order (the compiled
+        kernel takes every parameter), or None when the direct launch does not apply: under
+        the interpreter, or a keyword argument that is neither a constexpr nor an option."""
+        if is_interpreter():
+            return None
+        params = getattr(self.fn, "params", None)
+        if params is None:
+            return None
+        tail = []
+        for param in params[n_args:]:
+            if not param.is_constexpr:
+                return None  # a runtime argument given by keyword or left to its default
+            tail.append(kwargs.get(param.name, param.default))
+        names = {p.name for p in params[n_args:]}
+        if any(k not in names and k not in _LAUNCH_OPTIONS for k in kwargs):
+            return None
+        return tuple(tail)
+
+
+_LAUNCHERS: dict[int, FastLauncher] = {}
+
+
+def fast_launcher(fn: Any) -> FastLauncher:
+    """The :class:`FastLauncher` of kernel ``fn`` (one per kernel, made on first use; kernels
+    are module-level objects that live as long as the process):
+    ``fast_launcher(kernel)[grid](*args, **constexprs)``."""
+    launcher = _LAUNCHERS.get(id(fn))
+    if launcher is None or launcher.fn is not fn:
+        launcher = _LAUNCHERS[id(fn)] = FastLauncher(fn)
+    return launcher

@@ -32,7 +32,7 @@ from tri_shared.checks import (
     check_same_dtype,
     check_tensor,
 )
-from tri_shared.launch import make_grid, next_power_of_2
+from tri_shared.launch import fast_launcher, make_grid, next_power_of_2
 from tri_shared.offsets import wide
 
 REDUCTIONS = ("none", "sum", "mean")
@@ -152,7 +152,7 @@ def scale_rows(diff: torch.Tensor, g_rows: torch.Tensor, dtype: torch.dtype) -> 
         return out
     block_n = min(1024, max(16, next_power_of_2(N)))
     grid = make_grid(B * S, triton.cdiv(N, block_n))
-    _scale_rows_kernel[grid](
+    fast_launcher(_scale_rows_kernel)[grid](
         diff, g_rows, out, S, N, *g_rows.stride(), BLOCK_N=block_n, num_warps=4
     )
     return out

@@ -12,7 +12,7 @@ import torch
 
 from tri_shared.checks import check_int_tensor
 from tri_shared.dots import ieee_dots
-from tri_shared.launch import is_interpreter, make_grid, next_power_of_2
+from tri_shared.launch import fast_launcher, is_interpreter, make_grid, next_power_of_2
 from tri_shared.softmax import LOG2E
 
 from ._common import (
@@ -177,7 +177,7 @@ def _forward(
         # unit strides along D are part of the Gluon kernel's contract: not passed
         strides = (*query.stride()[:3], *key.stride()[:2], *indices.stride())
         mark = index_score is not None  # -1 on invalid entries tells the loss kernel
-        fn[grid](
+        fast_launcher(fn)[grid](
             query, key, indices, p, *sizes, *strides, MARK_INVALID=mark, **constexprs, **options
         )
         if index_score is not None:
@@ -204,7 +204,7 @@ def _forward(
         if one_head_block
         else torch.empty((B * S, H), dtype=torch.float32, device=dev)
     )
-    sparse_indexer_fwd_kernel[grid](
+    fast_launcher(sparse_indexer_fwd_kernel)[grid](
         *buffers,
         hlse,
         *sizes,
@@ -251,7 +251,7 @@ def _row_loss(
     invalid entries) into ``diff`` (contiguous, like p) when it is given."""
     B, S, topk = index_score.shape
     block_x = min(_ROW_LOSS_MAX_BLOCK, max(16, next_power_of_2(topk)))
-    sparse_row_loss_kernel[make_grid(B * S)](
+    fast_launcher(sparse_row_loss_kernel)[make_grid(B * S)](
         index_score,
         p,
         p if diff is None else diff,  # not written without STORE_DIFF

@@ -14,9 +14,12 @@ Two partitions share each program:
   a ring of shared-memory slots, stores the block's key mask beside them, and signals the
   slot's ``full`` mbarrier once its copies land. It replays the row's blocks once per
   sweep: every sweep reads the same blocks in the same order.
-- the **consumer** warpgroup runs the matmuls and the softmax. It keeps the next block's
-  matmul in flight (``warpgroup_mma(..., is_async=True)``) while it works on the current
-  block, and hands each slot back on its ``empty`` mbarrier once that matmul has read it.
+- the **consumer** warpgroup runs the matmuls and the softmax, and hands each slot back on
+  its ``empty`` mbarrier once the slot's matmul has read it. In sweep 1 the query is the
+  matmul's left operand in registers, so that the wgmma reads only the keys from shared
+  memory (whose bandwidth the gathers' copies share). In sweep 2, where both operands come
+  from shared memory, it keeps the next block's matmul in flight
+  (``warpgroup_mma(..., is_async=True)``) while it works on the current block.
 
 So the gathers run ahead of the matmuls by the whole ring instead of one step, and the
 consumer issues no address arithmetic or copies. ``setmaxnreg`` splits the registers: the
@@ -180,34 +183,33 @@ def _lse_step(s, st0, st1, keep, qk_scale, EXACT: gl.constexpr):
 
 @gluon.jit
 def _sweep1(
-    q_smem, kbuf, keep, full, empty, base, n_blocks, qk_scale, BLOCK_H: gl.constexpr,
+    q_op, kbuf, keep, full, empty, base, n_blocks, qk_scale, BLOCK_H: gl.constexpr,
     BLOCK_K: gl.constexpr, NUM_SLOTS: gl.constexpr, MMA1: gl.constexpr, EXACT: gl.constexpr,
 ):  # fmt: skip
     """Sweep 1 over the blocks numbered ``base`` on: the per-head log-sum-exp (base 2) of
     the scaled scores over the valid keys, ``[BLOCK_H]`` in ``SliceLayout(1, MMA1)``; -inf
     for a row without valid keys (EXACT), inf or NaN where the bounded form cannot be used.
-    Each step issues the next block's matmul and adds up the current block meanwhile."""
+    ``q_op``: the query in registers, the matmul's left operand. Each step waits for its
+    own matmul: the next block's accumulator would need registers the query now holds."""
     KEEP: gl.constexpr = gl.SliceLayout(0, MMA1)
-    keys, slot = _acquire(kbuf, full, base, NUM_SLOTS)
     zero = gl.zeros([BLOCK_H, BLOCK_K], gl.float32, MMA1)
-    s = warpgroup_mma(q_smem, keys.permute((1, 0)), zero, use_acc=False)
-    kmask = keep.index(base % (2 * NUM_SLOTS)).load(KEEP)
+    keys, slot = _acquire(kbuf, full, base, NUM_SLOTS)
+    s = warpgroup_mma(q_op, keys.permute((1, 0)), zero, use_acc=False)
     mbarrier.arrive(empty.index(slot))
+    kmask = keep.index(base % (2 * NUM_SLOTS)).load(KEEP)
     if EXACT:
         st0 = gl.full([BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(1, MMA1))
     else:
         z = gl.where(kmask[None, :] != 0.0, s * qk_scale, float("-inf"))
         st0 = gl.max(z, axis=1) + _REF_MARGIN
     st1 = gl.zeros([BLOCK_H], gl.float32, gl.SliceLayout(1, MMA1))
+    st0, st1 = _lse_step(s, st0, st1, kmask, qk_scale, EXACT)
     for blk in range(1, n_blocks):
         keys, slot = _acquire(kbuf, full, base + blk, NUM_SLOTS)
-        nxt = warpgroup_mma(q_smem, keys.permute((1, 0)), zero, use_acc=False, is_async=True)
-        kmask = keep.index((base + blk - 1) % (2 * NUM_SLOTS)).load(KEEP)
-        st0, st1 = _lse_step(s, st0, st1, kmask, qk_scale, EXACT)
-        s = warpgroup_mma_wait(0, deps=[nxt])
+        s = warpgroup_mma(q_op, keys.permute((1, 0)), zero, use_acc=False)
         mbarrier.arrive(empty.index(slot))
-    last = (base + n_blocks - 1) % (2 * NUM_SLOTS)
-    st0, st1 = _lse_step(s, st0, st1, keep.index(last).load(KEEP), qk_scale, EXACT)
+        kmask = keep.index((base + blk) % (2 * NUM_SLOTS)).load(KEEP)
+        st0, st1 = _lse_step(s, st0, st1, kmask, qk_scale, EXACT)
     return st0 + gl.log2(st1)
 
 
@@ -271,8 +273,11 @@ def _consumer(
     MMA2: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_H, 16]
     )
+    # the query as sweep 1's left operand in registers: the wgmma then reads only the keys
+    # from shared memory, whose bandwidth the gathers' copies also take
+    q_op = q_smem.load(gl.DotOperandLayout(operand_index=0, parent=MMA1, k_width=2))
     lse_h = _sweep1(
-        q_smem, kbuf, keep, full, empty, 0, n_blocks, qk_scale, BLOCK_H, BLOCK_K, NUM_SLOTS,
+        q_op, kbuf, keep, full, empty, 0, n_blocks, qk_scale, BLOCK_H, BLOCK_K, NUM_SLOTS,
         MMA1, False,
     )  # fmt: skip
     redo = gl.max(gl.where(lse_h < float("inf"), 0, 1), axis=0)
@@ -283,7 +288,7 @@ def _consumer(
     base = n_blocks
     if redo > 0:
         lse_h = _sweep1(
-            q_smem, kbuf, keep, full, empty, n_blocks, n_blocks, qk_scale, BLOCK_H, BLOCK_K,
+            q_op, kbuf, keep, full, empty, n_blocks, n_blocks, qk_scale, BLOCK_H, BLOCK_K,
             NUM_SLOTS, MMA1, True,
         )  # fmt: skip
         base = 2 * n_blocks
