@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from tri_shared.launch import cdiv, make_grid, next_power_of_2
+from tri_shared.launch import cdiv, fast_launcher, make_grid, next_power_of_2
 
 from ._validate import check_softplus, validate_gdn_args, validate_intermediate_buffer
 from .kernels.recurrent import fused_gdn_update_kernel
@@ -214,7 +214,7 @@ def _forward(
     num_warps = auto_warps if num_warps is None else num_warps
     red = 0 if state_layout == "kv" else 1
     grid = launch_grid(N, HV, V, block_v, flat=flat_grid)
-    fused_gdn_update_kernel[grid](
+    fast_launcher(fused_gdn_update_kernel)[grid](
         A_log,
         a3,
         dt_bias,
