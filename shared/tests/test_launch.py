@@ -108,3 +108,18 @@ def test_fast_launcher_falls_back_for_runtime_keyword_arguments(device):
         launcher[(1,)](x, y, out, 3.0, n=40, BLOCK=64, NEGATE=False)
         torch.testing.assert_close(out, torch.full_like(x, 5.0))
     assert launcher.num_cached == before
+
+
+def test_fast_launcher_keys_hold_no_tensor_and_skip_unknown_arguments():
+    """Keys are built from dtypes, alignment and value classes only; an argument of an
+    unknown type (e.g. a tensor descriptor) is not keyed, so such calls are never kept."""
+    from tri_shared.launch import _UNKEYED, _arg_key
+
+    x = torch.zeros(8)
+    assert _arg_key(x) == (torch.float32, x.data_ptr() % 16 == 0)
+    assert _arg_key(x[1:]) == (torch.float32, False)
+    assert _arg_key(1) != _arg_key(17) != _arg_key(32) != _arg_key(2**40)
+    assert _arg_key(2.0) == _arg_key(3.5)
+    assert _arg_key(None) == (type(None), None)
+    assert _arg_key(True) != _arg_key(False)
+    assert _arg_key(object()) is _UNKEYED

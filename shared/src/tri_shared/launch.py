@@ -95,11 +95,17 @@ _LAUNCH_OPTIONS = frozenset(
 )
 
 
+# The key of an argument the launcher does not know how to key (a tensor descriptor, any
+# other object): such a launch goes through Triton's and is not kept.
+_UNKEYED = object()
+
+
 def _arg_key(arg: object) -> object:
     """What the compiled kernel may depend on in a runtime argument: a tensor's dtype and
     16-byte alignment; an int's value class (1, a multiple of 16, 32- or 64-bit); the type of a
-    float. At least as fine as Triton's own specialisation, so two calls with equal keys take
-    the same compiled kernel."""
+    float; None and bools by value. At least as fine as Triton's own specialisation, so two
+    calls with equal keys take the same compiled kernel. Keys hold no reference to a tensor.
+    Anything else: ``_UNKEYED``."""
     kind = type(arg)
     if kind is int:
         return (arg == 1, arg % 16 == 0, -0x80000000 <= arg <= 0x7FFFFFFF, arg >= 1 << 63)
@@ -107,7 +113,9 @@ def _arg_key(arg: object) -> object:
         return float
     if isinstance(arg, torch.Tensor):
         return (arg.dtype, arg.data_ptr() % 16 == 0)
-    return (kind, arg)  # None, bools, dtypes: by value
+    if arg is None or kind is bool:
+        return (kind, arg)
+    return _UNKEYED
 
 
 def _hooks_installed() -> bool:
@@ -128,7 +136,9 @@ class FastLauncher:
     :func:`_arg_key` (tensor dtype and 16-byte alignment, int divisibility by 16, equality
     to 1 and width) and the keyword arguments, so a call never reuses a kernel compiled for
     different alignment or divisibility. Runtime arguments are positional; keyword arguments
-    are constexprs and launch options (``num_warps``, ...), hashable values.
+    are constexprs and launch options (``num_warps``, ...), hashable values; runtime
+    arguments other than tensors, ints, floats, bools and None (a tensor descriptor, say)
+    make the call go through Triton's launch.
 
     Triton's launch costs tens of microseconds of host time (binding and specialising every
     argument, a cache key built from a string of the options); a host-bound call, such as a
@@ -159,7 +169,10 @@ class FastLauncher:
         if _hooks_installed():
             return self.fn[grid](*args, **kwargs)
         device = driver.get_current_device()
-        key = (device, tuple(map(_arg_key, args)), tuple(kwargs.items()))
+        arg_keys = tuple(map(_arg_key, args))
+        if _UNKEYED in arg_keys:
+            return self.fn[grid](*args, **kwargs)
+        key = (device, arg_keys, tuple(kwargs.items()))
         hit = self._kernels.get(key)
         if hit is None:
             kernel = self.fn[grid](*args, **kwargs)
