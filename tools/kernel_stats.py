@@ -285,6 +285,35 @@ def flash_attention(kernel: str, head_dim: int) -> KernelStats:
     )
 
 
+def flash_attention_hopper(head_dim: int, causal: bool = True) -> KernelStats:
+    """The experimental Gluon (sm_90) attention forward as ``flash_attn_tri`` would launch it
+    (bf16, fixed length, descriptors with 128-byte swizzled boxes)."""
+    from triton.experimental.gluon import language as gl
+
+    from flash_attn_tri import attention
+
+    fn, constexprs, options = attention._hopper_fwd_launch(head_dim, causal)
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
+    rows = {"q_desc": constexprs["BLOCK_M"], "k_desc": constexprs["BLOCK_N"]}
+    rows["v_desc"] = rows["k_desc"]
+    signature = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in rows:
+            signature[name] = f"tensordesc<bf16[1, {rows[name]}, {head_dim}],{layout!r}>"
+        elif name == "out_ptr":
+            signature[name] = "*bf16"
+        elif name == "lse_ptr":
+            signature[name] = "*fp32"
+        elif name == "qk_scale2":
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+    divisible = ["out_ptr", "lse_ptr", "stride_ob", "stride_os", "stride_oh", "stride_lb"]
+    return compile_sm90(fn, signature, constexprs, divisible=divisible, **options)
+
+
 RECIPES = {
     "sparse-indexer-loss": lambda: sparse_indexer_forward(compute_loss=True),
     "sparse-indexer-target": lambda: sparse_indexer_forward(compute_loss=False),
@@ -292,6 +321,8 @@ RECIPES = {
     "sparse-indexer-loss-hopper": lambda: sparse_indexer_forward_hopper(compute_loss=True),
     "sparse-indexer-target-hopper": lambda: sparse_indexer_forward_hopper(compute_loss=False),
     "sparse-indexer-loss-hopper-wide-keys": lambda: sparse_indexer_forward_hopper(wide_keys=True),
+    "flash-attn-fwd-hopper-d64": lambda: flash_attention_hopper(64),
+    "flash-attn-fwd-hopper-d128": lambda: flash_attention_hopper(128),
     **{
         f"flash-attn-{kernel}-d{d}": (lambda kernel=kernel, d=d: flash_attention(kernel, d))
         for kernel in ("fwd", "dkdv", "dq")

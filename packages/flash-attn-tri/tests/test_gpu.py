@@ -146,3 +146,55 @@ def test_varlen_bf16(check_grads):
         for n, g, r, lo in zip(("dq", "dk", "dv"), grads, g64, glow, strict=True):
             limit = max(1e-2, 3 * rel_err(lo, r))
             assert_close(g[None, s:e], r, max_rel_err=limit, name=f"{n}[{b}]")
+
+
+def _gluon_calls(monkeypatch):
+    """Turn the experimental Gluon forward on and count its launches."""
+    from flash_attn_tri import attention
+
+    if not attention.is_hopper(torch.device("cuda")):
+        pytest.skip("the Gluon forward is for Hopper GPUs")
+    calls = []
+    launch = attention._gluon_forward
+    monkeypatch.setenv("FLASH_ATTN_TRI_GLUON", "1")
+    monkeypatch.setattr(
+        attention, "_gluon_forward", lambda *a, **kw: (calls.append(1), launch(*a, **kw))
+    )
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("dtype", "d", "causal", "sq", "sk", "heads", "heads_k"),
+    [
+        (torch.bfloat16, 128, False, 1024, 1024, 8, 8),
+        (torch.bfloat16, 128, True, 1023, 1023, 8, 2),
+        (torch.bfloat16, 64, False, 777, 1500, 4, 4),
+        (torch.float16, 64, True, 1500, 777, 4, 1),  # rows that see no key (sq > sk)
+        (torch.float16, 128, True, 300, 2047, 2, 2),
+        (torch.bfloat16, 128, False, 1, 17, 2, 1),
+        (torch.bfloat16, 64, True, 129, 129, 2, 2),
+    ],
+)
+def test_gluon_forward_matches_the_reference(
+    monkeypatch, check_grads, dtype, d, causal, sq, sk, heads, heads_k
+):
+    """The experimental Gluon forward against the fp64 reference (FlashAttention error rule,
+    output and, through the Triton backward it feeds, gradients) and the Triton forward's
+    log-sum-exp; rows past the diagonal with no key give output 0 and lse +inf."""
+    calls = _gluon_calls(monkeypatch)
+    q, k, v = _qkv((2, sq, heads, d), (2, sk, heads_k, d), d, dtype, seed=d + sq + sk)
+    out, lse, _ = flash_attn_func(q, k, v, causal=causal, return_attn_probs=True)
+    assert calls, "the Gluon forward did not run"
+    ref64, _ = attention_ref(
+        q.double(), k.double(), v.double(), causal=causal, compute_dtype=torch.float64
+    )
+    reflow, _ = attention_ref(q, k, v, causal=causal, compute_dtype=dtype)
+    grad_out = randn(out.shape, seed=9, dtype=dtype, device="cuda")
+    check_grads(out, ref64, reflow, (q, k, v), grad_out)
+    monkeypatch.setenv("FLASH_ATTN_TRI_GLUON", "0")
+    out_t, lse_t, _ = flash_attn_func(q, k, v, causal=causal, return_attn_probs=True)
+    assert len(calls) == 1
+    finite = torch.isfinite(lse_t)
+    assert torch.equal(finite, torch.isfinite(lse)) and bool((lse[~finite] == float("inf")).all())
+    torch.testing.assert_close(lse[finite], lse_t[finite], rtol=0, atol=1e-4)
+    assert rel_err(out.float(), out_t.float()) < 1e-2

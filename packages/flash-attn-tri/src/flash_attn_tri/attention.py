@@ -9,6 +9,7 @@ synchronisation: the dropout seed lives in a device tensor drawn from torch's ge
 
 import math
 import os
+from typing import Any
 
 import torch
 import triton
@@ -22,7 +23,14 @@ from tri_shared.checks import (
     check_tensor,
 )
 from tri_shared.dots import ieee_dots
-from tri_shared.launch import autotune_configs, cdiv, is_interpreter, make_grid, next_power_of_2
+from tri_shared.launch import (
+    autotune_configs,
+    cdiv,
+    is_hopper,
+    is_interpreter,
+    make_grid,
+    next_power_of_2,
+)
 from tri_shared.softmax import LOG2E
 
 from .kernels import attention as _k
@@ -230,6 +238,78 @@ def _alibi_args(alibi_slopes: torch.Tensor | None, q: torch.Tensor) -> tuple:
     return alibi_slopes, alibi_slopes.stride(0), alibi_slopes.stride(1), True
 
 
+def _gluon_forward_eligible(q, k, v, varlen: bool, o: _Opts, has_alibi: bool) -> bool:
+    """Whether the experimental Gluon forward (``kernels/attention_hopper.py``) takes this
+    call: ``FLASH_ATTN_TRI_GLUON=1``, a Hopper GPU, fixed-length fp16/bf16 inputs with
+    D = Dv = 64 or 128, no window other than causal, no softcap, ALiBi or dropout, a positive
+    scale, and rows of ``heads · D`` contiguous, 16-byte aligned elements (copy-engine
+    boxes)."""
+    if os.environ.get("FLASH_ATTN_TRI_GLUON", "0") != "1" or varlen or not q.is_cuda:
+        return False
+    if not is_hopper(q.device) or q.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    d = q.shape[-1]
+    if d not in (64, 128) or v.shape[-1] != d or o.sm_scale <= 0 or k.shape[1] == 0:
+        return False
+    if o.is_softcap or has_alibi or o.dropout_p > 0 or o.has_left:
+        return False
+    if o.has_right and o.win_right != 0:  # causal is the window (-1, 0)
+        return False
+    for t in (q, k, v):
+        if t.stride(3) != 1 or t.stride(2) != d or t.data_ptr() % 16:
+            return False
+        if t.stride(0) % 8 or t.stride(1) % 8:
+            return False
+    try:
+        from .kernels import attention_hopper  # noqa: F401  (Gluon: triton >= 3.5)
+    except ImportError:
+        return False
+    return True
+
+
+def _gluon_forward(q, k, v, out, lse, qk_scale2: float, causal: bool) -> None:
+    """Launch the experimental Gluon forward into ``out`` and ``lse``."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as BoxDescriptor
+
+    batch, seqlen_q, heads, d = q.shape
+    seqlen_k, heads_k = k.shape[1], k.shape[2]
+    fn, constexprs, options = _hopper_fwd_launch(d, causal)
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
+
+    def boxes(t: torch.Tensor, rows: int) -> BoxDescriptor:
+        # [batch, seqlen, heads · D]: one head's rows are a box; rows past the sequence
+        # arrive as zeros
+        shape = [t.shape[0], t.shape[1], t.shape[2] * d]
+        return BoxDescriptor(t, shape, [t.stride(0), t.stride(1), 1], [1, rows, d], layout)
+
+    grid = make_grid(cdiv(seqlen_q, constexprs["BLOCK_M"]), heads, batch)
+    fn[grid](
+        boxes(q, constexprs["BLOCK_M"]), boxes(k, constexprs["BLOCK_N"]),
+        boxes(v, constexprs["BLOCK_N"]), out, lse, seqlen_q, seqlen_k, heads // heads_k,
+        qk_scale2, out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
+        **constexprs, **options,
+    )  # fmt: skip
+
+
+def _hopper_fwd_launch(head_dim: int, causal: bool) -> tuple[Any, dict[str, Any], dict[str, int]]:
+    """(kernel, constexprs, launch options) of the experimental Gluon forward."""
+    from .kernels.attention_hopper import flash_fwd_hopper_kernel
+
+    constexprs = {
+        "HEAD_DIM": head_dim,
+        "BLOCK_M": 128,
+        "BLOCK_N": 128,
+        # shared memory: the query tile and NUM_STAGES K and V tiles (160 KiB at D = 128)
+        "NUM_STAGES": 2 if head_dim > 64 else 3,
+        "CAUSAL": causal,
+        "PRODUCER_REGS": 24,
+    }
+    # 12 warps (two consumer warpgroups and the producer's) at 168 registers a thread fill
+    # the register file; setmaxnreg then gives the consumers 240 and the producer 24
+    return flash_fwd_hopper_kernel, constexprs, {"num_warps": 8, "maxnreg": 168}
+
+
 def _forward_impl(
     q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
     window_left, window_right, softcap, alibi_slopes, dropout_p, rng_state,
@@ -252,6 +332,9 @@ def _forward_impl(
     rng = rng_state if has_dropout else q
     cu_q = cu_seqlens_q if varlen else q
     cu_k = cu_seqlens_k if varlen else q
+    if _gluon_forward_eligible(q, k, v, varlen, o, has_alibi):
+        _gluon_forward(q, k, v, out, lse, o.qk_scale2, causal=o.has_right)
+        return out, lse
     kern = _kernel("fwd", max(block_d, block_dv), max(seqlen_q, seqlen_k))
     grid = lambda meta: make_grid(cdiv(seqlen_q, meta["BLOCK_M"]), heads, batch)
     # fixed-length inputs go through tensor descriptors (copy-engine loads, zero fill past the
