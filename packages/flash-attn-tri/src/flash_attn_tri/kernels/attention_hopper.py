@@ -43,8 +43,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 _LN2: gl.constexpr = gl.constexpr(0.6931471805599453)
 
 # Gluon is experimental and renames things between Triton releases (3.6:
-# async_copy_global_to_shared, later: async_load).
+# async_copy_global_to_shared and thread_barrier, later: async_load and barrier).
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+_block_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 
 
 # ---------------------------------------------------------------------------------------
@@ -269,7 +270,10 @@ def flash_fwd_hopper_kernel(
         mbarrier.init(k_full.index(i), count=1)
         mbarrier.init(v_full.index(i), count=1)
         mbarrier.init(kv_empty.index(i), count=1)
+    # the initialised barriers, visible to the copy engine and to every warp before either
+    # partition touches them
     fence_async_shared()
+    _block_barrier()
 
     # (the argument tuples are written inline: assigned to a name first, their constexprs
     # would arrive as tensors)
