@@ -194,17 +194,16 @@ class FastLauncher:
 
     def _constexpr_tail(self, n_args: int, kwargs: dict[str, object]) -> tuple | None:
         """The values of the parameters after the positional ones, in order (the compiled
-        kernel takes every parameter), or None when the direct launch does not apply: under
-        the interpreter, or a keyword argument that is neither a constexpr nor an option."""
-        if is_interpreter():
-            return None
+        kernel takes every parameter), or None when the direct launch does not apply: a
+        runtime argument given by keyword or left to its default, or a keyword argument that
+        is neither a constexpr nor an option."""
         params = getattr(self.fn, "params", None)
         if params is None:
             return None
         tail = []
         for param in params[n_args:]:
             if not param.is_constexpr:
-                return None  # a runtime argument given by keyword or left to its default
+                return None
             tail.append(kwargs.get(param.name, param.default))
         names = {p.name for p in params[n_args:]}
         if any(k not in names and k not in _LAUNCH_OPTIONS for k in kwargs):
