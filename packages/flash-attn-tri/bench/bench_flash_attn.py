@@ -3,12 +3,16 @@ installed) at the FlashAttention setup of ANCHORS.md: batch × seqlen = 16384 to
 2048 (heads = 2048 / head dim), bf16, forward and forward+backward, causal and not.
 
 Run on a GPU: ``python3 bench_flash_attn.py`` (or ``bash tools/gpu.sh bench flash-attn-tri``).
-Prints a table and writes CSV + PNG plots to ``results_dir("flash-attn-tri")``.
+Prints a table and writes CSV + PNG plots to ``results_dir("flash-attn-tri")``. Arguments:
+impl names to time only those; ``--gluon`` adds ``flash_attn_tri_gluon``, the experimental
+Gluon forward (``FLASH_ATTN_TRI_GLUON=1`` during its calls; the backward is the same).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from contextlib import contextmanager
 
 import torch
 
@@ -41,10 +45,33 @@ def _sdpa(backend_name: str):
     return run
 
 
-def _impls():
+@contextmanager
+def _gluon_forward():
+    """The experimental Gluon forward on for the calls inside."""
+    old = os.environ.get("FLASH_ATTN_TRI_GLUON")
+    os.environ["FLASH_ATTN_TRI_GLUON"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["FLASH_ATTN_TRI_GLUON"]
+        else:
+            os.environ["FLASH_ATTN_TRI_GLUON"] = old
+
+
+def _gluon_call(q, k, v, causal):
+    from flash_attn_tri import flash_attn_func
+
+    with _gluon_forward():
+        return flash_attn_func(q, k, v, causal=causal)
+
+
+def _impls(gluon: bool = False):
     from flash_attn_tri import flash_attn_func
 
     impls = {"flash_attn_tri": (lambda q, k, v, c: flash_attn_func(q, k, v, causal=c), "bshd")}
+    if gluon:
+        impls["flash_attn_tri_gluon"] = (_gluon_call, "bshd")
     impls["sdpa_flash"] = (_sdpa("FLASH_ATTENTION"), "bhsd")
     impls["sdpa_cudnn"] = (_sdpa("CUDNN_ATTENTION"), "bhsd")
     try:
@@ -89,7 +116,8 @@ def main() -> int:
         f"ceilings: bf16 matmul {ceil.matmul_tflops:.0f} TFLOP/s, "
         f"copy {ceil.copy_gbps:.0f} GB/s ({ceil.device_name})"
     )
-    only = sys.argv[1:]  # optional filter: impl names
+    gluon = "--gluon" in sys.argv
+    only = [a for a in sys.argv[1:] if a != "--gluon"]  # optional filter: impl names
     rows = []
     for d in HEAD_DIMS:
         heads = HIDDEN // d
@@ -104,7 +132,7 @@ def main() -> int:
                 )
                 dout = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g)
                 fwd_flops = 4 * batch * heads * s * s * d * (0.5 if causal else 1.0)
-                for name, (fn, layout) in _impls().items():
+                for name, (fn, layout) in _impls(gluon).items():
                     if only and name not in only:
                         continue
                     if layout == "bhsd":
@@ -145,7 +173,7 @@ def main() -> int:
     for r in rows:
         for base in ("sdpa_flash", "sdpa_cudnn"):
             b = by_key.get((base, r["D"], r["causal"], r["seqlen"]))
-            if b is not None and r["impl"] == "flash_attn_tri":
+            if b is not None and r["impl"].startswith("flash_attn_tri"):
                 r[f"fwd_vs_{base}"] = r["fwd_tflops"] / b["fwd_tflops"]
                 r[f"fwdbwd_vs_{base}"] = r["fwdbwd_tflops"] / b["fwdbwd_tflops"]
     from flash_attn_tri import attention as fa_mod

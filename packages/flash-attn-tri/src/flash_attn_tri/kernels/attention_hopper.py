@@ -244,6 +244,10 @@ def flash_fwd_hopper_kernel(
     sequence arrive as zeros); ``out_ptr`` ``[batch, seqlen_q, heads, D]`` (unit stride
     along D), ``lse_ptr`` ``[batch, heads, seqlen_q]`` fp32 (unit stride along the rows)."""
     pid_m = gl.program_id(0)
+    if CAUSAL:
+        # the longest rows first: programs start in order of their index, and the last
+        # query blocks see the most keys
+        pid_m = gl.num_programs(0) - 1 - pid_m
     h = gl.program_id(1)
     b = gl.program_id(2)
     start_m = pid_m * BLOCK_M
