@@ -135,15 +135,13 @@ def flash_attn_gluon():
     default steps until it has passed its GPU tests): partial blocks at both ends, GQA,
     causal with rows that see no key (sq > sk)."""
     from flash_attn_tri import flash_attn_func
+    from tri_shared.bench import env_set
 
-    os.environ["FLASH_ATTN_TRI_GLUON"] = "1"
-    try:
+    with env_set("FLASH_ATTN_TRI_GLUON", "1"):
         for d, causal, sq, sk in ((128, True, 300, 203), (64, False, 113, 203)):
             q = rn(2, sq, 4, d, seed=40)
             k, v = rn(2, sk, 2, d, seed=41), rn(2, sk, 2, d, seed=42)
             flash_attn_func(q, k, v, causal=causal)
-    finally:
-        os.environ["FLASH_ATTN_TRI_GLUON"] = "0"
 
 
 def indexer_loss():

@@ -1,6 +1,7 @@
 """Benchmark helpers (timing, rates, table, CSV, plot)."""
 
 import csv
+import os
 
 import pytest
 
@@ -71,3 +72,24 @@ def test_table_csv_and_plot(tmp_path, monkeypatch):
     assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
     assert results_dir("pkg") == tmp_path / "out" and (tmp_path / "out").is_dir()
+
+
+def test_env_set_restores_or_removes(monkeypatch):
+    from tri_shared.bench import env_set
+
+    monkeypatch.setenv("TRI_SHARED_TEST_SWITCH", "a")
+    with env_set("TRI_SHARED_TEST_SWITCH", "b"):
+        assert os.environ["TRI_SHARED_TEST_SWITCH"] == "b"
+    assert os.environ["TRI_SHARED_TEST_SWITCH"] == "a"
+    monkeypatch.delenv("TRI_SHARED_TEST_SWITCH")
+    seen = []
+
+    def fail_inside():
+        with env_set("TRI_SHARED_TEST_SWITCH", "c"):
+            seen.append(os.environ["TRI_SHARED_TEST_SWITCH"])
+            raise RuntimeError("inside")
+
+    with pytest.raises(RuntimeError, match="inside"):
+        fail_inside()
+    assert seen == ["c"]
+    assert "TRI_SHARED_TEST_SWITCH" not in os.environ

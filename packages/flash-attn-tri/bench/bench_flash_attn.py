@@ -10,13 +10,12 @@ Gluon forward (``FLASH_ATTN_TRI_GLUON=1`` during its calls; the backward is the 
 
 from __future__ import annotations
 
-import os
 import sys
-from contextlib import contextmanager
 
 import torch
 
 from tri_shared.bench import (
+    env_set,
     environment,
     measure_ceilings,
     plot,
@@ -45,24 +44,10 @@ def _sdpa(backend_name: str):
     return run
 
 
-@contextmanager
-def _gluon_forward():
-    """The experimental Gluon forward on for the calls inside."""
-    old = os.environ.get("FLASH_ATTN_TRI_GLUON")
-    os.environ["FLASH_ATTN_TRI_GLUON"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["FLASH_ATTN_TRI_GLUON"]
-        else:
-            os.environ["FLASH_ATTN_TRI_GLUON"] = old
-
-
 def _gluon_call(q, k, v, causal):
     from flash_attn_tri import flash_attn_func
 
-    with _gluon_forward():
+    with env_set("FLASH_ATTN_TRI_GLUON", "1"):
         return flash_attn_func(q, k, v, causal=causal)
 
 

@@ -10,15 +10,14 @@ each (bytes allocated beyond the inputs), and TFLOP/s: "useful" counts the score
 
 from __future__ import annotations
 
-import os
 import sys
-from contextlib import contextmanager
 
 import torch
 
 import indexer_loss.sparse as sparse_mod
 from indexer_loss import compute_index_loss_sparse, sparse_attention_target
 from tri_shared.bench import (
+    env_set,
     environment,
     measure_ceilings,
     plot,
@@ -88,18 +87,9 @@ def ab_sparse():
     }
 
 
-@contextmanager
 def triton_kernel_only():
     """Turn the Gluon (Hopper) forward off, so that the Triton kernel runs."""
-    old = os.environ.get("INDEXER_LOSS_GLUON")
-    os.environ["INDEXER_LOSS_GLUON"] = "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["INDEXER_LOSS_GLUON"]
-        else:
-            os.environ["INDEXER_LOSS_GLUON"] = old
+    return env_set("INDEXER_LOSS_GLUON", "0")
 
 
 def kernel_name(q, k) -> str:

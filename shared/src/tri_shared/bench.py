@@ -11,7 +11,8 @@ import csv
 import os
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,21 @@ def time_fn(
         call()
         samples.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(samples)
+
+
+@contextmanager
+def env_set(name: str, value: str) -> Iterator[None]:
+    """Environment variable ``name`` set to ``value`` inside the block, restored (or removed)
+    after it: for switches a package reads on each call, such as a kernel choice."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 def kernel_times(fn: Callable[[], Any], *, iters: int = 10) -> dict[str, float]:
