@@ -55,6 +55,8 @@ class KernelStats:
     # per loop: no other loop lies inside it (a warp-specialised kernel's dispatch also shows
     # up as loops that span the partitions' own loops)
     innermost: list[bool] = field(default_factory=list)
+    # the register counts a warp-specialised kernel's partitions set (setmaxnreg), in order
+    setmaxnreg: list[int] = field(default_factory=list)
 
     def ptx_count(self, opcode: str) -> int:
         """Occurrences of a PTX opcode (e.g. ``mul.lo.s64``) in the whole kernel."""
@@ -115,6 +117,9 @@ def compile_sm90(
         mufu_under_wgmma=[overlap for _, overlap, _, _ in loops],
         innermost=[inner for _, _, inner, _ in loops],
         wgmma_a_in_registers=[rs for _, _, _, rs in loops],
+        setmaxnreg=[
+            int(n, 16) for n in re.findall(r"USETMAXREG\.\S+ (?:U?P\w+, )?0x([0-9a-f]+)", sass)
+        ],
     )
 
 
@@ -162,13 +167,17 @@ def _loop_mix(sass: str) -> list[tuple[collections.Counter, int, bool, int]]:
     for start, end in spans:
         body = [t for a, t in code if start <= a <= end]
         ops = [re.sub(r"^@!?U?P\w+\s+", "", t).split()[0] for t in body]
-        in_flight, overlap = False, 0
-        for op in ops:
+        # wgmma groups in flight: HGMMAs issue one group, the one marked ``gsb0`` closes
+        # it, and ``WARPGROUP.DEPBAR.LE gsb0, N`` waits until at most N groups remain
+        groups, open_group, overlap = 0, False, 0
+        for op, text in zip(ops, body, strict=True):
             if op.startswith("HGMMA"):
-                in_flight = True
+                open_group = "gsb0" not in text
+                groups += not open_group
             elif op.startswith("WARPGROUP.DEPBAR"):
-                in_flight = False
-            elif op.startswith("MUFU") and in_flight:
+                left = re.search(r"gsb0,\s*0x([0-9a-f]+)", text)
+                groups = min(groups, int(left.group(1), 16) if left else 0)
+            elif op.startswith("MUFU") and (groups or open_group):
                 overlap += 1
         inner = not any(start <= a and b <= end and (a, b) != (start, end) for a, b in spans)
         in_registers = sum(bool(re.search(r"HGMMA\S*\s+R\d+,\s*R\d+,", t)) for t in body)
@@ -294,7 +303,7 @@ def flash_attention_hopper(head_dim: int, causal: bool = True) -> KernelStats:
 
     fn, constexprs, options = attention._hopper_fwd_launch(head_dim, causal)
     layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
-    rows = {"q_desc": constexprs["BLOCK_M"], "k_desc": constexprs["BLOCK_N"]}
+    rows = {"q_desc": constexprs["BLOCK_M"] // 2, "k_desc": constexprs["BLOCK_N"]}
     rows["v_desc"] = rows["k_desc"]
     signature = {}
     for name in fn.arg_names:
@@ -354,6 +363,7 @@ def main() -> int:
                 "mufu_under_wgmma": st.mufu_under_wgmma,
                 "innermost": st.innermost,
                 "wgmma_a_in_registers": st.wgmma_a_in_registers,
+                "setmaxnreg": st.setmaxnreg,
             }
             print(json.dumps(record))
             continue

@@ -4,8 +4,8 @@ with empty sequences, negative slots) so that ``compute-sanitizer`` can check ea
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
         python3 tools/sanitize.py [step ...]
 
-(steps: shared_kernels, gated_delta, flash_attn, indexer_loss, all four by default; and
-flash_attn_gluon, the experimental Hopper forward, only when named.)
+(steps: shared_kernels, gated_delta, flash_attn, flash_attn_gluon, indexer_loss; all by
+default.)
 
 (The caching allocator is off so that an access past a tensor's end leaves its allocation.)
 """
@@ -131,14 +131,14 @@ def flash_attn():
 
 
 def flash_attn_gluon():
-    """The experimental Gluon forward (``FLASH_ATTN_TRI_GLUON=1``, Hopper only; not in the
-    default steps until it has passed its GPU tests): partial blocks at both ends, GQA,
-    causal with rows that see no key (sq > sk)."""
+    """The Gluon forward for Hopper (forced on for D = 64 too with ``FLASH_ATTN_TRI_GLUON=1``):
+    partial blocks at both ends, GQA, causal with rows that see no key (sq > sk), a single
+    key block."""
     from flash_attn_tri import flash_attn_func
     from tri_shared.bench import env_set
 
     with env_set("FLASH_ATTN_TRI_GLUON", "1"):
-        for d, causal, sq, sk in ((128, True, 300, 203), (64, False, 113, 203)):
+        for d, causal, sq, sk in ((128, True, 300, 203), (64, False, 113, 203), (128, False, 5, 9)):
             q = rn(2, sq, 4, d, seed=40)
             k, v = rn(2, sk, 2, d, seed=41), rn(2, sk, 2, d, seed=42)
             flash_attn_func(q, k, v, causal=causal)
@@ -168,8 +168,8 @@ def indexer_loss():
 
 
 if __name__ == "__main__":
-    steps = (shared_kernels, gated_delta, flash_attn, indexer_loss, flash_attn_gluon)
-    chosen = sys.argv[1:] or [s.__name__ for s in steps[:-1]]  # the experimental one on demand
+    steps = (shared_kernels, gated_delta, flash_attn, flash_attn_gluon, indexer_loss)
+    chosen = sys.argv[1:] or [s.__name__ for s in steps]
     unknown = set(chosen) - {s.__name__ for s in steps}
     if unknown:
         sys.exit(f"unknown step(s) {sorted(unknown)}; choose from {[s.__name__ for s in steps]}")

@@ -4,8 +4,9 @@ installed) at the FlashAttention setup of ANCHORS.md: batch × seqlen = 16384 to
 
 Run on a GPU: ``python3 bench_flash_attn.py`` (or ``bash tools/gpu.sh bench flash-attn-tri``).
 Prints a table and writes CSV + PNG plots to ``results_dir("flash-attn-tri")``. Arguments:
-impl names to time only those; ``--gluon`` adds ``flash_attn_tri_gluon``, the experimental
-Gluon forward (``FLASH_ATTN_TRI_GLUON=1`` during its calls; the backward is the same).
+impl names to time only those; ``--triton-forward`` adds ``flash_attn_tri_triton_fwd``,
+flash_attn_tri with the Gluon forward for Hopper turned off (``FLASH_ATTN_TRI_GLUON=0``
+during its calls; the backward is the same).
 """
 
 from __future__ import annotations
@@ -44,19 +45,19 @@ def _sdpa(backend_name: str):
     return run
 
 
-def _gluon_call(q, k, v, causal):
+def _triton_forward_call(q, k, v, causal):
     from flash_attn_tri import flash_attn_func
 
-    with env_set("FLASH_ATTN_TRI_GLUON", "1"):
+    with env_set("FLASH_ATTN_TRI_GLUON", "0"):
         return flash_attn_func(q, k, v, causal=causal)
 
 
-def _impls(gluon: bool = False):
+def _impls(triton_forward: bool = False):
     from flash_attn_tri import flash_attn_func
 
     impls = {"flash_attn_tri": (lambda q, k, v, c: flash_attn_func(q, k, v, causal=c), "bshd")}
-    if gluon:
-        impls["flash_attn_tri_gluon"] = (_gluon_call, "bshd")
+    if triton_forward:
+        impls["flash_attn_tri_triton_fwd"] = (_triton_forward_call, "bshd")
     impls["sdpa_flash"] = (_sdpa("FLASH_ATTENTION"), "bhsd")
     impls["sdpa_cudnn"] = (_sdpa("CUDNN_ATTENTION"), "bhsd")
     try:
@@ -101,8 +102,8 @@ def main() -> int:
         f"ceilings: bf16 matmul {ceil.matmul_tflops:.0f} TFLOP/s, "
         f"copy {ceil.copy_gbps:.0f} GB/s ({ceil.device_name})"
     )
-    gluon = "--gluon" in sys.argv
-    only = [a for a in sys.argv[1:] if a != "--gluon"]  # optional filter: impl names
+    triton_forward = "--triton-forward" in sys.argv
+    only = [a for a in sys.argv[1:] if a != "--triton-forward"]  # optional filter: impl names
     rows = []
     for d in HEAD_DIMS:
         heads = HIDDEN // d
@@ -117,7 +118,7 @@ def main() -> int:
                 )
                 dout = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g)
                 fwd_flops = 4 * batch * heads * s * s * d * (0.5 if causal else 1.0)
-                for name, (fn, layout) in _impls(gluon).items():
+                for name, (fn, layout) in _impls(triton_forward).items():
                     if only and name not in only:
                         continue
                     if layout == "bhsd":

@@ -149,7 +149,7 @@ def test_varlen_bf16(check_grads):
 
 
 def _gluon_calls(monkeypatch):
-    """Turn the experimental Gluon forward on and count its launches."""
+    """Force the Gluon forward for Hopper on (D = 64 too) and count its launches."""
     from flash_attn_tri import attention
 
     if not attention.is_hopper(torch.device("cuda")):
@@ -178,7 +178,7 @@ def _gluon_calls(monkeypatch):
 def test_gluon_forward_matches_the_reference(
     monkeypatch, check_grads, dtype, d, causal, sq, sk, heads, heads_k
 ):
-    """The experimental Gluon forward against the fp64 reference (FlashAttention error rule,
+    """The Gluon forward for Hopper against the fp64 reference (FlashAttention error rule,
     output and, through the Triton backward it feeds, gradients) and the Triton forward's
     log-sum-exp; rows past the diagonal with no key give output 0 and lse +inf."""
     calls = _gluon_calls(monkeypatch)

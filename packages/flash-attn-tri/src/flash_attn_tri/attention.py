@@ -238,18 +238,28 @@ def _alibi_args(alibi_slopes: torch.Tensor | None, q: torch.Tensor) -> tuple:
     return alibi_slopes, alibi_slopes.stride(0), alibi_slopes.stride(1), True
 
 
+def _gluon_forward_wanted(head_dim: int, causal: bool, seqlen_k: int) -> bool:
+    """Whether a call the Gluon forward for Hopper can take should go to it: yes at D = 128,
+    except causal attention over fewer than 2048 keys, where the Triton kernel measured
+    faster (BENCHMARKS.md), as it does at D = 64. ``FLASH_ATTN_TRI_GLUON=1`` says yes to
+    every call it can take (D = 64 or 128), ``=0`` says no."""
+    switch = os.environ.get("FLASH_ATTN_TRI_GLUON", "auto")
+    if switch in ("0", "1"):
+        return switch == "1" and head_dim in (64, 128)
+    return head_dim == 128 and not (causal and seqlen_k < 2048)
+
+
 def _gluon_forward_eligible(q, k, v, varlen: bool, o: _Opts, has_alibi: bool) -> bool:
-    """Whether the experimental Gluon forward (``kernels/attention_hopper.py``) takes this
-    call: ``FLASH_ATTN_TRI_GLUON=1``, a Hopper GPU, fixed-length fp16/bf16 inputs with
-    D = Dv = 64 or 128, no window other than causal, no softcap, ALiBi or dropout, a positive
-    scale, and rows of ``heads · D`` contiguous, 16-byte aligned elements (copy-engine
-    boxes)."""
-    if os.environ.get("FLASH_ATTN_TRI_GLUON", "0") != "1" or varlen or not q.is_cuda:
+    """Whether the Gluon forward for Hopper (``kernels/attention_hopper.py``) takes this call:
+    :func:`_gluon_forward_wanted`, a Hopper GPU, fixed-length fp16/bf16 inputs with
+    D = Dv, no window other than causal, no softcap, ALiBi or dropout, a positive scale, and
+    rows of ``heads · D`` contiguous, 16-byte aligned elements (copy-engine boxes)."""
+    d = q.shape[-1]
+    if varlen or not q.is_cuda or not _gluon_forward_wanted(d, o.has_right, k.shape[1]):
         return False
     if not is_hopper(q.device) or q.dtype not in (torch.float16, torch.bfloat16):
         return False
-    d = q.shape[-1]
-    if d not in (64, 128) or v.shape[-1] != d or o.sm_scale <= 0 or k.shape[1] == 0:
+    if v.shape[-1] != d or o.sm_scale <= 0 or k.shape[1] == 0:
         return False
     if o.is_softcap or has_alibi or o.dropout_p > 0 or o.has_left:
         return False
@@ -268,7 +278,7 @@ def _gluon_forward_eligible(q, k, v, varlen: bool, o: _Opts, has_alibi: bool) ->
 
 
 def _gluon_forward(q, k, v, out, lse, qk_scale2: float, causal: bool) -> None:
-    """Launch the experimental Gluon forward into ``out`` and ``lse``."""
+    """Launch the Gluon forward for Hopper into ``out`` and ``lse``."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as BoxDescriptor
 
@@ -285,7 +295,7 @@ def _gluon_forward(q, k, v, out, lse, qk_scale2: float, causal: bool) -> None:
 
     grid = make_grid(cdiv(seqlen_q, constexprs["BLOCK_M"]), heads, batch)
     fn[grid](
-        boxes(q, constexprs["BLOCK_M"]), boxes(k, constexprs["BLOCK_N"]),
+        boxes(q, constexprs["BLOCK_M"] // 2), boxes(k, constexprs["BLOCK_N"]),
         boxes(v, constexprs["BLOCK_N"]), out, lse, seqlen_q, seqlen_k, heads // heads_k,
         qk_scale2, out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
         **constexprs, **options,
@@ -293,21 +303,23 @@ def _gluon_forward(q, k, v, out, lse, qk_scale2: float, causal: bool) -> None:
 
 
 def _hopper_fwd_launch(head_dim: int, causal: bool) -> tuple[Any, dict[str, Any], dict[str, int]]:
-    """(kernel, constexprs, launch options) of the experimental Gluon forward."""
+    """(kernel, constexprs, launch options) of the Gluon forward for Hopper."""
     from .kernels.attention_hopper import flash_fwd_hopper_kernel
 
     constexprs = {
         "HEAD_DIM": head_dim,
-        "BLOCK_M": 128,
+        "BLOCK_M": 128,  # 64 rows for each of the two consumer warpgroups
         "BLOCK_N": 128,
-        # shared memory: the query tile and NUM_STAGES K and V tiles (160 KiB at D = 128)
+        # shared memory: the query tiles and NUM_STAGES K and V tiles (160 KiB at D = 128)
         "NUM_STAGES": 2 if head_dim > 64 else 3,
         "CAUSAL": causal,
+        "PINGPONG": True,
+        "CONSUMER_REGS": 240,
         "PRODUCER_REGS": 24,
     }
     # 12 warps (two consumer warpgroups and the producer's) at 168 registers a thread fill
     # the register file; setmaxnreg then gives the consumers 240 and the producer 24
-    return flash_fwd_hopper_kernel, constexprs, {"num_warps": 8, "maxnreg": 168}
+    return flash_fwd_hopper_kernel, constexprs, {"num_warps": 4, "maxnreg": 168}
 
 
 def _forward_impl(

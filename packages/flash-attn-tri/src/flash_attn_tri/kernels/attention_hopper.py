@@ -1,27 +1,26 @@
 """The attention forward for Hopper (sm_90), written in Gluon, warp-specialised.
 
-**Experimental, off by default** (``FLASH_ATTN_TRI_GLUON=1`` turns it on): it compiles
-(``tools/kernel_stats.py flash-attn-fwd-hopper-d128``) but has not yet been run on a GPU;
-``tests/test_gpu.py::test_gluon_forward_*`` are the checks it has to pass before it can be
-the default.
+The default forward at D = 128 (``attention._gluon_forward_wanted`` says where; the Triton
+kernel keeps D = 64 and short causal calls, where it measured as fast or faster).
 
 What it covers: fixed-length ``[batch, seqlen, heads, D]`` inputs, fp16/bf16, D = 64 or 128
 (v's head dim equal to q's), GQA, causal (aligned to the bottom right) or not, a positive
 softmax scale; no window, softcap, ALiBi or dropout (those take the Triton kernel).
 
-One program per (BLOCK_M = 128 query rows, head, batch), three warpgroups:
+One program per (BLOCK_M = 128 query rows, head, batch), three warpgroups, each a
+partition of its own:
 
-- a **producer** warpgroup issues the copy engine's loads (TMA): the query tile once, then
-  each key block's K and V tiles into a ring of NUM_STAGES slots, K and V on barriers of
-  their own (``k_full`` / ``v_full``), so that the scores of a block can start before its
-  V has landed;
-- two **consumer** warpgroups (the default partition, 8 warps, 64 query rows each) run the
-  matmuls and the online softmax. Each step issues the next block's scores
-  ``S_{j+1} = Q·K_{j+1}ᵀ`` asynchronously and computes the softmax of block j while the
-  tensor cores work on them, then issues ``O += P_j·V_j`` with P in registers, and hands
-  the slot back (``kv_empty``) once both have completed. That overlap of the exponentials
-  with the next block's matmul is what the Triton kernel cannot express: it waits on every
-  matmul whose result its loop uses.
+- a **producer** warpgroup issues the copy engine's loads (TMA): the two 64-row query
+  tiles, then each key block's K and V tiles into a ring of NUM_STAGES slots. K and V
+  have barriers of their own both ways: a block's scores can start before its V has
+  landed, and a K slot is handed back as soon as its scores are done, a whole step before
+  its V. With two slots at D = 128, releasing K and V together left every step waiting
+  for the copy of the next K (BENCHMARKS.md: 440 → 590 TFLOP/s);
+- two **consumer** warpgroups, 64 query rows each, run the matmuls and the online
+  softmax. Step j issues ``S_{j+1} = Q·K_{j+1}ᵀ`` and ``O += P_j·V_j`` back to back, waits
+  for the scores, runs their softmax, then waits for ``P·V`` and rescales O. The two
+  warpgroups take turns at issuing (``PINGPONG``), so that one's softmax runs while the
+  other's matmuls occupy the tensor cores.
 
 The scale is folded into the exponent: the row maximum is taken on the raw scores and
 ``p = exp2(s · scale·log2(e) − m)`` is one multiply-add per score. A row that sees no key
@@ -54,18 +53,23 @@ _block_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 
 @gluon.jit
 def _producer(
-    q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_full, v_full, kv_empty, b,
-    start_m, col_q, col_kv, n_blocks, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
+    q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_full, v_full, k_empty, v_empty,
+    b, start_m, col_q, col_kv, n_blocks, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+    NUM_STAGES: gl.constexpr,
 ):  # fmt: skip
-    """The query tile, then K and V of every key block the program's rows can see, in
-    order; slot ``j % NUM_STAGES`` is refilled once the consumers have released it."""
-    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+    """The two query tiles (one per consumer warpgroup), then K and V of every key block the
+    program's rows can see, in order; a K (V) slot is refilled once both consumers have
+    released it, K right after its scores, V after its ``P·V``."""
+    mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
     _tma_load(q_desc, [b, start_m, col_q], q_bar, q_smem.index(0))
+    _tma_load(q_desc, [b, start_m + BLOCK_M // 2, col_q], q_bar, q_smem.index(1))
     for j in range(n_blocks):
         slot = j % NUM_STAGES
-        mbarrier.wait(kv_empty.index(slot), ((j // NUM_STAGES) & 1) ^ 1)
+        phase = ((j // NUM_STAGES) & 1) ^ 1
+        mbarrier.wait(k_empty.index(slot), phase)
         mbarrier.expect(k_full.index(slot), k_desc.block_type.nbytes)
         _tma_load(k_desc, [b, j * BLOCK_N, col_kv], k_full.index(slot), k_smem.index(slot))
+        mbarrier.wait(v_empty.index(slot), phase)
         mbarrier.expect(v_full.index(slot), v_desc.block_type.nbytes)
         _tma_load(v_desc, [b, j * BLOCK_N, col_kv], v_full.index(slot), v_smem.index(slot))
 
@@ -85,35 +89,23 @@ def _mask_scores(s, offs_m, offs_n, seqlen_k, diag, CAUSAL: gl.constexpr):
 
 
 @gluon.jit
-def _softmax_step(s, m_i, l_i, qk_scale2):
-    """Online softmax over one block of raw scores ``s`` (``qk_scale2`` = scale·log2(e) > 0):
-    the new running maximum (base 2, scaled) and sum, the block's probabilities and the
-    factor that rescales what was accumulated before. Rows with no visible key so far keep
-    m = -inf and shift by 0, so nothing turns NaN."""
+def _softmax_step(
+    s, m_i, l_i, j, offs_m, offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N: gl.constexpr,
+    CAUSAL: gl.constexpr, MASKED: gl.constexpr,
+):  # fmt: skip
+    """Online softmax over block j's raw scores ``s`` (``qk_scale2`` = scale·log2(e) > 0):
+    the new running maximum (base 2, scaled) and sum, the block's probabilities (fp32) and
+    the factor that rescales what was accumulated before. Rows
+    with no visible key so far keep m = -inf and shift by 0, so nothing turns NaN. MASKED:
+    the block holds keys some rows must not see."""
+    if MASKED:
+        s = _mask_scores(s, offs_m, j * BLOCK_N + offs_n0, seqlen_k, diag, CAUSAL)
     m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale2)
     m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = gl.exp2(m_i - m_safe)
     p = gl.exp2(s * qk_scale2 - m_safe[:, None])
     l_i = l_i * alpha + gl.sum(p, axis=1)
     return m_new, l_i, p, alpha
-
-
-@gluon.jit
-def _consume_block(
-    s, acc, m_i, l_i, v_tile, j, offs_m, offs_n0, seqlen_k, diag, qk_scale2,
-    BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, O_LAYOUT: gl.constexpr, MASKED: gl.constexpr,
-):  # fmt: skip
-    """Softmax of block j's scores and the issue of ``acc += P·V`` (asynchronous: the caller
-    waits for it). MASKED: the block holds keys some rows must not see."""
-    if MASKED:
-        s = _mask_scores(s, offs_m, j * BLOCK_N + offs_n0, seqlen_k, diag, CAUSAL)
-    m_i, l_i, p, alpha = _softmax_step(s, m_i, l_i, qk_scale2)
-    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, O_LAYOUT))[:, None]
-    p_op = gl.convert_layout(
-        p.to(v_tile.dtype), gl.DotOperandLayout(operand_index=0, parent=O_LAYOUT, k_width=2)
-    )
-    acc = warpgroup_mma(p_op, v_tile, acc, is_async=True)
-    return acc, m_i, l_i
 
 
 @gluon.jit
@@ -124,97 +116,121 @@ def _tile(ring, slot, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr):
 
 @gluon.jit
 def _pipelined_step(
-    s, acc, m_i, l_i, q, k_smem, v_smem, k_full, v_full, kv_empty, zero_s, j, offs_m,
-    offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+    p, acc, m_i, l_i, q, k_smem, v_smem, k_full, v_full, k_empty, v_empty, turn, zero_s, j,
+    offs_m, offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
     NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, O_LAYOUT: gl.constexpr,
+    P_LAYOUT: gl.constexpr, DTYPE: gl.constexpr, WG: gl.constexpr, PINGPONG: gl.constexpr,
     MASKED: gl.constexpr,
 ):  # fmt: skip
-    """Block j (scores ``s`` ready): issue block j + 1's scores, softmax of block j and its
-    ``P·V`` meanwhile, wait for both, release block j's slot. Returns block j + 1's scores
-    and the updated state."""
+    """Block j's probabilities ``p`` in hand: issue block j + 1's scores and ``acc += P_j·V_j``
+    back to back, release block j + 1's K once its scores are in, run their softmax, wait
+    for ``P_j·V_j`` and rescale the accumulator. MASKED refers to block j + 1."""
     slot = j % NUM_STAGES
     nxt = (j + 1) % NUM_STAGES
-    # the next block's scores run on the tensor cores during this block's softmax
+    # V of block j - 1: its P·V completed in the previous step. Released here rather than
+    # right after that step's wait: the barrier in front of an arrive would drag the wait
+    # up over the exponentials.
+    mbarrier.arrive(v_empty.index((j + NUM_STAGES - 1) % NUM_STAGES), pred=j > 0)
     mbarrier.wait(k_full.index(nxt), ((j + 1) // NUM_STAGES) & 1)
+    mbarrier.wait(v_full.index(slot), (j // NUM_STAGES) & 1)
+    if PINGPONG:
+        # the two warpgroups take turns at issuing their matmuls, so that one's softmax
+        # runs while the other's matmuls occupy the tensor cores
+        mbarrier.wait(turn.index(WG), j & 1)
     s_next = warpgroup_mma(
         q, _tile(k_smem, nxt, BLOCK_N, HEAD_DIM).permute((1, 0)), zero_s, use_acc=False,
         is_async=True,
     )  # fmt: skip
-    mbarrier.wait(v_full.index(slot), (j // NUM_STAGES) & 1)
-    acc, m_i, l_i = _consume_block(
-        s, acc, m_i, l_i, _tile(v_smem, slot, BLOCK_N, HEAD_DIM), j, offs_m, offs_n0,
-        seqlen_k, diag, qk_scale2, BLOCK_N, CAUSAL, O_LAYOUT, MASKED,
-    )  # fmt: skip
-    s, acc = warpgroup_mma_wait(0, deps=[s_next, acc])
-    mbarrier.arrive(kv_empty.index(slot))
-    return s, acc, m_i, l_i
+    acc = warpgroup_mma(p, _tile(v_smem, slot, BLOCK_N, HEAD_DIM), acc, is_async=True)
+    if PINGPONG:
+        mbarrier.arrive(turn.index(1 - WG))
+    s = warpgroup_mma_wait(1, deps=[s_next])
+    mbarrier.arrive(k_empty.index(nxt))  # K of block j + 1 is no longer needed
+    m_i, l_i, p_next, alpha = _softmax_step(
+        s, m_i, l_i, j + 1, offs_m, offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N, CAUSAL, MASKED
+    )
+    # p among the dependencies keeps its registers untouched while P·V reads them, so the
+    # conversion of the next probabilities comes after the wait. p_next and l_i are there
+    # to hold the exponentials before it, but ptxas schedules the wait ahead of them all
+    # the same: within a warpgroup the softmax does not overlap its own P·V, the overlap is
+    # between the two warpgroups.
+    acc, p, p_next, l_i = warpgroup_mma_wait(0, deps=[acc, p, p_next, l_i])
+    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, O_LAYOUT))[:, None]
+    return gl.convert_layout(p_next.to(DTYPE), P_LAYOUT), acc, m_i, l_i
 
 
 @gluon.jit
 def _consumer(
-    q_smem, k_smem, v_smem, q_bar, k_full, v_full, kv_empty, out_ptr, lse_ptr, b, h, start_m,
-    seqlen_q, seqlen_k, diag, n_blocks, n_full, qk_scale2, stride_ob, stride_os, stride_oh,
-    stride_lb, stride_lh, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+    q_smem, k_smem, v_smem, q_bar, k_full, v_full, k_empty, v_empty, turn, out_ptr, lse_ptr,
+    b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks, qk_scale2, stride_ob, stride_os, stride_oh,
+    stride_lb, stride_lh, WG: gl.constexpr, ROWS_WG: gl.constexpr, BLOCK_N: gl.constexpr,
     HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+    PINGPONG: gl.constexpr,
 ):  # fmt: skip
-    """The two consumer warpgroups (8 warps, 64 rows each): scores, softmax, ``P·V``, and the
-    output and log-sum-exp of the program's rows."""
+    """One consumer warpgroup (4 warps, ROWS_WG = 64 query rows): scores, softmax, ``P·V``,
+    and the output and log-sum-exp of its rows. Each warpgroup is a partition of its own,
+    so that waiting for its matmuls never stalls the other one."""
     S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[8, 1], instr_shape=[16, BLOCK_N, 16]
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16]
     )
     O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[8, 1], instr_shape=[16, HEAD_DIM, 16]
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HEAD_DIM, 16]
     )
+    P_LAYOUT: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_LAYOUT, k_width=2)
+    DTYPE: gl.constexpr = q_smem.dtype
     ROWS: gl.constexpr = gl.SliceLayout(1, S_LAYOUT)
-    offs_m = start_m + gl.arange(0, BLOCK_M, layout=ROWS)
+    row0 = start_m + WG * ROWS_WG
+    offs_m = row0 + gl.arange(0, ROWS_WG, layout=ROWS)
     offs_n0 = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_LAYOUT))
-    zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, S_LAYOUT)
-    acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, O_LAYOUT)
-    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, ROWS)
-    l_i = gl.zeros([BLOCK_M], gl.float32, ROWS)
-    q = _tile(q_smem, 0, BLOCK_M, HEAD_DIM)
+    zero_s = gl.zeros([ROWS_WG, BLOCK_N], gl.float32, S_LAYOUT)
+    acc = gl.zeros([ROWS_WG, HEAD_DIM], gl.float32, O_LAYOUT)
+    m_i = gl.full([ROWS_WG], float("-inf"), gl.float32, ROWS)
+    l_i = gl.zeros([ROWS_WG], gl.float32, ROWS)
+    q = _tile(q_smem, WG, ROWS_WG, HEAD_DIM)
+    # blocks before n_full are visible whole to every row of this warpgroup
+    n_full = seqlen_k // BLOCK_N
+    if CAUSAL:
+        n_full = gl.minimum(n_full, gl.maximum(row0 + diag + 1, 0) // BLOCK_N)
 
     mbarrier.wait(q_bar, 0)
     mbarrier.wait(k_full.index(0), 0)
     s = warpgroup_mma(q, _tile(k_smem, 0, BLOCK_N, HEAD_DIM).permute((1, 0)), zero_s, use_acc=False)
-    # blocks before n_full need no mask; every block but the last issues the next one's scores
+    mbarrier.arrive(k_empty.index(0))
+    if n_full > 0:
+        m_i, l_i, p, _ = _softmax_step(
+            s, m_i, l_i, 0, offs_m, offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N, CAUSAL, False
+        )
+    else:
+        m_i, l_i, p, _ = _softmax_step(
+            s, m_i, l_i, 0, offs_m, offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N, CAUSAL, True
+        )
+    p = gl.convert_layout(p.to(DTYPE), P_LAYOUT)
+    # step j multiplies block j and scores block j + 1: unmasked while j + 1 < n_full
     n_pipe = n_blocks - 1
-    n_plain = gl.minimum(n_full, n_pipe)
+    n_plain = gl.minimum(gl.maximum(n_full - 1, 0), n_pipe)
     for j in range(n_plain):
-        s, acc, m_i, l_i = _pipelined_step(
-            s, acc, m_i, l_i, q, k_smem, v_smem, k_full, v_full, kv_empty, zero_s, j, offs_m,
-            offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL,
-            O_LAYOUT, False,
+        p, acc, m_i, l_i = _pipelined_step(
+            p, acc, m_i, l_i, q, k_smem, v_smem, k_full, v_full, k_empty, v_empty, turn, zero_s, j,
+            offs_m, offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N, HEAD_DIM, NUM_STAGES,
+            CAUSAL, O_LAYOUT, P_LAYOUT, DTYPE, WG, PINGPONG, False,
         )  # fmt: skip
     for j in range(n_plain, n_pipe):
-        s, acc, m_i, l_i = _pipelined_step(
-            s, acc, m_i, l_i, q, k_smem, v_smem, k_full, v_full, kv_empty, zero_s, j, offs_m,
-            offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL,
-            O_LAYOUT, True,
+        p, acc, m_i, l_i = _pipelined_step(
+            p, acc, m_i, l_i, q, k_smem, v_smem, k_full, v_full, k_empty, v_empty, turn, zero_s, j,
+            offs_m, offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N, HEAD_DIM, NUM_STAGES,
+            CAUSAL, O_LAYOUT, P_LAYOUT, DTYPE, WG, PINGPONG, True,
         )  # fmt: skip
     last = n_blocks - 1
     slot = last % NUM_STAGES
-    v_tile = _tile(v_smem, slot, BLOCK_N, HEAD_DIM)
     mbarrier.wait(v_full.index(slot), (last // NUM_STAGES) & 1)
-    # (each branch waits for its own P·V: an accumulator still in flight cannot leave it)
-    if last >= n_full:
-        acc, m_i, l_i = _consume_block(
-            s, acc, m_i, l_i, v_tile, last, offs_m, offs_n0, seqlen_k, diag, qk_scale2,
-            BLOCK_N, CAUSAL, O_LAYOUT, True,
-        )  # fmt: skip
-        acc = warpgroup_mma_wait(0, deps=[acc])
-    else:
-        acc, m_i, l_i = _consume_block(
-            s, acc, m_i, l_i, v_tile, last, offs_m, offs_n0, seqlen_k, diag, qk_scale2,
-            BLOCK_N, CAUSAL, O_LAYOUT, False,
-        )  # fmt: skip
-        acc = warpgroup_mma_wait(0, deps=[acc])
-    mbarrier.arrive(kv_empty.index(slot))
+    acc = warpgroup_mma(p, _tile(v_smem, slot, BLOCK_N, HEAD_DIM), acc)
+    mbarrier.arrive(v_empty.index((last + NUM_STAGES - 1) % NUM_STAGES), pred=last > 0)
+    mbarrier.arrive(v_empty.index(slot))
 
     # A row that saw no key: l = 0, output 0 and lse = +inf (so the backward's p is 0).
     l_o = gl.convert_layout(l_i, gl.SliceLayout(1, O_LAYOUT))
     out = acc * gl.where(l_o > 0.0, 1.0 / l_o, 0.0)[:, None]
-    offs_mo = start_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, O_LAYOUT))
+    offs_mo = row0 + gl.arange(0, ROWS_WG, layout=gl.SliceLayout(1, O_LAYOUT))
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, O_LAYOUT))
     o_rows = out_ptr + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh
     gl.store(
@@ -236,13 +252,15 @@ def flash_fwd_hopper_kernel(
     q_desc, k_desc, v_desc, out_ptr, lse_ptr, seqlen_q, seqlen_k, group, qk_scale2,
     stride_ob, stride_os, stride_oh, stride_lb, stride_lh, HEAD_DIM: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
-    CAUSAL: gl.constexpr, PRODUCER_REGS: gl.constexpr,
+    CAUSAL: gl.constexpr, PINGPONG: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+    PRODUCER_REGS: gl.constexpr,
 ):  # fmt: skip
     """Output and log-sum-exp of BLOCK_M query rows of one head. ``q_desc``, ``k_desc``,
     ``v_desc``: copy-engine descriptors over q ``[batch, seqlen_q, heads · D]`` and k, v
-    ``[batch, seqlen_k, heads_k · D]`` with boxes ``[1, BLOCK_M or BLOCK_N, D]`` (rows past a
-    sequence arrive as zeros); ``out_ptr`` ``[batch, seqlen_q, heads, D]`` (unit stride
-    along D), ``lse_ptr`` ``[batch, heads, seqlen_q]`` fp32 (unit stride along the rows)."""
+    ``[batch, seqlen_k, heads_k · D]`` with boxes ``[1, BLOCK_M / 2 or BLOCK_N, D]`` (rows
+    past a sequence arrive as zeros); ``out_ptr`` ``[batch, seqlen_q, heads, D]`` (unit
+    stride along D), ``lse_ptr`` ``[batch, heads, seqlen_q]`` fp32 (unit stride along the
+    rows)."""
     pid_m = gl.program_id(0)
     if CAUSAL:
         # the longest rows first: programs start in order of their index, and the last
@@ -253,48 +271,61 @@ def flash_fwd_hopper_kernel(
     start_m = pid_m * BLOCK_M
     diag = seqlen_k - seqlen_q
     n_blocks = gl.cdiv(seqlen_k, BLOCK_N)
-    n_full = seqlen_k // BLOCK_N
     if CAUSAL:
-        # keys up to the last row's diagonal; blocks up to the first row's diagonal are whole
+        # keys up to the last row's diagonal
         n_blocks = gl.minimum(n_blocks, gl.cdiv(gl.maximum(start_m + BLOCK_M + diag, 0), BLOCK_N))
-        n_full = gl.minimum(n_full, gl.maximum(start_m + diag + 1, 0) // BLOCK_N)
     # rows that see no key at all still take one (fully masked) block: output 0, lse +inf
     n_blocks = gl.maximum(n_blocks, 1)
 
     dtype: gl.constexpr = q_desc.dtype
-    q_smem = gl.allocate_shared_memory(dtype, [1, 1, BLOCK_M, HEAD_DIM], q_desc.layout)
+    ROWS_WG: gl.constexpr = BLOCK_M // 2
+    q_smem = gl.allocate_shared_memory(dtype, [2, 1, ROWS_WG, HEAD_DIM], q_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [NUM_STAGES, 1, BLOCK_N, HEAD_DIM], k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [NUM_STAGES, 1, BLOCK_N, HEAD_DIM], v_desc.layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     k_full = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     v_full = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    kv_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)
     for i in gl.static_range(NUM_STAGES):
         mbarrier.init(k_full.index(i), count=1)
         mbarrier.init(v_full.index(i), count=1)
-        mbarrier.init(kv_empty.index(i), count=1)
+        # released by both consumer warpgroups
+        mbarrier.init(k_empty.index(i), count=2)
+        mbarrier.init(v_empty.index(i), count=2)
+    mbarrier.init(turn.index(0), count=1)
+    mbarrier.init(turn.index(1), count=1)
     # the initialised barriers, visible to the copy engine and to every warp before either
     # partition touches them
     fence_async_shared()
     _block_barrier()
+    if PINGPONG:
+        mbarrier.arrive(turn.index(0))  # warpgroup 0 issues first
 
     # (the argument tuples are written inline: assigned to a name first, their constexprs
     # would arrive as tensors)
     gl.warp_specialize(
         [
             (_consumer, (
-                q_smem, k_smem, v_smem, q_bar, k_full, v_full, kv_empty, out_ptr, lse_ptr, b,
-                h, start_m, seqlen_q, seqlen_k, diag, n_blocks, n_full, qk_scale2, stride_ob,
-                stride_os, stride_oh, stride_lb, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM,
-                NUM_STAGES, CAUSAL,
+                q_smem, k_smem, v_smem, q_bar, k_full, v_full, k_empty, v_empty, turn,
+                out_ptr, lse_ptr, b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks, qk_scale2,
+                stride_ob, stride_os, stride_oh, stride_lb, stride_lh, 0, ROWS_WG, BLOCK_N,
+                HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG,
+            )),
+            (_consumer, (
+                q_smem, k_smem, v_smem, q_bar, k_full, v_full, k_empty, v_empty, turn,
+                out_ptr, lse_ptr, b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks, qk_scale2,
+                stride_ob, stride_os, stride_oh, stride_lb, stride_lh, 1, ROWS_WG, BLOCK_N,
+                HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG,
             )),
             (_producer, (
                 q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_full, v_full,
-                kv_empty, b, start_m, h * HEAD_DIM, (h // group) * HEAD_DIM, n_blocks,
-                BLOCK_N, NUM_STAGES,
+                k_empty, v_empty, b, start_m, h * HEAD_DIM, (h // group) * HEAD_DIM, n_blocks,
+                BLOCK_M, BLOCK_N, NUM_STAGES,
             )),
         ],
-        [4],
-        [PRODUCER_REGS],
+        [4, 4],
+        [CONSUMER_REGS, PRODUCER_REGS],
     )  # fmt: skip

@@ -1,0 +1,30 @@
+"""Which forward a call takes: the Gluon forward for Hopper where it measured faster than
+the Triton kernel (BENCHMARKS.md), the Triton kernel elsewhere. The launches themselves are
+checked on the GPU (test_gpu.py)."""
+
+import pytest
+
+from flash_attn_tri import attention
+
+
+@pytest.mark.parametrize(
+    ("switch", "head_dim", "causal", "seqlen_k", "wanted"),
+    [
+        (None, 128, False, 1024, True),
+        (None, 128, False, 17, True),
+        (None, 128, True, 2048, True),
+        (None, 128, True, 2047, False),  # short causal: the Triton kernel is faster
+        (None, 64, False, 16384, False),  # D = 64: the Triton kernel is as fast
+        (None, 96, False, 4096, False),
+        ("1", 64, True, 100, True),
+        ("1", 128, True, 100, True),
+        ("1", 96, False, 4096, False),  # no Gluon kernel for that head dim
+        ("0", 128, False, 16384, False),
+    ],
+)
+def test_gluon_forward_wanted(monkeypatch, switch, head_dim, causal, seqlen_k, wanted):
+    if switch is None:
+        monkeypatch.delenv("FLASH_ATTN_TRI_GLUON", raising=False)
+    else:
+        monkeypatch.setenv("FLASH_ATTN_TRI_GLUON", switch)
+    assert attention._gluon_forward_wanted(head_dim, causal, seqlen_k) is wanted
