@@ -30,6 +30,7 @@ def stats() -> dict[str, dict]:
         "sparse-indexer-loss-hopper-wide-keys",
         "flash-attn-fwd-d64", "flash-attn-fwd-d128",
         "flash-attn-fwd-hopper-d64", "flash-attn-fwd-hopper-d128",
+        "flash-attn-dkdv-hopper-d64", "flash-attn-dkdv-hopper-d128",
     ]  # fmt: skip
     run = subprocess.run(
         [sys.executable, str(ROOT / "tools/kernel_stats.py"), "--json", *recipes],
@@ -161,3 +162,41 @@ def test_gluon_attention_forward_compiles_as_designed(stats, recipe, head_dim):
     assert mix["HGMMA"] == head_dim // 16 + 8
     assert rs == 8
     assert mix["MUFU"] >= 64  # 64 scores a thread a step, and the rescale factors
+
+
+@pytest.mark.parametrize(
+    ("recipe", "head_dim"),
+    [("flash-attn-dkdv-hopper-d64", 64), ("flash-attn-dkdv-hopper-d128", 128)],
+)
+def test_gluon_dkdv_compiles_as_designed(stats, recipe, head_dim):
+    # The experimental Gluon dK/dV kernel (off by default until it has run on a GPU): the
+    # consumers' setmaxnreg 240 and the producer's 24; per query block and warpgroup the
+    # unmasked loop issues S^T and dP^T (D / 16 wgmma each) and dV, dK (4 each, the left
+    # operand from registers), with every exponential under an in-flight wgmma (dP^T's).
+    # ptxas spills a little at D = 128 (436 B with triton 3.6, 508 B with 3.9), nearly all
+    # outside the loops over query blocks (up to 5 spill loads a step in them, of ~300
+    # instructions).
+    st = stats[recipe]
+    assert st["registers"] <= 168
+    assert st["spill_bytes"] <= (0 if head_dim == 64 else 1024)
+    assert st["shared_bytes"] <= 227 * 1024
+    assert 240 in st["setmaxnreg"] and 24 in st["setmaxnreg"]
+    loops = [
+        (mix, under, rs)
+        for mix, under, rs, innermost in zip(
+            st["loops"],
+            st["mufu_under_wgmma"],
+            st["wgmma_a_in_registers"],
+            st["innermost"],
+            strict=True,
+        )
+        if innermost and mix.get("HGMMA", 0) > 0
+    ]
+    assert len(loops) >= 4  # a masked and an unmasked loop for each consumer warpgroup
+    unmasked = [(mix, under, rs) for mix, under, rs in loops if mix.get("FSEL", 0) == 0]
+    assert unmasked
+    for mix, under, rs in unmasked:
+        assert mix["HGMMA"] == 2 * (head_dim // 16) + 8
+        assert rs == 8
+        assert under == mix["MUFU"] == 32  # 32 scores a thread a step
+        assert mix.get("LDL", 0) + mix.get("STL", 0) <= 8

@@ -323,6 +323,36 @@ def flash_attention_hopper(head_dim: int, causal: bool = True) -> KernelStats:
     return compile_sm90(fn, signature, constexprs, divisible=divisible, **options)
 
 
+def flash_attention_dkdv_hopper(head_dim: int, causal: bool = True) -> KernelStats:
+    """The experimental Gluon (sm_90) dK/dV kernel as ``flash_attn_tri`` would launch it
+    (bf16, fixed length, descriptors with 128-byte swizzled boxes)."""
+    from triton.experimental.gluon import language as gl
+
+    from flash_attn_tri import attention
+
+    fn, constexprs, options = attention._hopper_dkdv_launch(head_dim, causal)
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
+    rows = {"q_desc": constexprs["BLOCK_M"], "do_desc": constexprs["BLOCK_M"]}
+    rows |= {"k_desc": constexprs["BLOCK_N"] // 2, "v_desc": constexprs["BLOCK_N"] // 2}
+    signature = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in rows:
+            signature[name] = f"tensordesc<bf16[1, {rows[name]}, {head_dim}],{layout!r}>"
+        elif name in ("dk_ptr", "dv_ptr"):
+            signature[name] = "*bf16"
+        elif name in ("lse_ptr", "delta_ptr"):
+            signature[name] = "*fp32"
+        elif name in ("qk_scale2", "sm_scale"):
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+    divisible = ["dk_ptr", "dv_ptr", "lse_ptr", "delta_ptr", "stride_kb", "stride_ks"]
+    divisible += ["stride_kh", "stride_lb"]
+    return compile_sm90(fn, signature, constexprs, divisible=divisible, **options)
+
+
 RECIPES = {
     "sparse-indexer-loss": lambda: sparse_indexer_forward(compute_loss=True),
     "sparse-indexer-target": lambda: sparse_indexer_forward(compute_loss=False),
@@ -332,6 +362,8 @@ RECIPES = {
     "sparse-indexer-loss-hopper-wide-keys": lambda: sparse_indexer_forward_hopper(wide_keys=True),
     "flash-attn-fwd-hopper-d64": lambda: flash_attention_hopper(64),
     "flash-attn-fwd-hopper-d128": lambda: flash_attention_hopper(128),
+    "flash-attn-dkdv-hopper-d64": lambda: flash_attention_dkdv_hopper(64),
+    "flash-attn-dkdv-hopper-d128": lambda: flash_attention_dkdv_hopper(128),
     **{
         f"flash-attn-{kernel}-d{d}": (lambda kernel=kernel, d=d: flash_attention(kernel, d))
         for kernel in ("fwd", "dkdv", "dq")

@@ -6,11 +6,13 @@ Run on a GPU: ``python3 bench_flash_attn.py`` (or ``bash tools/gpu.sh bench flas
 Prints a table and writes CSV + PNG plots to ``results_dir("flash-attn-tri")``. Arguments:
 impl names to time only those; ``--triton-forward`` adds ``flash_attn_tri_triton_fwd``,
 flash_attn_tri with the Gluon forward for Hopper turned off (``FLASH_ATTN_TRI_GLUON=0``
-during its calls; the backward is the same).
+during its calls; the backward is the same); ``--gluon-bwd`` adds ``flash_attn_tri_gluon_bwd``,
+flash_attn_tri with the experimental Gluon dK/dV kernel (``FLASH_ATTN_TRI_GLUON_BWD=1``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import torch
@@ -45,19 +47,35 @@ def _sdpa(backend_name: str):
     return run
 
 
-def _triton_forward_call(q, k, v, causal):
+# the environment switch each flash_attn_tri variant runs under, forward and backward
+_SWITCHES = {
+    "flash_attn_tri_triton_fwd": ("FLASH_ATTN_TRI_GLUON", "0"),
+    "flash_attn_tri_gluon_bwd": ("FLASH_ATTN_TRI_GLUON_BWD", "1"),
+}
+
+
+def _time_both(fn, q, k, v, dout, causal) -> tuple[float, float]:
+    """Median ms of the forward and of forward+backward."""
+    fwd_ms = time_fn(lambda: fn(q, k, v, causal))
+
+    def fwd_bwd():
+        out = fn(q, k, v, causal)
+        torch.autograd.grad(out, (q, k, v), dout)
+
+    return fwd_ms, time_fn(fwd_bwd)
+
+
+def _impls(triton_forward: bool = False, gluon_bwd: bool = False):
     from flash_attn_tri import flash_attn_func
 
-    with env_set("FLASH_ATTN_TRI_GLUON", "0"):
-        return flash_attn_func(q, k, v, causal=causal)
+    def tri(q, k, v, c):
+        return flash_attn_func(q, k, v, causal=c)
 
-
-def _impls(triton_forward: bool = False):
-    from flash_attn_tri import flash_attn_func
-
-    impls = {"flash_attn_tri": (lambda q, k, v, c: flash_attn_func(q, k, v, causal=c), "bshd")}
+    impls = {"flash_attn_tri": (tri, "bshd")}
     if triton_forward:
-        impls["flash_attn_tri_triton_fwd"] = (_triton_forward_call, "bshd")
+        impls["flash_attn_tri_triton_fwd"] = (tri, "bshd")
+    if gluon_bwd:
+        impls["flash_attn_tri_gluon_bwd"] = (tri, "bshd")
     impls["sdpa_flash"] = (_sdpa("FLASH_ATTENTION"), "bhsd")
     impls["sdpa_cudnn"] = (_sdpa("CUDNN_ATTENTION"), "bhsd")
     try:
@@ -103,7 +121,8 @@ def main() -> int:
         f"copy {ceil.copy_gbps:.0f} GB/s ({ceil.device_name})"
     )
     triton_forward = "--triton-forward" in sys.argv
-    only = [a for a in sys.argv[1:] if a != "--triton-forward"]  # optional filter: impl names
+    gluon_bwd = "--gluon-bwd" in sys.argv
+    only = [a for a in sys.argv[1:] if not a.startswith("--")]  # optional filter: impl names
     rows = []
     for d in HEAD_DIMS:
         heads = HIDDEN // d
@@ -118,7 +137,7 @@ def main() -> int:
                 )
                 dout = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g)
                 fwd_flops = 4 * batch * heads * s * s * d * (0.5 if causal else 1.0)
-                for name, (fn, layout) in _impls(triton_forward).items():
+                for name, (fn, layout) in _impls(triton_forward, gluon_bwd).items():
                     if only and name not in only:
                         continue
                     if layout == "bhsd":
@@ -127,16 +146,10 @@ def main() -> int:
                         qi, ki, vi, doi = q, k, v, dout
                     qi, ki, vi = (t.detach().requires_grad_() for t in (qi, ki, vi))
                     row = {"impl": name, "D": d, "causal": causal, "seqlen": s, "batch": batch}
+                    switch = _SWITCHES.get(name)
                     try:
-                        fwd_ms = time_fn(
-                            lambda fn=fn, qi=qi, ki=ki, vi=vi, c=causal: fn(qi, ki, vi, c)
-                        )
-
-                        def fwd_bwd(fn=fn, qi=qi, ki=ki, vi=vi, doi=doi, c=causal):
-                            out = fn(qi, ki, vi, c)
-                            torch.autograd.grad(out, (qi, ki, vi), doi)
-
-                        fb_ms = time_fn(fwd_bwd)
+                        with env_set(*switch) if switch else contextlib.nullcontext():
+                            fwd_ms, fb_ms = _time_both(fn, qi, ki, vi, doi, causal)
                     except RuntimeError as exc:  # backend not available for this shape / build
                         print(f"{name} D={d} causal={causal} S={s}: skipped ({str(exc)[:80]})")
                         continue

@@ -198,3 +198,48 @@ def test_gluon_forward_matches_the_reference(
     assert torch.equal(finite, torch.isfinite(lse)) and bool((lse[~finite] == float("inf")).all())
     torch.testing.assert_close(lse[finite], lse_t[finite], rtol=0, atol=1e-4)
     assert rel_err(out.float(), out_t.float()) < 1e-2
+
+
+@pytest.mark.parametrize(
+    ("dtype", "d", "causal", "sq", "sk", "heads", "heads_k"),
+    [
+        (torch.bfloat16, 128, False, 1024, 1024, 4, 4),
+        (torch.bfloat16, 128, True, 1023, 1023, 8, 2),
+        (torch.bfloat16, 64, False, 777, 1500, 4, 4),
+        (torch.float16, 64, True, 1500, 777, 4, 1),  # rows that see no key (sq > sk)
+        (torch.float16, 128, True, 300, 2047, 2, 2),  # sq < sk: masked blocks come first
+        (torch.bfloat16, 128, True, 2047, 300, 2, 1),  # sq > sk: 1747 rows see no key
+        (torch.bfloat16, 128, False, 1, 17, 2, 1),
+        (torch.bfloat16, 64, True, 129, 129, 2, 2),
+    ],
+)
+def test_gluon_dkdv_matches_the_reference(
+    monkeypatch, check_grads, dtype, d, causal, sq, sk, heads, heads_k
+):
+    """The experimental Gluon dK/dV kernel (``FLASH_ATTN_TRI_GLUON_BWD=1``) against the fp64
+    reference (FlashAttention error rule) and against the Triton dK/dV kernel."""
+    from flash_attn_tri import attention
+
+    if not attention.is_hopper(torch.device("cuda")):
+        pytest.skip("the Gluon kernels are for Hopper GPUs")
+    calls = []
+    launch = attention._gluon_dkdv
+    monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "1")
+    monkeypatch.setattr(
+        attention, "_gluon_dkdv", lambda *a, **kw: (calls.append(1), launch(*a, **kw))
+    )
+    q, k, v = _qkv((2, sq, heads, d), (2, sk, heads_k, d), d, dtype, seed=d + sq + 2 * sk)
+    out = flash_attn_func(q, k, v, causal=causal)
+    ref64, _ = attention_ref(
+        q.double(), k.double(), v.double(), causal=causal, compute_dtype=torch.float64
+    )
+    reflow, _ = attention_ref(q, k, v, causal=causal, compute_dtype=dtype)
+    grad_out = randn(out.shape, seed=11, dtype=dtype, device="cuda")
+    grads = check_grads(out, ref64, reflow, (q, k, v), grad_out)
+    assert calls, "the Gluon dK/dV kernel did not run"
+    monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "0")
+    out_t = flash_attn_func(q, k, v, causal=causal)
+    dk_t, dv_t = torch.autograd.grad(out_t, (k, v), grad_out)
+    assert len(calls) == 1
+    for name, g, g_t in zip(("dk", "dv"), grads[1:], (dk_t, dv_t), strict=True):
+        assert rel_err(g.float(), g_t.float()) < 1e-2, name

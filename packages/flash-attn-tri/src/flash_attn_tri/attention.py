@@ -249,24 +249,23 @@ def _gluon_forward_wanted(head_dim: int, causal: bool, seqlen_k: int) -> bool:
     return head_dim == 128 and not (causal and seqlen_k < 2048)
 
 
-def _gluon_forward_eligible(q, k, v, varlen: bool, o: _Opts, has_alibi: bool) -> bool:
-    """Whether the Gluon forward for Hopper (``kernels/attention_hopper.py``) takes this call:
-    :func:`_gluon_forward_wanted`, a Hopper GPU, fixed-length fp16/bf16 inputs with
-    D = Dv, no window other than causal, no softcap, ALiBi or dropout, a positive scale, and
-    rows of ``heads · D`` contiguous, 16-byte aligned elements (copy-engine boxes)."""
+def _gluon_eligible(tensors, varlen: bool, o: _Opts, has_alibi: bool, seqlen_k: int) -> bool:
+    """What the Gluon kernels for Hopper need of a call: a Hopper GPU, fixed-length
+    fp16/bf16 tensors with one head dim D (q's, also v's), no window other than causal, no
+    softcap, ALiBi or dropout, a positive scale, and rows of ``heads · D`` contiguous,
+    16-byte aligned elements (copy-engine boxes)."""
+    q = tensors[0]
     d = q.shape[-1]
-    if varlen or not q.is_cuda or not _gluon_forward_wanted(d, o.has_right, k.shape[1]):
+    if varlen or not q.is_cuda or not is_hopper(q.device):
         return False
-    if not is_hopper(q.device) or q.dtype not in (torch.float16, torch.bfloat16):
-        return False
-    if v.shape[-1] != d or o.sm_scale <= 0 or k.shape[1] == 0:
+    if q.dtype not in (torch.float16, torch.bfloat16) or o.sm_scale <= 0 or seqlen_k == 0:
         return False
     if o.is_softcap or has_alibi or o.dropout_p > 0 or o.has_left:
         return False
     if o.has_right and o.win_right != 0:  # causal is the window (-1, 0)
         return False
-    for t in (q, k, v):
-        if t.stride(3) != 1 or t.stride(2) != d or t.data_ptr() % 16:
+    for t in tensors:
+        if t.shape[-1] != d or t.stride(3) != 1 or t.stride(2) != d or t.data_ptr() % 16:
             return False
         if t.stride(0) % 8 or t.stride(1) % 8:
             return False
@@ -277,29 +276,82 @@ def _gluon_forward_eligible(q, k, v, varlen: bool, o: _Opts, has_alibi: bool) ->
     return True
 
 
-def _gluon_forward(q, k, v, out, lse, qk_scale2: float, causal: bool) -> None:
-    """Launch the Gluon forward for Hopper into ``out`` and ``lse``."""
+def _gluon_forward_eligible(q, k, v, varlen: bool, o: _Opts, has_alibi: bool) -> bool:
+    """Whether the Gluon forward for Hopper (``kernels/attention_hopper.py``) takes this call:
+    :func:`_gluon_forward_wanted` and :func:`_gluon_eligible`."""
+    if not _gluon_forward_wanted(q.shape[-1], o.has_right, k.shape[1]):
+        return False
+    return _gluon_eligible((q, k, v), varlen, o, has_alibi, k.shape[1])
+
+
+def _gluon_dkdv_eligible(q, k, v, dout, varlen: bool, o: _Opts, has_alibi: bool) -> bool:
+    """Whether the experimental Gluon dK/dV kernel (``kernels/attention_hopper_bwd.py``,
+    ``FLASH_ATTN_TRI_GLUON_BWD=1``, off by default: not yet run on a GPU) takes this call:
+    D = 64 or 128 and :func:`_gluon_eligible`."""
+    if os.environ.get("FLASH_ATTN_TRI_GLUON_BWD", "0") != "1" or q.shape[-1] not in (64, 128):
+        return False
+    return _gluon_eligible((q, k, v, dout), varlen, o, has_alibi, k.shape[1])
+
+
+def _box_descriptor(t: torch.Tensor, rows: int):
+    """A copy-engine descriptor over ``t`` ``[batch, seqlen, heads, D]`` seen as
+    ``[batch, seqlen, heads · D]``, with boxes of ``rows`` rows of one head (128-byte
+    swizzled; rows past the sequence arrive as zeros)."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as BoxDescriptor
 
+    d = t.shape[-1]
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
+    shape = [t.shape[0], t.shape[1], t.shape[2] * d]
+    return BoxDescriptor(t, shape, [t.stride(0), t.stride(1), 1], [1, rows, d], layout)
+
+
+def _gluon_forward(q, k, v, out, lse, qk_scale2: float, causal: bool) -> None:
+    """Launch the Gluon forward for Hopper into ``out`` and ``lse``."""
     batch, seqlen_q, heads, d = q.shape
     seqlen_k, heads_k = k.shape[1], k.shape[2]
     fn, constexprs, options = _hopper_fwd_launch(d, causal)
-    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
-
-    def boxes(t: torch.Tensor, rows: int) -> BoxDescriptor:
-        # [batch, seqlen, heads · D]: one head's rows are a box; rows past the sequence
-        # arrive as zeros
-        shape = [t.shape[0], t.shape[1], t.shape[2] * d]
-        return BoxDescriptor(t, shape, [t.stride(0), t.stride(1), 1], [1, rows, d], layout)
-
     grid = make_grid(cdiv(seqlen_q, constexprs["BLOCK_M"]), heads, batch)
     fn[grid](
-        boxes(q, constexprs["BLOCK_M"] // 2), boxes(k, constexprs["BLOCK_N"]),
-        boxes(v, constexprs["BLOCK_N"]), out, lse, seqlen_q, seqlen_k, heads // heads_k,
-        qk_scale2, out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
-        **constexprs, **options,
+        _box_descriptor(q, constexprs["BLOCK_M"] // 2), _box_descriptor(k, constexprs["BLOCK_N"]),
+        _box_descriptor(v, constexprs["BLOCK_N"]), out, lse, seqlen_q, seqlen_k,
+        heads // heads_k, qk_scale2, out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1), **constexprs, **options,
     )  # fmt: skip
+
+
+def _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o: _Opts, causal: bool) -> None:
+    """Launch the experimental Gluon dK/dV kernel for Hopper into ``dk`` and ``dv`` (laid
+    out like ``k``); ``delta`` = rowsum(O · dO), shaped like ``lse``."""
+    batch, seqlen_q, heads, d = q.shape
+    seqlen_k, heads_k = k.shape[1], k.shape[2]
+    fn, constexprs, options = _hopper_dkdv_launch(d, causal)
+    rows_q, rows_k = constexprs["BLOCK_M"], constexprs["BLOCK_N"] // 2
+    grid = make_grid(cdiv(seqlen_k, constexprs["BLOCK_N"]), heads_k, batch)
+    fn[grid](
+        _box_descriptor(q, rows_q), _box_descriptor(k, rows_k), _box_descriptor(v, rows_k),
+        _box_descriptor(dout, rows_q), dk, dv, lse, delta, seqlen_q, seqlen_k,
+        heads // heads_k, o.qk_scale2, o.sm_scale, dk.stride(0), dk.stride(1), dk.stride(2),
+        lse.stride(0), lse.stride(1), **constexprs, **options,
+    )  # fmt: skip
+
+
+def _hopper_dkdv_launch(head_dim: int, causal: bool) -> tuple[Any, dict[str, Any], dict[str, int]]:
+    """(kernel, constexprs, launch options) of the experimental Gluon dK/dV kernel."""
+    from .kernels.attention_hopper_bwd import flash_bwd_dkdv_hopper_kernel
+
+    constexprs = {
+        "HEAD_DIM": head_dim,
+        "BLOCK_M": 64,
+        "BLOCK_N": 128,  # 64 keys for each of the two consumer warpgroups
+        # shared memory: K and V (2 · 32 KiB at D = 128) and NUM_STAGES Q and dO tiles
+        "NUM_STAGES": 2 if head_dim > 64 else 3,
+        "CAUSAL": causal,
+        "CONSUMER_REGS": 240,
+        "PRODUCER_REGS": 24,
+    }
+    # as the forward: 12 warps at 168 registers, setmaxnreg 240 / 240 / 24
+    return flash_bwd_dkdv_hopper_kernel, constexprs, {"num_warps": 4, "maxnreg": 168}
 
 
 def _hopper_fwd_launch(head_dim: int, causal: bool) -> tuple[Any, dict[str, Any], dict[str, int]]:
@@ -422,6 +474,9 @@ def _backward_impl(
         **consts,
         USE_DESC=k_side is not None,
     )  # fmt: skip
+    if _gluon_dkdv_eligible(q, k, v, dout, varlen, o, has_alibi):
+        _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o, causal=o.has_right)
+        return dq, dk, dv
     kv_grid = lambda meta: make_grid(cdiv(seqlen_k, meta["BLOCK_N"]), heads_k, batch)
     _kernel("dkdv", max(block_d, block_dv), max(seqlen_q, seqlen_k))[kv_grid](
         q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, slopes, rng,
