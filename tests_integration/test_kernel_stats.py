@@ -31,6 +31,7 @@ def stats() -> dict[str, dict]:
         "flash-attn-fwd-d64", "flash-attn-fwd-d128",
         "flash-attn-fwd-hopper-d64", "flash-attn-fwd-hopper-d128",
         "flash-attn-dkdv-hopper-d64", "flash-attn-dkdv-hopper-d128",
+        "flash-attn-dq-hopper-d64", "flash-attn-dq-hopper-d128",
     ]  # fmt: skip
     run = subprocess.run(
         [sys.executable, str(ROOT / "tools/kernel_stats.py"), "--json", *recipes],
@@ -200,3 +201,32 @@ def test_gluon_dkdv_compiles_as_designed(stats, recipe, head_dim):
         assert rs == 8
         assert under == mix["MUFU"] == 32  # 32 scores a thread a step
         assert mix.get("LDL", 0) + mix.get("STL", 0) <= 8
+
+
+@pytest.mark.parametrize(
+    ("recipe", "head_dim"),
+    [("flash-attn-dq-hopper-d64", 64), ("flash-attn-dq-hopper-d128", 128)],
+)
+def test_gluon_dq_compiles_as_designed(stats, recipe, head_dim):
+    # The experimental Gluon dQ kernel: nothing spills; per 64-key block and warpgroup the
+    # unmasked loop issues S and dP (D / 16 wgmma each) and dQ += dS·K (4, dS from
+    # registers), 32 exponentials a thread.
+    st = stats[recipe]
+    assert st["registers"] <= 168
+    assert st["spill_bytes"] == 0
+    assert st["shared_bytes"] <= 227 * 1024
+    assert 240 in st["setmaxnreg"] and 24 in st["setmaxnreg"]
+    loops = [
+        (mix, rs)
+        for mix, rs, innermost in zip(
+            st["loops"], st["wgmma_a_in_registers"], st["innermost"], strict=True
+        )
+        if innermost and mix.get("HGMMA", 0) > 0
+    ]
+    assert len(loops) >= 4  # an unmasked and a masked loop for each consumer warpgroup
+    unmasked = [(mix, rs) for mix, rs in loops if mix.get("FSEL", 0) == 0]
+    assert unmasked
+    for mix, rs in unmasked:
+        assert mix["HGMMA"] == 2 * (head_dim // 16) + 4
+        assert rs == 4
+        assert mix["MUFU"] == 32

@@ -323,24 +323,30 @@ def flash_attention_hopper(head_dim: int, causal: bool = True) -> KernelStats:
     return compile_sm90(fn, signature, constexprs, divisible=divisible, **options)
 
 
-def flash_attention_dkdv_hopper(head_dim: int, causal: bool = True) -> KernelStats:
-    """The experimental Gluon (sm_90) dK/dV kernel as ``flash_attn_tri`` would launch it
-    (bf16, fixed length, descriptors with 128-byte swizzled boxes)."""
+def flash_attention_bwd_hopper(kernel: str, head_dim: int, causal: bool = True) -> KernelStats:
+    """One of the experimental Gluon (sm_90) backward kernels (``kernel``: ``dq`` or
+    ``dkdv``) as ``flash_attn_tri`` would launch it (bf16, fixed length, descriptors with
+    128-byte swizzled boxes)."""
     from triton.experimental.gluon import language as gl
 
     from flash_attn_tri import attention
 
-    fn, constexprs, options = attention._hopper_dkdv_launch(head_dim, causal)
+    if kernel == "dq":
+        fn, constexprs, options = attention._hopper_dq_launch(head_dim, causal)
+        q_rows, k_rows = constexprs["BLOCK_M"] // 2, constexprs["BLOCK_N"]
+    else:
+        fn, constexprs, options = attention._hopper_dkdv_launch(head_dim, causal)
+        q_rows, k_rows = constexprs["BLOCK_M"], constexprs["BLOCK_N"] // 2
     layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
-    rows = {"q_desc": constexprs["BLOCK_M"], "do_desc": constexprs["BLOCK_M"]}
-    rows |= {"k_desc": constexprs["BLOCK_N"] // 2, "v_desc": constexprs["BLOCK_N"] // 2}
+    rows = {"q_desc": q_rows, "do_desc": q_rows, "o_desc": q_rows}
+    rows |= {"k_desc": k_rows, "v_desc": k_rows}
     signature = {}
     for name in fn.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
         elif name in rows:
             signature[name] = f"tensordesc<bf16[1, {rows[name]}, {head_dim}],{layout!r}>"
-        elif name in ("dk_ptr", "dv_ptr"):
+        elif name in ("dq_ptr", "dk_ptr", "dv_ptr"):
             signature[name] = "*bf16"
         elif name in ("lse_ptr", "delta_ptr"):
             signature[name] = "*fp32"
@@ -348,8 +354,8 @@ def flash_attention_dkdv_hopper(head_dim: int, causal: bool = True) -> KernelSta
             signature[name] = "fp32"
         else:
             signature[name] = "i32"
-    divisible = ["dk_ptr", "dv_ptr", "lse_ptr", "delta_ptr", "stride_kb", "stride_ks"]
-    divisible += ["stride_kh", "stride_lb"]
+    divisible = [n for n in fn.arg_names if n.endswith("_ptr") or n.startswith("stride_")]
+    divisible.remove("stride_lh")  # heads · seqlen_q fp32: not a multiple of 16 in general
     return compile_sm90(fn, signature, constexprs, divisible=divisible, **options)
 
 
@@ -362,8 +368,13 @@ RECIPES = {
     "sparse-indexer-loss-hopper-wide-keys": lambda: sparse_indexer_forward_hopper(wide_keys=True),
     "flash-attn-fwd-hopper-d64": lambda: flash_attention_hopper(64),
     "flash-attn-fwd-hopper-d128": lambda: flash_attention_hopper(128),
-    "flash-attn-dkdv-hopper-d64": lambda: flash_attention_dkdv_hopper(64),
-    "flash-attn-dkdv-hopper-d128": lambda: flash_attention_dkdv_hopper(128),
+    **{
+        f"flash-attn-{kernel}-hopper-d{d}": (
+            lambda kernel=kernel, d=d: flash_attention_bwd_hopper(kernel, d)
+        )
+        for kernel in ("dq", "dkdv")
+        for d in (64, 128)
+    },
     **{
         f"flash-attn-{kernel}-d{d}": (lambda kernel=kernel, d=d: flash_attention(kernel, d))
         for kernel in ("fwd", "dkdv", "dq")

@@ -7,7 +7,7 @@ Prints a table and writes CSV + PNG plots to ``results_dir("flash-attn-tri")``. 
 impl names to time only those; ``--triton-forward`` adds ``flash_attn_tri_triton_fwd``,
 flash_attn_tri with the Gluon forward for Hopper turned off (``FLASH_ATTN_TRI_GLUON=0``
 during its calls; the backward is the same); ``--gluon-bwd`` adds ``flash_attn_tri_gluon_bwd``,
-flash_attn_tri with the experimental Gluon dK/dV kernel (``FLASH_ATTN_TRI_GLUON_BWD=1``).
+flash_attn_tri with the experimental Gluon backward kernels (``FLASH_ATTN_TRI_GLUON_BWD=1``).
 """
 
 from __future__ import annotations

@@ -213,21 +213,25 @@ def test_gluon_forward_matches_the_reference(
         (torch.bfloat16, 64, True, 129, 129, 2, 2),
     ],
 )
-def test_gluon_dkdv_matches_the_reference(
+def test_gluon_backward_matches_the_reference(
     monkeypatch, check_grads, dtype, d, causal, sq, sk, heads, heads_k
 ):
-    """The experimental Gluon dK/dV kernel (``FLASH_ATTN_TRI_GLUON_BWD=1``) against the fp64
-    reference (FlashAttention error rule) and against the Triton dK/dV kernel."""
+    """The experimental Gluon backward kernels (``FLASH_ATTN_TRI_GLUON_BWD=1``: dQ with
+    delta, then dK/dV) against the fp64 reference (FlashAttention error rule) and against
+    the Triton backward."""
     from flash_attn_tri import attention
 
     if not attention.is_hopper(torch.device("cuda")):
         pytest.skip("the Gluon kernels are for Hopper GPUs")
     calls = []
-    launch = attention._gluon_dkdv
+    for name in ("_gluon_dq", "_gluon_dkdv"):
+        launch = getattr(attention, name)
+        monkeypatch.setattr(
+            attention,
+            name,
+            lambda *a, _launch=launch, _name=name, **kw: (calls.append(_name), _launch(*a, **kw)),
+        )
     monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "1")
-    monkeypatch.setattr(
-        attention, "_gluon_dkdv", lambda *a, **kw: (calls.append(1), launch(*a, **kw))
-    )
     q, k, v = _qkv((2, sq, heads, d), (2, sk, heads_k, d), d, dtype, seed=d + sq + 2 * sk)
     out = flash_attn_func(q, k, v, causal=causal)
     ref64, _ = attention_ref(
@@ -236,10 +240,10 @@ def test_gluon_dkdv_matches_the_reference(
     reflow, _ = attention_ref(q, k, v, causal=causal, compute_dtype=dtype)
     grad_out = randn(out.shape, seed=11, dtype=dtype, device="cuda")
     grads = check_grads(out, ref64, reflow, (q, k, v), grad_out)
-    assert calls, "the Gluon dK/dV kernel did not run"
+    assert calls == ["_gluon_dq", "_gluon_dkdv"], calls
     monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "0")
     out_t = flash_attn_func(q, k, v, causal=causal)
-    dk_t, dv_t = torch.autograd.grad(out_t, (k, v), grad_out)
-    assert len(calls) == 1
-    for name, g, g_t in zip(("dk", "dv"), grads[1:], (dk_t, dv_t), strict=True):
+    grads_t = torch.autograd.grad(out_t, (q, k, v), grad_out)
+    assert len(calls) == 2
+    for name, g, g_t in zip(("dq", "dk", "dv"), grads, grads_t, strict=True):
         assert rel_err(g.float(), g_t.float()) < 1e-2, name

@@ -284,13 +284,13 @@ def _gluon_forward_eligible(q, k, v, varlen: bool, o: _Opts, has_alibi: bool) ->
     return _gluon_eligible((q, k, v), varlen, o, has_alibi, k.shape[1])
 
 
-def _gluon_dkdv_eligible(q, k, v, dout, varlen: bool, o: _Opts, has_alibi: bool) -> bool:
-    """Whether the experimental Gluon dK/dV kernel (``kernels/attention_hopper_bwd.py``,
-    ``FLASH_ATTN_TRI_GLUON_BWD=1``, off by default: not yet run on a GPU) takes this call:
+def _gluon_backward_eligible(q, k, v, dout, out, varlen: bool, o: _Opts, has_alibi) -> bool:
+    """Whether the experimental Gluon backward kernels (``kernels/attention_hopper_bwd.py``,
+    ``FLASH_ATTN_TRI_GLUON_BWD=1``, off by default: not yet run on a GPU) take this call:
     D = 64 or 128 and :func:`_gluon_eligible`."""
     if os.environ.get("FLASH_ATTN_TRI_GLUON_BWD", "0") != "1" or q.shape[-1] not in (64, 128):
         return False
-    return _gluon_eligible((q, k, v, dout), varlen, o, has_alibi, k.shape[1])
+    return _gluon_eligible((q, k, v, dout, out), varlen, o, has_alibi, k.shape[1])
 
 
 def _box_descriptor(t: torch.Tensor, rows: int):
@@ -318,6 +318,39 @@ def _gluon_forward(q, k, v, out, lse, qk_scale2: float, causal: bool) -> None:
         heads // heads_k, qk_scale2, out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1), **constexprs, **options,
     )  # fmt: skip
+
+
+def _gluon_dq(q, k, v, dout, out, lse, delta, dq, o: _Opts, causal: bool) -> None:
+    """Launch the experimental Gluon dQ kernel for Hopper into ``dq`` (laid out like ``q``)
+    and ``delta`` = rowsum(O · dO) (shaped like ``lse``)."""
+    batch, seqlen_q, heads, d = q.shape
+    seqlen_k, heads_k = k.shape[1], k.shape[2]
+    fn, constexprs, options = _hopper_dq_launch(d, causal)
+    rows_q, rows_k = constexprs["BLOCK_M"] // 2, constexprs["BLOCK_N"]
+    grid = make_grid(cdiv(seqlen_q, constexprs["BLOCK_M"]), heads, batch)
+    fn[grid](
+        _box_descriptor(q, rows_q), _box_descriptor(k, rows_k), _box_descriptor(v, rows_k),
+        _box_descriptor(dout, rows_q), _box_descriptor(out, rows_q), dq, lse, delta,
+        seqlen_q, seqlen_k, heads // heads_k, o.qk_scale2, o.sm_scale, dq.stride(0),
+        dq.stride(1), dq.stride(2), lse.stride(0), lse.stride(1), **constexprs, **options,
+    )  # fmt: skip
+
+
+def _hopper_dq_launch(head_dim: int, causal: bool) -> tuple[Any, dict[str, Any], dict[str, int]]:
+    """(kernel, constexprs, launch options) of the experimental Gluon dQ kernel."""
+    from .kernels.attention_hopper_bwd import flash_bwd_dq_hopper_kernel
+
+    constexprs = {
+        "HEAD_DIM": head_dim,
+        "BLOCK_M": 128,  # 64 rows for each of the two consumer warpgroups
+        "BLOCK_N": 64,
+        # shared memory: Q, dO, O (3 · 32 KiB at D = 128) and NUM_STAGES K and V tiles
+        "NUM_STAGES": 2 if head_dim > 64 else 3,
+        "CAUSAL": causal,
+        "CONSUMER_REGS": 240,
+        "PRODUCER_REGS": 24,
+    }
+    return flash_bwd_dq_hopper_kernel, constexprs, {"num_warps": 4, "maxnreg": 168}
 
 
 def _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o: _Opts, causal: bool) -> None:
@@ -464,6 +497,10 @@ def _backward_impl(
     use_desc = not varlen and max(block_d, block_dv) <= 128
     q_side = _descriptors(q, dout) if use_desc else None
     k_side = _descriptors(k, v) if use_desc else None
+    if _gluon_backward_eligible(q, k, v, dout, out, varlen, o, has_alibi):
+        _gluon_dq(q, k, v, dout, out, lse, delta, dq, o, causal=o.has_right)
+        _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o, causal=o.has_right)
+        return dq, dk, dv
     # dQ first: it computes delta, which dK/dV needs
     q_grid = lambda meta: make_grid(cdiv(seqlen_q, meta["BLOCK_M"]), heads, batch)
     _kernel("dq", max(block_d, block_dv), max(seqlen_q, seqlen_k))[q_grid](
@@ -474,9 +511,6 @@ def _backward_impl(
         **consts,
         USE_DESC=k_side is not None,
     )  # fmt: skip
-    if _gluon_dkdv_eligible(q, k, v, dout, varlen, o, has_alibi):
-        _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o, causal=o.has_right)
-        return dq, dk, dv
     kv_grid = lambda meta: make_grid(cdiv(seqlen_k, meta["BLOCK_N"]), heads_k, batch)
     _kernel("dkdv", max(block_d, block_dv), max(seqlen_q, seqlen_k))[kv_grid](
         q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, slopes, rng,

@@ -1,37 +1,38 @@
-"""dK and dV of attention for Hopper (sm_90), written in Gluon, warp-specialised.
+"""The attention backward for Hopper (sm_90), written in Gluon, warp-specialised: dQ (with
+delta), then dK and dV.
 
-**Experimental, off by default** (``FLASH_ATTN_TRI_GLUON_BWD=1`` turns it on): it compiles
-(``tools/kernel_stats.py flash-attn-dkdv-hopper-d128``) but has not yet run on a GPU;
-``tests/test_gpu.py::test_gluon_dkdv_matches_the_reference`` is the check it has to pass
-before it can be the default.
+**Experimental, off by default** (``FLASH_ATTN_TRI_GLUON_BWD=1`` turns it on): both kernels
+compile (``tools/kernel_stats.py flash-attn-dq-hopper-d128 flash-attn-dkdv-hopper-d128``)
+but have not yet run on a GPU; ``tests/test_gpu.py::test_gluon_backward_matches_the_reference``
+is the check they have to pass before they can be the default.
 
-It replaces the Triton dK/dV kernel only; the Triton dQ kernel runs first and writes
-``delta = rowsum(O · dO)``, which this kernel reads. What it covers: fixed-length
-``[batch, seqlen, heads, D]`` inputs, fp16/bf16, D = Dv = 64 or 128, GQA (a program sums
-the gradients of its key head's query heads), causal (aligned to the bottom right) or not,
-a positive softmax scale; no window, softcap, ALiBi or dropout.
+What they cover: fixed-length ``[batch, seqlen, heads, D]`` inputs, fp16/bf16,
+D = Dv = 64 or 128, GQA, causal (aligned to the bottom right) or not, a positive softmax
+scale; no window, softcap, ALiBi or dropout. No atomics: the gradients are bitwise
+repeatable. Both kernels have three warpgroups, each a partition of its own: a producer
+issuing the copy engine's loads into a ring of slots and two consumers.
 
-One program per (BLOCK_N = 128 keys, key head, batch), three warpgroups, each a partition
-of its own:
+**dQ** (``flash_bwd_dq_hopper_kernel``), one program per (128 query rows, head, batch),
+64 rows per consumer warpgroup. Each consumer first computes ``delta = rowsum(O · dO)``
+of its rows (stored for the dK/dV kernel), then for each key block j:
 
-- a **producer** warpgroup issues the copy engine's loads: the two 64-key halves of K and V
-  once, then Q and dO of every query block (of every query head of the group) that sees
-  the program's keys, into a ring of NUM_STAGES slots;
-- two **consumer** warpgroups, 64 keys each, keep dK and dV of their keys in registers and
-  for each query block i compute, on transposed tiles (keys as rows), with the row vectors
-  ``lse`` and ``delta`` of the block's queries:
+    S = Q·K_jᵀ,  dP = dO·V_jᵀ                 (issued together)
+    P = exp2(S·scale·log2 e − lse·log2 e),  dS = P ⊙ (dP − delta)
+    dQ += dS·K_j                              (dS from registers)
 
-      Sᵀ = K·Q_iᵀ,  dPᵀ = V·dO_iᵀ             (both operands in shared memory)
-      Pᵀ = exp2(Sᵀ·scale·log2 e − lse·log2 e)
-      dV += Pᵀ·dO_i                           (Pᵀ from registers)
-      dSᵀ = Pᵀ ⊙ (dPᵀ − delta)
-      dK += dSᵀ·Q_i                           (dSᵀ from registers)
+**dK/dV** (``flash_bwd_dkdv_hopper_kernel``), one program per (128 keys, key head, batch),
+64 keys per consumer warpgroup, summing over the group's query heads. On transposed tiles
+(keys as rows), for each query block i:
 
-  and finally store ``dK·scale`` and dV. Sᵀ and dPᵀ are issued together; the exponentials
-  run while dPᵀ is on the tensor cores.
+    Sᵀ = K·Q_iᵀ,  dPᵀ = V·dO_iᵀ              (issued together)
+    Pᵀ = exp2(Sᵀ·scale·log2 e − lse·log2 e)   (under dPᵀ)
+    dV += Pᵀ·dO_i,  dSᵀ = Pᵀ ⊙ (dPᵀ − delta),  dK += dSᵀ·Q_i   (from registers)
 
-Rows past the sequences need no mask: Q and dO past seqlen_q arrive as zeros and their lse
-reads as +inf (so their P is 0); keys past seqlen_k only produce rows that are not stored.
+then stores ``dK·scale`` and dV.
+
+Rows past the sequences need little masking: Q, dO and O past seqlen_q arrive as zeros
+and their lse reads as +inf (so their P is 0); in the dK/dV kernel keys past seqlen_k only
+produce rows that are not stored, while the dQ kernel masks them like the forward.
 """
 
 from __future__ import annotations
@@ -284,6 +285,206 @@ def flash_bwd_dkdv_hopper_kernel(
                 q_desc, k_desc, v_desc, do_desc, q_smem, do_smem, k_smem, v_smem, kv_bar,
                 qd_full, qd_empty, b, hk, start_n, seqlen_q, diag, group, HEAD_DIM,
                 BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL,
+            )),
+        ],
+        [4, 4],
+        [CONSUMER_REGS, PRODUCER_REGS],
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------
+# dQ (and delta)
+
+
+@gluon.jit
+def _dq_producer(
+    q_desc, k_desc, v_desc, do_desc, o_desc, q_smem, do_smem, o_smem, k_smem, v_smem, q_bar,
+    kv_full, kv_empty, b, h, start_m, n_blocks, group, HEAD_DIM: gl.constexpr,
+    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
+):  # fmt: skip
+    """Q, dO and O of the program's rows (a 64-row half per consumer warpgroup), then K and V
+    of every key block they see, in order, into a ring of slots."""
+    HALF: gl.constexpr = BLOCK_M // 2
+    col_q = h * HEAD_DIM
+    col_kv = (h // group) * HEAD_DIM
+    mbarrier.expect(q_bar, 2 * (q_desc.block_type.nbytes * 3))
+    for w in gl.static_range(2):
+        _tma_load(q_desc, [b, start_m + w * HALF, col_q], q_bar, q_smem.index(w))
+        _tma_load(do_desc, [b, start_m + w * HALF, col_q], q_bar, do_smem.index(w))
+        _tma_load(o_desc, [b, start_m + w * HALF, col_q], q_bar, o_smem.index(w))
+    for j in range(n_blocks):
+        slot = j % NUM_STAGES
+        mbarrier.wait(kv_empty.index(slot), ((j // NUM_STAGES) & 1) ^ 1)
+        mbarrier.expect(kv_full.index(slot), k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+        _tma_load(k_desc, [b, j * BLOCK_N, col_kv], kv_full.index(slot), k_smem.index(slot))
+        _tma_load(v_desc, [b, j * BLOCK_N, col_kv], kv_full.index(slot), v_smem.index(slot))
+
+
+@gluon.jit
+def _dq_step(
+    dq, q_tile, do_tile, k_smem, v_smem, kv_full, kv_empty, zero_s, j, lse2, delta, offs_m,
+    seqlen_k, diag, qk_scale2, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+    NUM_STAGES: gl.constexpr, S_LAYOUT: gl.constexpr, P_LAYOUT: gl.constexpr,
+    DTYPE: gl.constexpr, CAUSAL: gl.constexpr, MASKED: gl.constexpr,
+):  # fmt: skip
+    """Key block j: ``dQ += dS·K_j`` with ``dS = P ⊙ (dO·V_jᵀ − delta)``. MASKED: the block
+    holds keys past the sequence or, when CAUSAL, after some rows' diagonal."""
+    slot = j % NUM_STAGES
+    mbarrier.wait(kv_full.index(slot), (j // NUM_STAGES) & 1)
+    k_tile = _tile(k_smem, slot, BLOCK_N, HEAD_DIM)
+    v_tile = _tile(v_smem, slot, BLOCK_N, HEAD_DIM)
+    s = warpgroup_mma(q_tile, k_tile.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    dp = warpgroup_mma(do_tile, v_tile.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    s = warpgroup_mma_wait(1, deps=[s])
+    p = gl.exp2(s * qk_scale2 - lse2[:, None])
+    if MASKED:
+        offs_n = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_LAYOUT))
+        visible = offs_n[None, :] < seqlen_k
+        if CAUSAL:
+            visible = visible & (offs_n[None, :] <= offs_m[:, None] + diag)
+        p = gl.where(visible, p, 0.0)
+    dp = warpgroup_mma_wait(0, deps=[dp])
+    ds_op = gl.convert_layout((p * (dp - delta[:, None])).to(DTYPE), P_LAYOUT)
+    dq = warpgroup_mma(ds_op, k_tile, dq, is_async=True)
+    dq, ds_op = warpgroup_mma_wait(0, deps=[dq, ds_op])
+    mbarrier.arrive(kv_empty.index(slot))
+    return dq
+
+
+@gluon.jit
+def _dq_consumer(
+    q_smem, do_smem, o_smem, k_smem, v_smem, q_bar, kv_full, kv_empty, dq_ptr, lse_ptr,
+    delta_ptr, b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks, qk_scale2, sm_scale,
+    stride_qb, stride_qs, stride_qh, stride_lb, stride_lh, WG: gl.constexpr,
+    HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+    NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+):  # fmt: skip
+    """One consumer warpgroup (4 warps, 64 query rows): delta = rowsum(O·dO) of its rows
+    (stored for the dK/dV kernel), then dQ over every key block its rows see; stores
+    dQ·scale. dQ is laid out like q (``stride_q*``)."""
+    HALF: gl.constexpr = BLOCK_M // 2
+    S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16]
+    )
+    O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HEAD_DIM, 16]
+    )
+    P_LAYOUT: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_LAYOUT, k_width=2)
+    ROWS: gl.constexpr = gl.SliceLayout(1, S_LAYOUT)
+    DTYPE: gl.constexpr = q_smem.dtype
+    row0 = start_m + WG * HALF
+    offs_m = row0 + gl.arange(0, HALF, layout=ROWS)
+    in_q = offs_m < seqlen_q
+    lse_row = lse_ptr + b.to(gl.int64) * stride_lb + h.to(gl.int64) * stride_lh
+    delta_row = delta_ptr + b.to(gl.int64) * stride_lb + h.to(gl.int64) * stride_lh
+    # base-2 log-sum-exp; +inf past the sequence (and for rows that see no key) makes P 0
+    lse2 = gl.load(lse_row + offs_m, mask=in_q, other=float("inf")) * _LOG2E
+    q_tile = _tile(q_smem, WG, HALF, HEAD_DIM)
+    do_tile = _tile(do_smem, WG, HALF, HEAD_DIM)
+
+    mbarrier.wait(q_bar, 0)
+    # delta = rowsum(O·dO) in fp32, from the tiles in shared memory (rows past the
+    # sequence are zeros)
+    o = _tile(o_smem, WG, HALF, HEAD_DIM).load(O_LAYOUT).to(gl.float32)
+    delta_o = gl.sum(o * do_tile.load(O_LAYOUT).to(gl.float32), axis=1)
+    delta = gl.convert_layout(delta_o, ROWS)
+    gl.store(delta_row + offs_m, delta, mask=in_q)
+
+    zero_s = gl.zeros([HALF, BLOCK_N], gl.float32, S_LAYOUT)
+    dq = gl.zeros([HALF, HEAD_DIM], gl.float32, O_LAYOUT)
+    # blocks before n_full are visible whole to every row of this warpgroup
+    n_full = seqlen_k // BLOCK_N
+    if CAUSAL:
+        n_full = gl.minimum(n_full, gl.maximum(row0 + diag + 1, 0) // BLOCK_N)
+    n_plain = gl.minimum(n_full, n_blocks)
+    for j in range(n_plain):
+        dq = _dq_step(
+            dq, q_tile, do_tile, k_smem, v_smem, kv_full, kv_empty, zero_s, j, lse2, delta,
+            offs_m, seqlen_k, diag, qk_scale2, BLOCK_N, HEAD_DIM, NUM_STAGES, S_LAYOUT,
+            P_LAYOUT, DTYPE, CAUSAL, False,
+        )  # fmt: skip
+    for j in range(n_plain, n_blocks):
+        dq = _dq_step(
+            dq, q_tile, do_tile, k_smem, v_smem, kv_full, kv_empty, zero_s, j, lse2, delta,
+            offs_m, seqlen_k, diag, qk_scale2, BLOCK_N, HEAD_DIM, NUM_STAGES, S_LAYOUT,
+            P_LAYOUT, DTYPE, CAUSAL, True,
+        )  # fmt: skip
+
+    offs_r = row0 + gl.arange(0, HALF, layout=gl.SliceLayout(1, O_LAYOUT))
+    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, O_LAYOUT))
+    rows = (
+        b.to(gl.int64) * stride_qb
+        + h.to(gl.int64) * stride_qh
+        + offs_r.to(gl.int64)[:, None] * stride_qs
+        + offs_d[None, :]
+    )
+    gl.store(
+        dq_ptr + rows,
+        (dq * sm_scale).to(dq_ptr.dtype.element_ty),
+        mask=(offs_r < seqlen_q)[:, None],
+    )
+
+
+@gluon.jit
+def flash_bwd_dq_hopper_kernel(
+    q_desc, k_desc, v_desc, do_desc, o_desc, dq_ptr, lse_ptr, delta_ptr, seqlen_q, seqlen_k,
+    group, qk_scale2, sm_scale, stride_qb, stride_qs, stride_qh, stride_lb, stride_lh,
+    HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+    NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+    PRODUCER_REGS: gl.constexpr,
+):  # fmt: skip
+    """dQ and delta = rowsum(O·dO) of BLOCK_M query rows of one head. ``q_desc``,
+    ``do_desc``, ``o_desc``: copy-engine descriptors over q, dout and the forward's output
+    ``[batch, seqlen_q, heads · D]`` with boxes ``[1, BLOCK_M / 2, D]``; ``k_desc``,
+    ``v_desc`` over k and v ``[batch, seqlen_k, heads_k · D]`` with boxes
+    ``[1, BLOCK_N, D]``; ``dq_ptr`` ``[batch, seqlen_q, heads, D]`` with the strides given
+    (unit stride along D); ``lse_ptr``, ``delta_ptr`` ``[batch, heads, seqlen_q]`` fp32."""
+    pid_m = gl.program_id(0)
+    if CAUSAL:
+        pid_m = gl.num_programs(0) - 1 - pid_m  # the longest rows first
+    h = gl.program_id(1)
+    b = gl.program_id(2)
+    start_m = pid_m * BLOCK_M
+    diag = seqlen_k - seqlen_q
+    n_blocks = gl.cdiv(seqlen_k, BLOCK_N)
+    if CAUSAL:
+        n_blocks = gl.minimum(n_blocks, gl.cdiv(gl.maximum(start_m + BLOCK_M + diag, 0), BLOCK_N))
+
+    dtype: gl.constexpr = q_desc.dtype
+    HALF: gl.constexpr = BLOCK_M // 2
+    q_smem = gl.allocate_shared_memory(dtype, [2, 1, HALF, HEAD_DIM], q_desc.layout)
+    do_smem = gl.allocate_shared_memory(dtype, [2, 1, HALF, HEAD_DIM], do_desc.layout)
+    o_smem = gl.allocate_shared_memory(dtype, [2, 1, HALF, HEAD_DIM], o_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [NUM_STAGES, 1, BLOCK_N, HEAD_DIM], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [NUM_STAGES, 1, BLOCK_N, HEAD_DIM], v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    kv_full = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    kv_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(NUM_STAGES):
+        mbarrier.init(kv_full.index(i), count=1)
+        mbarrier.init(kv_empty.index(i), count=2)  # released by both consumer warpgroups
+    fence_async_shared()
+    _block_barrier()
+
+    gl.warp_specialize(
+        [
+            (_dq_consumer, (
+                q_smem, do_smem, o_smem, k_smem, v_smem, q_bar, kv_full, kv_empty, dq_ptr,
+                lse_ptr, delta_ptr, b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks,
+                qk_scale2, sm_scale, stride_qb, stride_qs, stride_qh, stride_lb, stride_lh,
+                0, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL,
+            )),
+            (_dq_consumer, (
+                q_smem, do_smem, o_smem, k_smem, v_smem, q_bar, kv_full, kv_empty, dq_ptr,
+                lse_ptr, delta_ptr, b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks,
+                qk_scale2, sm_scale, stride_qb, stride_qs, stride_qh, stride_lb, stride_lh,
+                1, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL,
+            )),
+            (_dq_producer, (
+                q_desc, k_desc, v_desc, do_desc, o_desc, q_smem, do_smem, o_smem, k_smem,
+                v_smem, q_bar, kv_full, kv_empty, b, h, start_m, n_blocks, group, HEAD_DIM,
+                BLOCK_M, BLOCK_N, NUM_STAGES,
             )),
         ],
         [4, 4],
