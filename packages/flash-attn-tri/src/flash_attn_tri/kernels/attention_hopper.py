@@ -34,17 +34,14 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
     mbarrier,
-    tma,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
 
-_LN2: gl.constexpr = gl.constexpr(0.6931471805599453)
+from tri_shared.gluon import block_barrier as _block_barrier
+from tri_shared.gluon import tma_load as _tma_load
 
-# Gluon is experimental and renames things between Triton releases (3.6:
-# async_copy_global_to_shared and thread_barrier, later: async_load and barrier).
-_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
-_block_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+_LN2: gl.constexpr = gl.constexpr(0.6931471805599453)
 
 
 # ---------------------------------------------------------------------------------------

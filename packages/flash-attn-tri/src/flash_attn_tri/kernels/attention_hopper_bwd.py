@@ -42,16 +42,16 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
     mbarrier,
-    tma,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
 
-_LOG2E: gl.constexpr = gl.constexpr(1.4426950408889634)
+from tri_shared.gluon import block_barrier as _block_barrier
+from tri_shared.gluon import tma_load as _tma_load
 
-# (Gluon renames these between Triton releases; see attention_hopper.py)
-_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
-_block_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+from .attention_hopper import _tile
+
+_LOG2E: gl.constexpr = gl.constexpr(1.4426950408889634)
 
 
 @gluon.jit
@@ -102,12 +102,6 @@ def _producer(
 
 # ---------------------------------------------------------------------------------------
 # consumers
-
-
-@gluon.jit
-def _tile(ring, slot, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr):
-    """Slot ``slot`` of a ring of ``[1, ROWS, HEAD_DIM]`` copy-engine boxes, as a matrix."""
-    return ring.index(slot).reshape([ROWS, HEAD_DIM])
 
 
 @gluon.jit

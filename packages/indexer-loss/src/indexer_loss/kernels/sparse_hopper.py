@@ -49,10 +49,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-# Gluon is experimental and renames things between Triton releases:
-# thread_barrier / barrier, async_copy_global_to_shared / async_load.
-_block_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
-_async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+from tri_shared.gluon import block_barrier as _block_barrier
+from tri_shared.gluon import cp_async_load as _async_load
 
 # Reference per head for the bounded sweep: block 0's maximum plus this margin (base 2). The
 # largest term is then at least 2^-64, terms below 2^-126 of it flush to 0 (at most 2^-62
