@@ -331,12 +331,12 @@ def flash_attention_bwd_hopper(kernel: str, head_dim: int, causal: bool = True) 
 
     from flash_attn_tri import attention
 
-    if kernel == "dq":
-        fn, constexprs, options = attention._hopper_dq_launch(head_dim, causal)
-        q_rows, k_rows = constexprs["BLOCK_M"] // 2, constexprs["BLOCK_N"]
-    else:
-        fn, constexprs, options = attention._hopper_dkdv_launch(head_dim, causal)
-        q_rows, k_rows = constexprs["BLOCK_M"], constexprs["BLOCK_N"] // 2
+    fn, constexprs, options = attention._hopper_bwd_launch(kernel, head_dim, causal)
+    q_rows, k_rows = constexprs["BLOCK_M"], constexprs["BLOCK_N"]
+    if kernel == "dq":  # the rows of a program are split between the two consumers
+        q_rows //= 2
+    else:  # the keys are
+        k_rows //= 2
     layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
     rows = {"q_desc": q_rows, "do_desc": q_rows, "o_desc": q_rows}
     rows |= {"k_desc": k_rows, "v_desc": k_rows}

@@ -325,7 +325,7 @@ def _gluon_dq(q, k, v, dout, out, lse, delta, dq, o: _Opts, causal: bool) -> Non
     and ``delta`` = rowsum(O · dO) (shaped like ``lse``)."""
     batch, seqlen_q, heads, d = q.shape
     seqlen_k, heads_k = k.shape[1], k.shape[2]
-    fn, constexprs, options = _hopper_dq_launch(d, causal)
+    fn, constexprs, options = _hopper_bwd_launch("dq", d, causal)
     rows_q, rows_k = constexprs["BLOCK_M"] // 2, constexprs["BLOCK_N"]
     grid = make_grid(cdiv(seqlen_q, constexprs["BLOCK_M"]), heads, batch)
     fn[grid](
@@ -336,29 +336,12 @@ def _gluon_dq(q, k, v, dout, out, lse, delta, dq, o: _Opts, causal: bool) -> Non
     )  # fmt: skip
 
 
-def _hopper_dq_launch(head_dim: int, causal: bool) -> tuple[Any, dict[str, Any], dict[str, int]]:
-    """(kernel, constexprs, launch options) of the experimental Gluon dQ kernel."""
-    from .kernels.attention_hopper_bwd import flash_bwd_dq_hopper_kernel
-
-    constexprs = {
-        "HEAD_DIM": head_dim,
-        "BLOCK_M": 128,  # 64 rows for each of the two consumer warpgroups
-        "BLOCK_N": 64,
-        # shared memory: Q, dO, O (3 · 32 KiB at D = 128) and NUM_STAGES K and V tiles
-        "NUM_STAGES": 2 if head_dim > 64 else 3,
-        "CAUSAL": causal,
-        "CONSUMER_REGS": 240,
-        "PRODUCER_REGS": 24,
-    }
-    return flash_bwd_dq_hopper_kernel, constexprs, {"num_warps": 4, "maxnreg": 168}
-
-
 def _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o: _Opts, causal: bool) -> None:
     """Launch the experimental Gluon dK/dV kernel for Hopper into ``dk`` and ``dv`` (laid
     out like ``k``); ``delta`` = rowsum(O · dO), shaped like ``lse``."""
     batch, seqlen_q, heads, d = q.shape
     seqlen_k, heads_k = k.shape[1], k.shape[2]
-    fn, constexprs, options = _hopper_dkdv_launch(d, causal)
+    fn, constexprs, options = _hopper_bwd_launch("dkdv", d, causal)
     rows_q, rows_k = constexprs["BLOCK_M"], constexprs["BLOCK_N"] // 2
     grid = make_grid(cdiv(seqlen_k, constexprs["BLOCK_N"]), heads_k, batch)
     fn[grid](
@@ -369,22 +352,30 @@ def _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o: _Opts, causal: bool) -> No
     )  # fmt: skip
 
 
-def _hopper_dkdv_launch(head_dim: int, causal: bool) -> tuple[Any, dict[str, Any], dict[str, int]]:
-    """(kernel, constexprs, launch options) of the experimental Gluon dK/dV kernel."""
-    from .kernels.attention_hopper_bwd import flash_bwd_dkdv_hopper_kernel
+def _hopper_bwd_launch(
+    kernel: str, head_dim: int, causal: bool
+) -> tuple[Any, dict[str, Any], dict[str, int]]:
+    """(kernel, constexprs, launch options) of an experimental Gluon backward kernel:
+    ``kernel`` is ``"dq"`` (128 query rows a program, 64-key blocks) or ``"dkdv"`` (128 keys
+    a program, 64-row query blocks); 64 rows (keys) for each consumer warpgroup."""
+    from .kernels import attention_hopper_bwd as bwd
 
+    fn, block_m, block_n = {
+        "dq": (bwd.flash_bwd_dq_hopper_kernel, 128, 64),
+        "dkdv": (bwd.flash_bwd_dkdv_hopper_kernel, 64, 128),
+    }[kernel]
     constexprs = {
         "HEAD_DIM": head_dim,
-        "BLOCK_M": 64,
-        "BLOCK_N": 128,  # 64 keys for each of the two consumer warpgroups
-        # shared memory: K and V (2 · 32 KiB at D = 128) and NUM_STAGES Q and dO tiles
+        "BLOCK_M": block_m,
+        "BLOCK_N": block_n,
+        # shared memory at D = 128: dQ 160 KiB (Q, dO, O and two K, V slots), dK/dV 128 KiB
         "NUM_STAGES": 2 if head_dim > 64 else 3,
         "CAUSAL": causal,
         "CONSUMER_REGS": 240,
         "PRODUCER_REGS": 24,
     }
     # as the forward: 12 warps at 168 registers, setmaxnreg 240 / 240 / 24
-    return flash_bwd_dkdv_hopper_kernel, constexprs, {"num_warps": 4, "maxnreg": 168}
+    return fn, constexprs, {"num_warps": 4, "maxnreg": 168}
 
 
 def _hopper_fwd_launch(head_dim: int, causal: bool) -> tuple[Any, dict[str, Any], dict[str, int]]:
