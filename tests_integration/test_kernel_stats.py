@@ -136,6 +136,30 @@ def test_flash_attention_forward_compiles_without_spills(stats, recipe):
     assert any(mix.get("HGMMA", 0) > 0 for mix in st["loops"])
 
 
+def _gluon_attention_loops(st: dict) -> list[tuple[dict, int, int]]:
+    """A Gluon attention kernel's innermost loops that issue wgmma, as (instruction mix,
+    MUFU issued under an in-flight wgmma, wgmma with A in registers), after the checks all
+    of them share: 12 warps at 168 registers a thread at launch, setmaxnreg 240 for each
+    consumer warpgroup and 24 for the producer, shared memory within 227 KiB, and an
+    unmasked and a masked loop for each consumer warpgroup."""
+    assert st["registers"] <= 168
+    assert st["shared_bytes"] <= 227 * 1024
+    assert 240 in st["setmaxnreg"] and 24 in st["setmaxnreg"]
+    loops = [
+        (mix, under, rs)
+        for mix, under, rs, innermost in zip(
+            st["loops"],
+            st["mufu_under_wgmma"],
+            st["wgmma_a_in_registers"],
+            st["innermost"],
+            strict=True,
+        )
+        if innermost and mix.get("HGMMA", 0) > 0
+    ]
+    assert len(loops) >= 4
+    return loops
+
+
 @pytest.mark.parametrize(
     ("recipe", "head_dim"), [("flash-attn-fwd-hopper-d64", 64), ("flash-attn-fwd-hopper-d128", 128)]
 )
@@ -146,19 +170,8 @@ def test_gluon_attention_forward_compiles_as_designed(stats, recipe, head_dim):
     # (BLOCK_N / 16 = 8, P from registers) back to back, and the unmasked loop has no mask.
     st = stats[recipe]
     assert st["spill_bytes"] == 0
-    assert st["registers"] <= 168
-    assert st["shared_bytes"] <= 227 * 1024
-    assert 240 in st["setmaxnreg"] and 24 in st["setmaxnreg"]
-    loops = [
-        (mix, rs)
-        for mix, rs, innermost in zip(
-            st["loops"], st["wgmma_a_in_registers"], st["innermost"], strict=True
-        )
-        if innermost and mix.get("HGMMA", 0) > 0
-    ]
-    # an unmasked and a masked loop for each consumer warpgroup
-    assert len(loops) >= 4
-    mix, rs = loops[0]
+    loops = _gluon_attention_loops(st)
+    mix, _, rs = loops[0]
     assert mix.get("FSEL", 0) <= 8  # no mask in the unmasked loop: only the per-row guards
     assert mix["HGMMA"] == head_dim // 16 + 8
     assert rs == 8
@@ -178,22 +191,8 @@ def test_gluon_dkdv_compiles_as_designed(stats, recipe, head_dim):
     # outside the loops over query blocks (up to 5 spill loads a step in them, of ~300
     # instructions).
     st = stats[recipe]
-    assert st["registers"] <= 168
     assert st["spill_bytes"] <= (0 if head_dim == 64 else 1024)
-    assert st["shared_bytes"] <= 227 * 1024
-    assert 240 in st["setmaxnreg"] and 24 in st["setmaxnreg"]
-    loops = [
-        (mix, under, rs)
-        for mix, under, rs, innermost in zip(
-            st["loops"],
-            st["mufu_under_wgmma"],
-            st["wgmma_a_in_registers"],
-            st["innermost"],
-            strict=True,
-        )
-        if innermost and mix.get("HGMMA", 0) > 0
-    ]
-    assert len(loops) >= 4  # a masked and an unmasked loop for each consumer warpgroup
+    loops = _gluon_attention_loops(st)
     unmasked = [(mix, under, rs) for mix, under, rs in loops if mix.get("FSEL", 0) == 0]
     assert unmasked
     for mix, under, rs in unmasked:
@@ -212,19 +211,9 @@ def test_gluon_dq_compiles_as_designed(stats, recipe, head_dim):
     # unmasked loop issues S and dP (D / 16 wgmma each) and dQ += dS·K (4, dS from
     # registers), 32 exponentials a thread.
     st = stats[recipe]
-    assert st["registers"] <= 168
     assert st["spill_bytes"] == 0
-    assert st["shared_bytes"] <= 227 * 1024
-    assert 240 in st["setmaxnreg"] and 24 in st["setmaxnreg"]
-    loops = [
-        (mix, rs)
-        for mix, rs, innermost in zip(
-            st["loops"], st["wgmma_a_in_registers"], st["innermost"], strict=True
-        )
-        if innermost and mix.get("HGMMA", 0) > 0
-    ]
-    assert len(loops) >= 4  # an unmasked and a masked loop for each consumer warpgroup
-    unmasked = [(mix, rs) for mix, rs in loops if mix.get("FSEL", 0) == 0]
+    loops = _gluon_attention_loops(st)
+    unmasked = [(mix, rs) for mix, _, rs in loops if mix.get("FSEL", 0) == 0]
     assert unmasked
     for mix, rs in unmasked:
         assert mix["HGMMA"] == 2 * (head_dim // 16) + 4

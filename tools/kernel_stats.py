@@ -294,69 +294,60 @@ def flash_attention(kernel: str, head_dim: int) -> KernelStats:
     )
 
 
-def flash_attention_hopper(head_dim: int, causal: bool = True) -> KernelStats:
-    """The experimental Gluon (sm_90) attention forward as ``flash_attn_tri`` would launch it
-    (bf16, fixed length, descriptors with 128-byte swizzled boxes)."""
+def _compile_gluon_attention(launch, head_dim: int, rows: dict[str, int]) -> KernelStats:
+    """Compile a Gluon attention kernel of ``flash_attn_tri`` from its ``(kernel, constexprs,
+    options)`` as the package would launch it: bf16, fixed length, descriptors named in
+    ``rows`` with boxes of that many rows (128-byte swizzled), fp32 ``lse_ptr`` /
+    ``delta_ptr``, fp32 scales, i32 sizes and strides; pointers and strides marked
+    divisible by 16 but ``stride_lh`` (heads · seqlen_q fp32 elements in general)."""
     from triton.experimental.gluon import language as gl
 
-    from flash_attn_tri import attention
-
-    fn, constexprs, options = attention._hopper_fwd_launch(head_dim, causal)
+    fn, constexprs, options = launch
     layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
-    rows = {"q_desc": constexprs["BLOCK_M"] // 2, "k_desc": constexprs["BLOCK_N"]}
-    rows["v_desc"] = rows["k_desc"]
     signature = {}
     for name in fn.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
         elif name in rows:
             signature[name] = f"tensordesc<bf16[1, {rows[name]}, {head_dim}],{layout!r}>"
-        elif name == "out_ptr":
-            signature[name] = "*bf16"
-        elif name == "lse_ptr":
-            signature[name] = "*fp32"
-        elif name == "qk_scale2":
-            signature[name] = "fp32"
-        else:
-            signature[name] = "i32"
-    divisible = ["out_ptr", "lse_ptr", "stride_ob", "stride_os", "stride_oh", "stride_lb"]
-    return compile_sm90(fn, signature, constexprs, divisible=divisible, **options)
-
-
-def flash_attention_bwd_hopper(kernel: str, head_dim: int, causal: bool = True) -> KernelStats:
-    """One of the experimental Gluon (sm_90) backward kernels (``kernel``: ``dq`` or
-    ``dkdv``) as ``flash_attn_tri`` would launch it (bf16, fixed length, descriptors with
-    128-byte swizzled boxes)."""
-    from triton.experimental.gluon import language as gl
-
-    from flash_attn_tri import attention
-
-    fn, constexprs, options = attention._hopper_bwd_launch(kernel, head_dim, causal)
-    q_rows, k_rows = constexprs["BLOCK_M"], constexprs["BLOCK_N"]
-    if kernel == "dq":  # the rows of a program are split between the two consumers
-        q_rows //= 2
-    else:  # the keys are
-        k_rows //= 2
-    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
-    rows = {"q_desc": q_rows, "do_desc": q_rows, "o_desc": q_rows}
-    rows |= {"k_desc": k_rows, "v_desc": k_rows}
-    signature = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name in rows:
-            signature[name] = f"tensordesc<bf16[1, {rows[name]}, {head_dim}],{layout!r}>"
-        elif name in ("dq_ptr", "dk_ptr", "dv_ptr"):
-            signature[name] = "*bf16"
         elif name in ("lse_ptr", "delta_ptr"):
             signature[name] = "*fp32"
+        elif name.endswith("_ptr"):
+            signature[name] = "*bf16"
         elif name in ("qk_scale2", "sm_scale"):
             signature[name] = "fp32"
         else:
             signature[name] = "i32"
     divisible = [n for n in fn.arg_names if n.endswith("_ptr") or n.startswith("stride_")]
-    divisible.remove("stride_lh")  # heads · seqlen_q fp32: not a multiple of 16 in general
+    divisible.remove("stride_lh")
     return compile_sm90(fn, signature, constexprs, divisible=divisible, **options)
+
+
+def flash_attention_hopper(head_dim: int, causal: bool = True) -> KernelStats:
+    """The Gluon (sm_90) attention forward as ``flash_attn_tri`` would launch it."""
+    from flash_attn_tri import attention
+
+    launch = attention._hopper_fwd_launch(head_dim, causal)
+    constexprs = launch[1]
+    rows = {"q_desc": constexprs["BLOCK_M"] // 2}  # half the rows for each consumer
+    rows |= {"k_desc": constexprs["BLOCK_N"], "v_desc": constexprs["BLOCK_N"]}
+    return _compile_gluon_attention(launch, head_dim, rows)
+
+
+def flash_attention_bwd_hopper(kernel: str, head_dim: int, causal: bool = True) -> KernelStats:
+    """One of the experimental Gluon (sm_90) backward kernels (``kernel``: ``dq`` or
+    ``dkdv``) as ``flash_attn_tri`` would launch it."""
+    from flash_attn_tri import attention
+
+    launch = attention._hopper_bwd_launch(kernel, head_dim, causal)
+    q_rows, k_rows = launch[1]["BLOCK_M"], launch[1]["BLOCK_N"]
+    if kernel == "dq":  # the rows of a program are split between the two consumers
+        q_rows //= 2
+    else:  # the keys are
+        k_rows //= 2
+    rows = {"q_desc": q_rows, "do_desc": q_rows, "o_desc": q_rows}
+    rows |= {"k_desc": k_rows, "v_desc": k_rows}
+    return _compile_gluon_attention(launch, head_dim, rows)
 
 
 RECIPES = {
