@@ -14,7 +14,7 @@ import torch
 
 from tri_shared.checks import FLOAT_DTYPES, check_choice, check_tensor
 from tri_shared.dots import ieee_dots
-from tri_shared.launch import cdiv, make_grid, next_power_of_2
+from tri_shared.launch import cdiv, fast_launcher, make_grid, next_power_of_2
 
 from ._validate import GDNSizes, check_softplus, validate_gdn_args
 from .kernels.chunk import (
@@ -124,7 +124,7 @@ def _chunk_forward(
         # the decode op's gating, once per token and head (8 bytes each), for the kernels
         g = torch.empty(nt, HV, dtype=torch.float32, device=dev)
         beta = torch.empty_like(g)
-        sigmoid_gates_kernel[make_grid(cdiv(nt * HV, 1024))](
+        fast_launcher(sigmoid_gates_kernel)[make_grid(cdiv(nt * HV, 1024))](
             a,
             b,
             A_log,
@@ -143,11 +143,11 @@ def _chunk_forward(
     if use_qk_l2norm:
         q_rnorm = torch.empty(nt, H, dtype=torch.float32, device=dev)
         k_rnorm = torch.empty(nt, H, dtype=torch.float32, device=dev)
-        rnorm_rows_kernel[make_grid(cdiv(nt * H, 32))](
+        fast_launcher(rnorm_rows_kernel)[make_grid(cdiv(nt * H, 32))](
             q, q_rnorm, nt * H, K=K, BLOCK_ROWS=32, BK=BK, num_warps=4
         )
     if bound > 0:
-        chunk_prepare_kernel[make_grid(bound * HV)](
+        fast_launcher(chunk_prepare_kernel)[make_grid(bound * HV)](
             k,
             g,
             beta,
@@ -170,7 +170,7 @@ def _chunk_forward(
             num_warps=int(TUNING["prepare_warps"]),  # type: ignore[arg-type]
         )
     bv, warps, stages = _state_config(K, V)
-    chunk_state_output_kernel[make_grid(N * HV * cdiv(V, bv))](
+    fast_launcher(chunk_state_output_kernel)[make_grid(N * HV * cdiv(V, bv))](
         q,
         k,
         v,
