@@ -310,7 +310,7 @@ def _compile_gluon_attention(launch, head_dim: int, rows: dict[str, int]) -> Ker
             signature[name] = "constexpr"
         elif name in rows:
             signature[name] = f"tensordesc<bf16[1, {rows[name]}, {head_dim}],{layout!r}>"
-        elif name in ("lse_ptr", "delta_ptr"):
+        elif name in ("lse_ptr", "delta_ptr") or (name == "dq_ptr" and constexprs.get("FUSED_DQ")):
             signature[name] = "*fp32"
         elif name.endswith("_ptr"):
             signature[name] = "*bf16"
@@ -363,7 +363,7 @@ RECIPES = {
         f"flash-attn-{kernel}-hopper-d{d}": (
             lambda kernel=kernel, d=d: flash_attention_bwd_hopper(kernel, d)
         )
-        for kernel in ("dq", "dkdv")
+        for kernel in ("dq", "dkdv", "fused")
         for d in (64, 128)
     },
     **{

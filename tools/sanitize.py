@@ -133,7 +133,7 @@ def flash_attn():
 def flash_attn_gluon():
     """The Gluon kernels for Hopper: the forward (forced on for D = 64 too with
     ``FLASH_ATTN_TRI_GLUON=1``) with partial blocks at both ends, GQA, causal with rows that
-    see no key (sq > sk), a single key block; and the experimental backward kernels."""
+    see no key (sq > sk), a single key block; and the backward kernels, fused and split."""
     from flash_attn_tri import flash_attn_func
     from tri_shared.bench import env_set
 
@@ -142,14 +142,15 @@ def flash_attn_gluon():
             q = rn(2, sq, 4, d, seed=40)
             k, v = rn(2, sk, 2, d, seed=41), rn(2, sk, 2, d, seed=42)
             flash_attn_func(q, k, v, causal=causal)
-    # the experimental backward kernels (FLASH_ATTN_TRI_GLUON_BWD=1): GQA, partial blocks
-    with env_set("FLASH_ATTN_TRI_GLUON_BWD", "1"):
-        for d, causal, sq, sk in ((128, True, 300, 203), (64, False, 113, 203)):
-            q = rn(2, sq, 4, d, seed=43).requires_grad_()
-            k = rn(2, sk, 2, d, seed=44).requires_grad_()
-            v = rn(2, sk, 2, d, seed=45).requires_grad_()
-            out = flash_attn_func(q, k, v, causal=causal)
-            out.backward(torch.randn_like(out))
+    # the backward kernels, forced on for D = 64 and short causal too: GQA, partial blocks
+    for kind in ("1", "fused"):
+        with env_set("FLASH_ATTN_TRI_GLUON_BWD", kind):
+            for d, causal, sq, sk in ((128, True, 300, 203), (64, False, 113, 203)):
+                q = rn(2, sq, 4, d, seed=43).requires_grad_()
+                k = rn(2, sk, 2, d, seed=44).requires_grad_()
+                v = rn(2, sk, 2, d, seed=45).requires_grad_()
+                out = flash_attn_func(q, k, v, causal=causal)
+                out.backward(torch.randn_like(out))
 
 
 def indexer_loss():

@@ -6,8 +6,12 @@ Run on a GPU: ``python3 bench_flash_attn.py`` (or ``bash tools/gpu.sh bench flas
 Prints a table and writes CSV + PNG plots to ``results_dir("flash-attn-tri")``. Arguments:
 impl names to time only those; ``--triton-forward`` adds ``flash_attn_tri_triton_fwd``,
 flash_attn_tri with the Gluon forward for Hopper turned off (``FLASH_ATTN_TRI_GLUON=0``
-during its calls; the backward is the same); ``--gluon-bwd`` adds ``flash_attn_tri_gluon_bwd``,
-flash_attn_tri with the experimental Gluon backward kernels (``FLASH_ATTN_TRI_GLUON_BWD=1``).
+during its calls; the backward is the same); ``--backward-variants`` adds three with the
+backward chosen by ``FLASH_ATTN_TRI_GLUON_BWD`` (the forward is the same):
+``flash_attn_tri_triton_bwd`` (``=0``: the Triton kernels), ``flash_attn_tri_split_bwd``
+(``=1``: the split Gluon backward for Hopper wherever it runs, D = 64 and short causal too)
+and ``flash_attn_tri_fused_bwd`` (``=fused``: the experimental fused Gluon backward, dQ added
+up with atomics).
 """
 
 from __future__ import annotations
@@ -50,7 +54,9 @@ def _sdpa(backend_name: str):
 # the environment switch each flash_attn_tri variant runs under, forward and backward
 _SWITCHES = {
     "flash_attn_tri_triton_fwd": ("FLASH_ATTN_TRI_GLUON", "0"),
-    "flash_attn_tri_gluon_bwd": ("FLASH_ATTN_TRI_GLUON_BWD", "1"),
+    "flash_attn_tri_triton_bwd": ("FLASH_ATTN_TRI_GLUON_BWD", "0"),
+    "flash_attn_tri_split_bwd": ("FLASH_ATTN_TRI_GLUON_BWD", "1"),
+    "flash_attn_tri_fused_bwd": ("FLASH_ATTN_TRI_GLUON_BWD", "fused"),
 }
 
 
@@ -65,7 +71,7 @@ def _time_both(fn, q, k, v, dout, causal) -> tuple[float, float]:
     return fwd_ms, time_fn(fwd_bwd)
 
 
-def _impls(triton_forward: bool = False, gluon_bwd: bool = False):
+def _impls(triton_forward: bool = False, backward_variants: bool = False):
     from flash_attn_tri import flash_attn_func
 
     def tri(q, k, v, c):
@@ -74,8 +80,10 @@ def _impls(triton_forward: bool = False, gluon_bwd: bool = False):
     impls = {"flash_attn_tri": (tri, "bshd")}
     if triton_forward:
         impls["flash_attn_tri_triton_fwd"] = (tri, "bshd")
-    if gluon_bwd:
-        impls["flash_attn_tri_gluon_bwd"] = (tri, "bshd")
+    if backward_variants:
+        for name in ("flash_attn_tri_triton_bwd", "flash_attn_tri_split_bwd",
+                     "flash_attn_tri_fused_bwd"):  # fmt: skip
+            impls[name] = (tri, "bshd")
     impls["sdpa_flash"] = (_sdpa("FLASH_ATTENTION"), "bhsd")
     impls["sdpa_cudnn"] = (_sdpa("CUDNN_ATTENTION"), "bhsd")
     try:
@@ -121,7 +129,7 @@ def main() -> int:
         f"copy {ceil.copy_gbps:.0f} GB/s ({ceil.device_name})"
     )
     triton_forward = "--triton-forward" in sys.argv
-    gluon_bwd = "--gluon-bwd" in sys.argv
+    backward_variants = "--backward-variants" in sys.argv
     only = [a for a in sys.argv[1:] if not a.startswith("--")]  # optional filter: impl names
     rows = []
     for d in HEAD_DIMS:
@@ -137,7 +145,7 @@ def main() -> int:
                 )
                 dout = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g)
                 fwd_flops = 4 * batch * heads * s * s * d * (0.5 if causal else 1.0)
-                for name, (fn, layout) in _impls(triton_forward, gluon_bwd).items():
+                for name, (fn, layout) in _impls(triton_forward, backward_variants).items():
                     if only and name not in only:
                         continue
                     if layout == "bhsd":

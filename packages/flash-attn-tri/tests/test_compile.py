@@ -18,7 +18,7 @@ def _inputs(device, dtype=torch.float32):
 
 def test_opcheck(device):
     q, k, v = _inputs(device)
-    args = (q, k, v, None, None, 20, 24, 0.25, -1, 0, 0.0, None, 0.0, None)
+    args = (q, k, v, None, None, 20, 24, 0.25, -1, 0, 0.0, None, 0.0, None, False)
     torch.library.opcheck(
         _fwd_op, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration")
     )
@@ -43,6 +43,7 @@ def test_opcheck(device):
         None,
         0.0,
         None,
+        False,
     )
     torch.library.opcheck(_bwd_op, bargs, test_utils=("test_schema", "test_faketensor"))
 
@@ -51,7 +52,7 @@ def test_opcheck_varlen(device):
     q = randn((30, 2, 16), seed=4, device=device)
     cu = torch.tensor([0, 10, 30], dtype=torch.int32, device=device)
     slopes = torch.tensor([0.1, 0.2], device=device)
-    args = (q, q, q, cu, cu, 20, 20, 0.25, 4, 2, 3.0, slopes, 0.0, None)
+    args = (q, q, q, cu, cu, 20, 20, 0.25, 4, 2, 3.0, slopes, 0.0, None, True)
     torch.library.opcheck(_fwd_op, args, test_utils=("test_schema", "test_faketensor"))
 
 

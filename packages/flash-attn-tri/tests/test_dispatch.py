@@ -1,5 +1,5 @@
-"""Which forward a call takes: the Gluon forward for Hopper where it measured faster than
-the Triton kernel (BENCHMARKS.md), the Triton kernel elsewhere. The launches themselves are
+"""Which kernels a call takes: the Gluon forward and backward for Hopper where they measured
+faster than the Triton kernels (BENCHMARKS.md), the Triton kernels elsewhere. The launches are
 checked on the GPU (test_gpu.py)."""
 
 import pytest
@@ -28,3 +28,25 @@ def test_gluon_forward_wanted(monkeypatch, switch, head_dim, causal, seqlen_k, w
     else:
         monkeypatch.setenv("FLASH_ATTN_TRI_GLUON", switch)
     assert attention._gluon_forward_wanted(head_dim, causal, seqlen_k) is wanted
+
+
+@pytest.mark.parametrize(
+    ("switch", "head_dim", "deterministic", "kind"),
+    [
+        (None, 128, False, "split"),  # causal or not, any length
+        (None, 128, True, "split"),
+        (None, 64, False, None),  # D = 64: the Triton kernels are as fast
+        (None, 96, False, None),
+        ("1", 64, False, "split"),
+        ("1", 96, False, None),  # no Gluon kernel for that head dim
+        ("fused", 64, False, "fused"),
+        ("fused", 128, True, "split"),  # atomics only when allowed
+        ("0", 128, False, None),
+    ],
+)
+def test_gluon_backward_wanted(monkeypatch, switch, head_dim, deterministic, kind):
+    if switch is None:
+        monkeypatch.delenv("FLASH_ATTN_TRI_GLUON_BWD", raising=False)
+    else:
+        monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", switch)
+    assert attention._gluon_backward_wanted(head_dim, deterministic) == kind

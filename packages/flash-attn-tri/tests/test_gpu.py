@@ -200,6 +200,7 @@ def test_gluon_forward_matches_the_reference(
     assert rel_err(out.float(), out_t.float()) < 1e-2
 
 
+@pytest.mark.parametrize("kind", ["fused", "split"])
 @pytest.mark.parametrize(
     ("dtype", "d", "causal", "sq", "sk", "heads", "heads_k"),
     [
@@ -214,24 +215,24 @@ def test_gluon_forward_matches_the_reference(
     ],
 )
 def test_gluon_backward_matches_the_reference(
-    monkeypatch, check_grads, dtype, d, causal, sq, sk, heads, heads_k
+    monkeypatch, check_grads, kind, dtype, d, causal, sq, sk, heads, heads_k
 ):
-    """The experimental Gluon backward kernels (``FLASH_ATTN_TRI_GLUON_BWD=1``: dQ with
-    delta, then dK/dV) against the fp64 reference (FlashAttention error rule) and against
-    the Triton backward."""
+    """The Gluon backward kernels for Hopper, ``fused`` (dK/dV adding dQ up with atomics)
+    and ``split`` (dQ with delta, then dK/dV), against the fp64 reference (FlashAttention
+    error rule) and against the Triton backward."""
     from flash_attn_tri import attention
 
     if not attention.is_hopper(torch.device("cuda")):
         pytest.skip("the Gluon kernels are for Hopper GPUs")
     calls = []
-    for name in ("_gluon_dq", "_gluon_dkdv"):
+    for name in ("_gluon_dq", "_gluon_dkdv", "_gluon_fused_backward"):
         launch = getattr(attention, name)
         monkeypatch.setattr(
             attention,
             name,
             lambda *a, _launch=launch, _name=name, **kw: (calls.append(_name), _launch(*a, **kw)),
         )
-    monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "1")
+    monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "fused" if kind == "fused" else "1")
     q, k, v = _qkv((2, sq, heads, d), (2, sk, heads_k, d), d, dtype, seed=d + sq + 2 * sk)
     out = flash_attn_func(q, k, v, causal=causal)
     ref64, _ = attention_ref(
@@ -240,10 +241,58 @@ def test_gluon_backward_matches_the_reference(
     reflow, _ = attention_ref(q, k, v, causal=causal, compute_dtype=dtype)
     grad_out = randn(out.shape, seed=11, dtype=dtype, device="cuda")
     grads = check_grads(out, ref64, reflow, (q, k, v), grad_out)
-    assert calls == ["_gluon_dq", "_gluon_dkdv"], calls
+    expected = {
+        "fused": ["_gluon_fused_backward", "_gluon_dkdv"],
+        "split": ["_gluon_dq", "_gluon_dkdv"],
+    }[kind]
+    assert calls == expected, calls
     monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "0")
     out_t = flash_attn_func(q, k, v, causal=causal)
     grads_t = torch.autograd.grad(out_t, (q, k, v), grad_out)
     assert len(calls) == 2
     for name, g, g_t in zip(("dq", "dk", "dv"), grads, grads_t, strict=True):
         assert rel_err(g.float(), g_t.float()) < 1e-2, name
+
+
+def test_deterministic_steps_aside_from_the_fused_gluon_backward(monkeypatch):
+    """The fused Gluon backward (``FLASH_ATTN_TRI_GLUON_BWD=fused``) adds dQ up with atomics;
+    with ``deterministic=True`` the call takes the split kernels instead, and the gradients
+    repeat bit for bit."""
+    from flash_attn_tri import attention
+
+    if not attention.is_hopper(torch.device("cuda")):
+        pytest.skip("the Gluon kernels are for Hopper GPUs")
+    monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "fused")
+    calls = []
+    for name in ("_gluon_dq", "_gluon_fused_backward"):
+        launch = getattr(attention, name)
+        monkeypatch.setattr(
+            attention,
+            name,
+            lambda *a, _launch=launch, _name=name, **kw: (calls.append(_name), _launch(*a, **kw)),
+        )
+    q, k, v = _qkv((2, 2048, 8, 128), (2, 2048, 2, 128), 128, torch.bfloat16, seed=31)
+    dout = randn((2, 2048, 8, 128), seed=32, dtype=torch.bfloat16, device="cuda")
+    runs = []
+    for _ in range(3):
+        out = flash_attn_func(q, k, v, causal=True, deterministic=True)
+        runs.append(torch.autograd.grad(out, (q, k, v), dout))
+    assert calls == ["_gluon_dq"] * 3, calls
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other, strict=True):
+            assert torch.equal(a, b)
+    fused = torch.autograd.grad(flash_attn_func(q, k, v, causal=True), (q, k, v), dout)
+    assert calls[-1] == "_gluon_fused_backward", calls
+    for name, g, g_det in zip(("dq", "dk", "dv"), fused, runs[0], strict=True):
+        assert rel_err(g.float(), g_det.float()) < 1e-2, name
+
+
+def test_default_backward_repeats_bitwise():
+    """The backward a D = 128 call takes by default on Hopper (the split Gluon kernels) has no
+    atomics: gradients repeat bit for bit without ``deterministic``."""
+    q, k, v = _qkv((2, 2048, 8, 128), (2, 2048, 2, 128), 128, torch.bfloat16, seed=33)
+    dout = randn((2, 2048, 8, 128), seed=34, dtype=torch.bfloat16, device="cuda")
+    first = torch.autograd.grad(flash_attn_func(q, k, v), (q, k, v), dout)
+    again = torch.autograd.grad(flash_attn_func(q, k, v), (q, k, v), dout)
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a, b)

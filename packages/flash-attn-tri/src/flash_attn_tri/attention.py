@@ -26,6 +26,7 @@ from tri_shared.dots import ieee_dots
 from tri_shared.launch import (
     autotune_configs,
     cdiv,
+    fast_launcher,
     is_hopper,
     is_interpreter,
     make_grid,
@@ -284,13 +285,34 @@ def _gluon_forward_eligible(q, k, v, varlen: bool, o: _Opts, has_alibi: bool) ->
     return _gluon_eligible((q, k, v), varlen, o, has_alibi, k.shape[1])
 
 
-def _gluon_backward_eligible(q, k, v, dout, out, varlen: bool, o: _Opts, has_alibi) -> bool:
-    """Whether the experimental Gluon backward kernels (``kernels/attention_hopper_bwd.py``,
-    ``FLASH_ATTN_TRI_GLUON_BWD=1``, off by default: not yet run on a GPU) take this call:
-    D = 64 or 128 and :func:`_gluon_eligible`."""
-    if os.environ.get("FLASH_ATTN_TRI_GLUON_BWD", "0") != "1" or q.shape[-1] not in (64, 128):
-        return False
-    return _gluon_eligible((q, k, v, dout, out), varlen, o, has_alibi, k.shape[1])
+def _gluon_backward_wanted(head_dim: int, deterministic: bool) -> str | None:
+    """Which Gluon backward for Hopper (``kernels/attention_hopper_bwd.py``) a call it can
+    take should go to: ``"split"`` (a dQ kernel beside the dK/dV kernel, no atomics) at
+    D = 128, causal or not and at every length, where it measured faster than the Triton
+    kernels (BENCHMARKS.md); None (the Triton kernels) at D = 64, where they are as fast.
+    ``FLASH_ATTN_TRI_GLUON_BWD=0`` says None always; ``=1`` says ``"split"`` to every call
+    it can take (D = 64 or 128); ``=fused`` too, but ``"fused"`` (one dK/dV kernel adding dQ
+    up in fp32 with atomics: experimental, slower than the split kernels as measured) unless
+    ``deterministic``."""
+    switch = os.environ.get("FLASH_ATTN_TRI_GLUON_BWD", "auto")
+    if switch in ("0", "1", "fused"):
+        wanted = switch != "0" and head_dim in (64, 128)
+    else:
+        wanted = head_dim == 128
+    if not wanted:
+        return None
+    return "fused" if switch == "fused" and not deterministic else "split"
+
+
+def _gluon_backward_kind(
+    q, k, v, dout, out, varlen: bool, o: _Opts, has_alibi: bool, deterministic: bool
+) -> str | None:
+    """The Gluon backward that takes this call (:func:`_gluon_backward_wanted`, where
+    :func:`_gluon_eligible`), or None."""
+    kind = _gluon_backward_wanted(q.shape[-1], deterministic)
+    if kind is None or not _gluon_eligible((q, k, v, dout, out), varlen, o, has_alibi, k.shape[1]):
+        return None
+    return kind
 
 
 def _box_descriptor(t: torch.Tensor, rows: int):
@@ -336,44 +358,72 @@ def _gluon_dq(q, k, v, dout, out, lse, delta, dq, o: _Opts, causal: bool) -> Non
     )  # fmt: skip
 
 
-def _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o: _Opts, causal: bool) -> None:
-    """Launch the experimental Gluon dK/dV kernel for Hopper into ``dk`` and ``dv`` (laid
-    out like ``k``); ``delta`` = rowsum(O · dO), shaped like ``lse``."""
+def _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o: _Opts, causal: bool, dq_accum=None) -> None:
+    """Launch the Gluon dK/dV kernel for Hopper into ``dk`` and ``dv`` (laid out like
+    ``k``); ``delta`` = rowsum(O · dO), shaped like ``lse``. With ``dq_accum`` (fp32, laid
+    out like ``q``, zeroed) the kernel also adds dQ·scale into it, with atomics."""
     batch, seqlen_q, heads, d = q.shape
     seqlen_k, heads_k = k.shape[1], k.shape[2]
-    fn, constexprs, options = _hopper_bwd_launch("dkdv", d, causal)
+    fused = dq_accum is not None
+    fn, constexprs, options = _hopper_bwd_launch("fused" if fused else "dkdv", d, causal)
+    acc = dq_accum if fused else dk  # (not read without FUSED_DQ)
     rows_q, rows_k = constexprs["BLOCK_M"], constexprs["BLOCK_N"] // 2
     grid = make_grid(cdiv(seqlen_k, constexprs["BLOCK_N"]), heads_k, batch)
     fn[grid](
         _box_descriptor(q, rows_q), _box_descriptor(k, rows_k), _box_descriptor(v, rows_k),
-        _box_descriptor(dout, rows_q), dk, dv, lse, delta, seqlen_q, seqlen_k,
+        _box_descriptor(dout, rows_q), dk, dv, acc, lse, delta, seqlen_q, seqlen_k,
         heads // heads_k, o.qk_scale2, o.sm_scale, dk.stride(0), dk.stride(1), dk.stride(2),
-        lse.stride(0), lse.stride(1), **constexprs, **options,
+        acc.stride(0), acc.stride(1), acc.stride(2), lse.stride(0), lse.stride(1),
+        **constexprs, **options,
     )  # fmt: skip
+
+
+def _gluon_fused_backward(
+    q, k, v, dout, out, lse, delta, dq, dk, dv, o: _Opts, causal: bool
+) -> None:
+    """The fused Gluon backward for Hopper: delta and a zeroed fp32 dQ accumulator (rows
+    padded to whole query blocks, so the kernel's atomics need no mask), the dK/dV kernel
+    adding dQ·scale into it, then dQ in q's dtype."""
+    batch, seqlen_q, heads, d = q.shape
+    block_m = _hopper_bwd_launch("fused", d, causal)[1]["BLOCK_M"]
+    rows = cdiv(seqlen_q, block_m) * block_m
+    dq_accum = torch.empty(batch, rows, heads, d, device=q.device, dtype=torch.float32)
+    fast_launcher(_k._bwd_preprocess_kernel)[make_grid(rows // block_m, heads, batch)](
+        out, dout, delta, dq_accum, seqlen_q, *_strides3(out, False), *_strides3(dout, False),
+        *_lse_strides(lse, False), *_strides3(dq_accum, False), HEAD_DIM=d, BLOCK_M=block_m,
+        num_warps=4,
+    )  # fmt: skip
+    _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o, causal, dq_accum)
+    dq.copy_(dq_accum[:, :seqlen_q])
 
 
 def _hopper_bwd_launch(
     kernel: str, head_dim: int, causal: bool
 ) -> tuple[Any, dict[str, Any], dict[str, int]]:
-    """(kernel, constexprs, launch options) of an experimental Gluon backward kernel:
-    ``kernel`` is ``"dq"`` (128 query rows a program, 64-key blocks) or ``"dkdv"`` (128 keys
-    a program, 64-row query blocks); 64 rows (keys) for each consumer warpgroup."""
+    """(kernel, constexprs, launch options) of a Gluon backward kernel: ``kernel`` is
+    ``"dq"`` (128 query rows a program, 64-key blocks), ``"dkdv"`` (128 keys a program,
+    64-row query blocks) or ``"fused"`` (the dK/dV kernel adding dQ too); 64 rows (keys)
+    for each consumer warpgroup."""
     from .kernels import attention_hopper_bwd as bwd
 
     fn, block_m, block_n = {
         "dq": (bwd.flash_bwd_dq_hopper_kernel, 128, 64),
         "dkdv": (bwd.flash_bwd_dkdv_hopper_kernel, 64, 128),
+        "fused": (bwd.flash_bwd_dkdv_hopper_kernel, 64, 128),
     }[kernel]
     constexprs = {
         "HEAD_DIM": head_dim,
         "BLOCK_M": block_m,
         "BLOCK_N": block_n,
-        # shared memory at D = 128: dQ 160 KiB (Q, dO, O and two K, V slots), dK/dV 128 KiB
+        # shared memory at D = 128: dQ 160 KiB (Q, dO, O and two K, V slots), dK/dV 136 KiB
+        # (two Q, dO slots, K, V, a dSᵀ buffer), fused 160 KiB (four dSᵀ buffers)
         "NUM_STAGES": 2 if head_dim > 64 else 3,
         "CAUSAL": causal,
         "CONSUMER_REGS": 240,
         "PRODUCER_REGS": 24,
     }
+    if kernel != "dq":
+        constexprs["FUSED_DQ"] = kernel == "fused"
     # as the forward: 12 warps at 168 registers, setmaxnreg 240 / 240 / 24
     return fn, constexprs, {"num_warps": 4, "maxnreg": 168}
 
@@ -449,6 +499,7 @@ def _forward_impl(
 def _backward_impl(
     dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
     softmax_scale, window_left, window_right, softcap, alibi_slopes, dropout_p, rng_state,
+    deterministic,
 ):  # fmt: skip
     varlen, batch, heads, heads_k, seqlen_q, seqlen_k = _geometry(
         q, k, v, cu_seqlens_q, max_seqlen_q, max_seqlen_k
@@ -488,7 +539,11 @@ def _backward_impl(
     use_desc = not varlen and max(block_d, block_dv) <= 128
     q_side = _descriptors(q, dout) if use_desc else None
     k_side = _descriptors(k, v) if use_desc else None
-    if _gluon_backward_eligible(q, k, v, dout, out, varlen, o, has_alibi):
+    gluon = _gluon_backward_kind(q, k, v, dout, out, varlen, o, has_alibi, deterministic)
+    if gluon == "fused":
+        _gluon_fused_backward(q, k, v, dout, out, lse, delta, dq, dk, dv, o, o.has_right)
+        return dq, dk, dv
+    if gluon == "split":
         _gluon_dq(q, k, v, dout, out, lse, delta, dq, o, causal=o.has_right)
         _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o, causal=o.has_right)
         return dq, dk, dv
@@ -534,7 +589,9 @@ def _fwd_op(
     alibi_slopes: torch.Tensor | None,
     dropout_p: float,
     rng_state: torch.Tensor | None,
+    deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    # (``deterministic`` is for the backward: an input here so autograd saves it)
     return _forward_impl(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
         window_left, window_right, softcap, alibi_slopes, dropout_p, rng_state,
@@ -570,10 +627,12 @@ def _bwd_op(
     alibi_slopes: torch.Tensor | None,
     dropout_p: float,
     rng_state: torch.Tensor | None,
+    deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _backward_impl(
         dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
         softmax_scale, window_left, window_right, softcap, alibi_slopes, dropout_p, rng_state,
+        deterministic,
     )  # fmt: skip
 
 
@@ -587,22 +646,23 @@ def _bwd_fake(dout, q, k, v, *args):
 
 
 def _setup_context(ctx, inputs, output):
-    (q, k, v, cu_q, cu_k, max_q, max_k, scale, left, right, softcap, slopes, p, rng) = inputs
+    (q, k, v, cu_q, cu_k, max_q, max_k, scale, left, right, softcap, slopes, p, rng,
+     deterministic) = inputs  # fmt: skip
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, slopes, rng)
-    ctx.args = (max_q, max_k, scale, left, right, softcap, p)
+    ctx.args = (max_q, max_k, scale, left, right, softcap, p, deterministic)
 
 
 def _input_grads(ctx, dout, backward_fn):
-    """The gradients of the forward's 14 inputs from what ``_setup_context`` saved, through
+    """The gradients of the forward's 15 inputs from what ``_setup_context`` saved, through
     ``backward_fn`` (the custom op or the implementation behind it)."""
     q, k, v, out, lse, cu_q, cu_k, slopes, rng = ctx.saved_tensors
-    max_q, max_k, scale, left, right, softcap, p = ctx.args
+    max_q, max_k, scale, left, right, softcap, p, deterministic = ctx.args
     dq, dk, dv = backward_fn(
         dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, left, right, softcap,
-        slopes, p, rng,
+        slopes, p, rng, deterministic,
     )  # fmt: skip
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None
+    return (dq, dk, dv) + (None,) * 12
 
 
 def _backward(ctx, dout, dlse):
@@ -621,13 +681,13 @@ class _EagerAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, cu_q, cu_k, max_q, max_k, scale, left, right, softcap, slopes, p,
-                rng):  # fmt: skip
+                rng, deterministic):  # fmt: skip
         out, lse = _forward_impl(
             q, k, v, cu_q, cu_k, max_q, max_k, scale, left, right, softcap, slopes, p, rng
         )
         ctx.mark_non_differentiable(lse)
         _setup_context(ctx, (q, k, v, cu_q, cu_k, max_q, max_k, scale, left, right, softcap,
-                             slopes, p, rng), (out, lse))  # fmt: skip
+                             slopes, p, rng, deterministic), (out, lse))  # fmt: skip
         return out, lse
 
     @staticmethod
@@ -706,7 +766,7 @@ def _window(causal: bool, window_size) -> tuple[int, int]:
 
 
 def _run(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, softmax_scale, causal, window_size,
-         softcap, alibi_slopes, return_attn_probs):  # fmt: skip
+         softcap, alibi_slopes, deterministic, return_attn_probs):  # fmt: skip
     d = q.shape[-1]
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(d)
     left, right = _window(causal, window_size)
@@ -717,7 +777,7 @@ def _run(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, softmax_scale, causal, wi
     attention = _fwd_op if torch.compiler.is_compiling() else _EagerAttention.apply
     out, lse = attention(
         q, k, v, cu_q, cu_k, int(max_q), int(max_k), scale, left, right, float(softcap),
-        alibi_slopes, float(dropout_p), rng,
+        alibi_slopes, float(dropout_p), rng, bool(deterministic),
     )  # fmt: skip
     if return_attn_probs:
         return out, lse, None
@@ -745,10 +805,10 @@ def flash_attn_func(
     aligned to the bottom-right; ``softcap`` > 0 caps logits with ``softcap·tanh(·/softcap)``;
     ``alibi_slopes`` fp32 ``[heads]`` or ``[batch, heads]``. Returns ``out``
     ``[batch, seqlen_q, heads, dv]``, or ``(out, softmax_lse [batch, heads, seqlen_q] fp32,
-    None)`` with ``return_attn_probs``. Gradients are always deterministic (no atomics);
-    ``deterministic`` is accepted for compatibility.
+    None)`` with ``return_attn_probs``. ``deterministic=True`` makes the gradients bitwise
+    identical run to run: only the fused backward for Hopper (D = 128) adds dQ up with
+    atomics, and it steps aside for the atomic-free kernels then.
     """
-    del deterministic  # every backward pass here is deterministic
     check_tensor("q", q, ndim=4)
     check_tensor("k", k, ndim=4)
     check_tensor("v", v, ndim=4)
@@ -763,7 +823,8 @@ def flash_attn_func(
     if v.shape[1] != k.shape[1]:
         raise ValueError(f"v: expected seqlen {k.shape[1]} (the seqlen of k), got {v.shape[1]}")
     return _run(q, k, v, None, None, seqlen_q, k.shape[1], dropout_p, softmax_scale, causal,
-                window_size, softcap, alibi_slopes, return_attn_probs)  # fmt: skip
+                window_size, softcap, alibi_slopes, deterministic,
+                return_attn_probs)  # fmt: skip
 
 
 def flash_attn_varlen_func(
@@ -791,7 +852,6 @@ def flash_attn_varlen_func(
     ``max_seqlen_q``/``max_seqlen_k`` at least the longest sequence (not checked: that would
     sync). Returns ``out [total_q, heads, dv]`` or ``(out, softmax_lse [heads, total_q], None)``.
     """
-    del deterministic
     check_tensor("q", q, ndim=3)
     check_tensor("k", k, ndim=3)
     check_tensor("v", v, ndim=3)
@@ -818,7 +878,8 @@ def flash_attn_varlen_func(
     cu_q = cu_seqlens_q if cu_seqlens_q.is_contiguous() else cu_seqlens_q.contiguous()
     cu_k = cu_seqlens_k if cu_seqlens_k.is_contiguous() else cu_seqlens_k.contiguous()
     return _run(q, k, v, cu_q, cu_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
-                causal, window_size, softcap, alibi_slopes, return_attn_probs)  # fmt: skip
+                causal, window_size, softcap, alibi_slopes, deterministic,
+                return_attn_probs)  # fmt: skip
 
 
 def flash_attn_qkvpacked_func(

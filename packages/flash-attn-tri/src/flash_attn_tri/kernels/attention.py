@@ -993,6 +993,56 @@ def _bwd_dq_kernel(
 
 
 @triton.jit
+def _bwd_preprocess_kernel(
+    OUT,
+    DOUT,
+    DELTA,
+    DQ_ACC,
+    seqlen_q,
+    stride_ob,
+    stride_os,
+    stride_oh,
+    stride_dob,
+    stride_dos,
+    stride_doh,
+    stride_lb,
+    stride_lh,
+    stride_ab,
+    stride_as,
+    stride_ah,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """For a backward whose dK/dV kernel also adds up dQ (with atomics): delta =
+    rowsum(O · dO) in fp32 for BLOCK_M rows of one head of fixed-length ``OUT`` and ``DOUT``
+    ``[batch, seqlen_q, heads, HEAD_DIM]`` (unit stride along the head dim), into ``DELTA``
+    ``[batch, heads, seqlen_q]`` (unit stride along the rows), and zeros into the same rows
+    of the fp32 dQ accumulator ``DQ_ACC`` ``[batch, rows, heads, HEAD_DIM]``,
+    whose ``rows`` is a multiple of BLOCK_M (every row of the block is stored)."""
+    pid_m = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < seqlen_q
+    rows = wide(offs_m)[:, None]
+    o = tl.load(
+        OUT + wide(b) * stride_ob + wide(h) * stride_oh + rows * stride_os + offs_d[None, :],
+        mask=row_ok[:, None],
+        other=0.0,
+    )
+    do = tl.load(
+        DOUT + wide(b) * stride_dob + wide(h) * stride_doh + rows * stride_dos + offs_d[None, :],
+        mask=row_ok[:, None],
+        other=0.0,
+    )
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(DELTA + wide(b) * stride_lb + wide(h) * stride_lh + offs_m, delta, mask=row_ok)
+    acc = DQ_ACC + wide(b) * stride_ab + wide(h) * stride_ah + rows * stride_as
+    tl.store(acc + offs_d[None, :], tl.zeros([BLOCK_M, HEAD_DIM], tl.float32))
+
+
+@triton.jit
 def _dropout_mask_kernel(
     KEEP,
     RNG,

@@ -1,16 +1,18 @@
 """The attention backward for Hopper (sm_90), written in Gluon, warp-specialised: dQ (with
-delta), then dK and dV.
+delta), then dK and dV (the split backward); or the dK/dV kernel alone adding dQ up too
+(the fused backward).
 
-**Experimental, off by default** (``FLASH_ATTN_TRI_GLUON_BWD=1`` turns it on): both kernels
-compile (``tools/kernel_stats.py flash-attn-dq-hopper-d128 flash-attn-dkdv-hopper-d128``)
-but have not yet run on a GPU; ``tests/test_gpu.py::test_gluon_backward_matches_the_reference``
-is the check they have to pass before they can be the default.
+The split backward is the default at D = 128 (``_gluon_backward_wanted`` in
+``attention.py``; ``FLASH_ATTN_TRI_GLUON_BWD=0`` turns it off, ``=1`` takes it at D = 64
+too). The fused one is experimental (``FLASH_ATTN_TRI_GLUON_BWD=fused``): correct, but
+slower than the split kernels as measured (BENCHMARKS.md), and its atomics make dQ's
+rounding depend on the order of arrival, so ``deterministic=True`` never takes it.
 
 What they cover: fixed-length ``[batch, seqlen, heads, D]`` inputs, fp16/bf16,
 D = Dv = 64 or 128, GQA, causal (aligned to the bottom right) or not, a positive softmax
-scale; no window, softcap, ALiBi or dropout. No atomics: the gradients are bitwise
-repeatable. Both kernels have three warpgroups, each a partition of its own: a producer
-issuing the copy engine's loads into a ring of slots and two consumers.
+scale; no window, softcap, ALiBi or dropout. The split backward has no atomics: its
+gradients are bitwise repeatable. Both kernels have three warpgroups, each a partition of
+its own: a producer issuing the copy engine's loads into a ring of slots and two consumers.
 
 **dQ** (``flash_bwd_dq_hopper_kernel``), one program per (128 query rows, head, batch),
 64 rows per consumer warpgroup. Each consumer first computes ``delta = rowsum(O · dO)``
@@ -28,7 +30,11 @@ of its rows (stored for the dK/dV kernel), then for each key block j:
     Pᵀ = exp2(Sᵀ·scale·log2 e − lse·log2 e)   (under dPᵀ)
     dV += Pᵀ·dO_i,  dSᵀ = Pᵀ ⊙ (dPᵀ − delta),  dK += dSᵀ·Q_i   (from registers)
 
-then stores ``dK·scale`` and dV.
+then stores ``dK·scale`` and dV. Fused (``FUSED_DQ``): dSᵀ goes through shared memory
+instead of registers, and once both warpgroups' dSᵀ of the block are in, each warpgroup
+computes ``dQ_i = dS_i·K`` over the program's 128 keys for half of D's columns and adds
+``dQ_i·scale`` into an fp32 accumulator with relaxed atomics (``_gluon_fused_backward``
+zeroes it beside delta beforehand and converts it to dQ afterwards).
 
 Rows past the sequences need little masking: Q, dO and O past seqlen_q arrive as zeros
 and their lse reads as +inf (so their P is 0); in the dK/dV kernel keys past seqlen_k only
@@ -107,13 +113,16 @@ def _producer(
 @gluon.jit
 def _step(
     dk, dv, k_tile, v_tile, q_smem, do_smem, qd_full, qd_empty, zero_s, t, i, lse_row,
-    delta_row, offs_n, seqlen_q, diag, qk_scale2, BLOCK_M: gl.constexpr,
-    HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, S_LAYOUT: gl.constexpr,
-    P_LAYOUT: gl.constexpr, VEC_LAYOUT: gl.constexpr, DTYPE: gl.constexpr,
-    MASKED: gl.constexpr,
+    delta_row, offs_n, seqlen_q, diag, qk_scale2, k_smem, ds_smem, ds_ready, dq_row,
+    stride_as, sm_scale, WG: gl.constexpr, BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr,
+    NUM_STAGES: gl.constexpr, S_LAYOUT: gl.constexpr, P_LAYOUT: gl.constexpr,
+    VEC_LAYOUT: gl.constexpr, DTYPE: gl.constexpr, MASKED: gl.constexpr,
+    FUSED_DQ: gl.constexpr,
 ):  # fmt: skip
-    """Query block i (ring step t): add its share to dK and dV of this warpgroup's keys.
-    MASKED: some of its rows must not see some of the keys (causal)."""
+    """Query block i (ring step t): add its share to dK and dV of this warpgroup's keys and,
+    when FUSED_DQ, to dQ of the block's rows (``dq_row``: the fp32 accumulator of the query
+    head, rows ``stride_as`` apart). MASKED: some of its rows must not see some of the keys
+    (causal)."""
     slot = t % NUM_STAGES
     # The previous step's slot: its matmuls completed at that step's last wait. Released
     # here, before waiting for this step's (which may need the producer to refill it).
@@ -140,23 +149,60 @@ def _step(
     dv = warpgroup_mma(p_op, do_tile, dv, is_async=True)
     dp, p_op = warpgroup_mma_wait(1, deps=[dp, p_op])
     ds = p * (dp - gl.convert_layout(delta, COLUMNS)[None, :])
-    ds_op = gl.convert_layout(ds.to(DTYPE), P_LAYOUT)
-    dk = warpgroup_mma(ds_op, q_tile, dk, is_async=True)
-    dv, dk, p_op, ds_op = warpgroup_mma_wait(0, deps=[dv, dk, p_op, ds_op])
+    if FUSED_DQ:
+        # dSᵀ goes through shared memory: it is dK's operand there, and, transposed, dQ's.
+        buf = t % 2
+        ds_own = ds_smem.index(2 * buf + WG)
+        ds_own.store(ds.to(DTYPE))
+        fence_async_shared()
+        mbarrier.arrive(ds_ready.index(buf))
+        dk = warpgroup_mma(ds_own, q_tile, dk, is_async=True)
+        # dQ_i = dS_i · K over both warpgroups' keys, this warpgroup taking half of D's
+        # columns: it waits for the other's dSᵀ. (Two buffers: a buffer is written again two
+        # steps later, after both warpgroups have passed the wait of the step between.)
+        DQ_COLS: gl.constexpr = HEAD_DIM // 2
+        DQ_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DQ_COLS, 16]
+        )
+        HALF: gl.constexpr = ds_smem.shape[1]
+        mbarrier.wait(ds_ready.index(buf), (t // 2) & 1)
+        dq = gl.zeros([BLOCK_M, DQ_COLS], gl.float32, DQ_LAYOUT)
+        for w in gl.static_range(2):
+            k_cols = _tile(k_smem, w, HALF, HEAD_DIM).slice(WG * DQ_COLS, DQ_COLS, dim=1)
+            dq = warpgroup_mma(
+                ds_smem.index(2 * buf + w).permute((1, 0)), k_cols, dq, use_acc=w > 0,
+                is_async=True,
+            )  # fmt: skip
+        dv, dk, p_op, dq = warpgroup_mma_wait(0, deps=[dv, dk, p_op, dq])
+        # The accumulator has rows up to a multiple of BLOCK_M: no mask (rows past the
+        # sequence add zeros), so no branch around each atomic.
+        offs_r = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, DQ_LAYOUT))
+        offs_c = WG * DQ_COLS + gl.arange(0, DQ_COLS, layout=gl.SliceLayout(0, DQ_LAYOUT))
+        block_row = dq_row + (i * BLOCK_M).to(gl.int64) * stride_as
+        gl.atomic_add(
+            block_row + offs_r[:, None] * stride_as + offs_c[None, :], dq * sm_scale,
+            sem="relaxed",
+        )  # fmt: skip
+    else:
+        ds_op = gl.convert_layout(ds.to(DTYPE), P_LAYOUT)
+        dk = warpgroup_mma(ds_op, q_tile, dk, is_async=True)
+        dv, dk, p_op, ds_op = warpgroup_mma_wait(0, deps=[dv, dk, p_op, ds_op])
     return dk, dv
 
 
 @gluon.jit
 def _consumer(
-    q_smem, do_smem, k_smem, v_smem, kv_bar, qd_full, qd_empty, dk_ptr, dv_ptr, lse_ptr,
-    delta_ptr, b, hk, start_n, seqlen_q, seqlen_k, diag, group, qk_scale2, sm_scale,
-    stride_kb, stride_ks, stride_kh, stride_lb, stride_lh, WG: gl.constexpr,
-    HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-    NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+    q_smem, do_smem, k_smem, v_smem, ds_smem, kv_bar, qd_full, qd_empty, ds_ready, dk_ptr,
+    dv_ptr, dq_ptr, lse_ptr, delta_ptr, b, hk, start_n, seqlen_q, seqlen_k, diag, group,
+    qk_scale2, sm_scale, stride_kb, stride_ks, stride_kh, stride_ab, stride_as, stride_ah,
+    stride_lb, stride_lh, WG: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
+    BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+    FUSED_DQ: gl.constexpr,
 ):  # fmt: skip
     """One consumer warpgroup (4 warps, 64 keys): dK and dV of its keys over every query
-    block and query head that sees them; stores dK·scale and dV. dK and dV are laid out
-    like k (``stride_k*``)."""
+    block and query head that sees them; stores dK·scale and dV, laid out like k
+    (``stride_k*``). FUSED_DQ: also adds dQ·scale to the fp32 accumulator ``dq_ptr``
+    (strides ``stride_a*``)."""
     HALF: gl.constexpr = BLOCK_N // 2
     S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_M, 16]
@@ -186,19 +232,22 @@ def _consumer(
         h = hk * group + g
         lse_row = lse_ptr + b.to(gl.int64) * stride_lb + h.to(gl.int64) * stride_lh
         delta_row = delta_ptr + b.to(gl.int64) * stride_lb + h.to(gl.int64) * stride_lh
+        dq_row = dq_ptr + b.to(gl.int64) * stride_ab + h.to(gl.int64) * stride_ah
         for i in range(first, n_masked):
             dk, dv = _step(
                 dk, dv, k_tile, v_tile, q_smem, do_smem, qd_full, qd_empty, zero_s,
                 g * n_steps + (i - first), i, lse_row, delta_row, offs_n, seqlen_q, diag,
-                qk_scale2, BLOCK_M, HEAD_DIM, NUM_STAGES, S_LAYOUT, P_LAYOUT, VEC_LAYOUT,
-                DTYPE, True,
+                qk_scale2, k_smem, ds_smem, ds_ready, dq_row, stride_as, sm_scale, WG,
+                BLOCK_M, HEAD_DIM, NUM_STAGES, S_LAYOUT, P_LAYOUT, VEC_LAYOUT, DTYPE, True,
+                FUSED_DQ,
             )  # fmt: skip
         for i in range(n_masked, n_q):
             dk, dv = _step(
                 dk, dv, k_tile, v_tile, q_smem, do_smem, qd_full, qd_empty, zero_s,
                 g * n_steps + (i - first), i, lse_row, delta_row, offs_n, seqlen_q, diag,
-                qk_scale2, BLOCK_M, HEAD_DIM, NUM_STAGES, S_LAYOUT, P_LAYOUT, VEC_LAYOUT,
-                DTYPE, False,
+                qk_scale2, k_smem, ds_smem, ds_ready, dq_row, stride_as, sm_scale, WG,
+                BLOCK_M, HEAD_DIM, NUM_STAGES, S_LAYOUT, P_LAYOUT, VEC_LAYOUT, DTYPE, False,
+                FUSED_DQ,
             )  # fmt: skip
     total = group * n_steps
     last = total - 1
@@ -223,10 +272,11 @@ def _consumer(
 
 @gluon.jit
 def flash_bwd_dkdv_hopper_kernel(
-    q_desc, k_desc, v_desc, do_desc, dk_ptr, dv_ptr, lse_ptr, delta_ptr, seqlen_q, seqlen_k,
-    group, qk_scale2, sm_scale, stride_kb, stride_ks, stride_kh, stride_lb, stride_lh,
-    HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-    NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+    q_desc, k_desc, v_desc, do_desc, dk_ptr, dv_ptr, dq_ptr, lse_ptr, delta_ptr, seqlen_q,
+    seqlen_k, group, qk_scale2, sm_scale, stride_kb, stride_ks, stride_kh, stride_ab,
+    stride_as, stride_ah, stride_lb, stride_lh, HEAD_DIM: gl.constexpr,
+    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
+    CAUSAL: gl.constexpr, FUSED_DQ: gl.constexpr, CONSUMER_REGS: gl.constexpr,
     PRODUCER_REGS: gl.constexpr,
 ):  # fmt: skip
     """dK and dV of BLOCK_N keys of one key head. ``q_desc``, ``do_desc``: copy-engine
@@ -235,7 +285,10 @@ def flash_bwd_dkdv_hopper_kernel(
     heads_k · D]`` with boxes ``[1, BLOCK_N / 2, D]`` (rows past a sequence arrive as
     zeros); ``dk_ptr``, ``dv_ptr`` ``[batch, seqlen_k, heads_k, D]`` with the strides given
     (unit stride along D); ``lse_ptr``, ``delta_ptr`` ``[batch, heads, seqlen_q]`` fp32
-    (unit stride along the rows)."""
+    (unit stride along the rows). FUSED_DQ: also adds dQ·scale into ``dq_ptr``, an fp32
+    ``[batch, cdiv(seqlen_q, BLOCK_M) · BLOCK_M, heads, D]`` accumulator with strides
+    ``stride_a*`` (unit stride along D), with atomics; otherwise ``dq_ptr`` and its strides
+    are not used."""
     # (under a causal mask the first key blocks are seen by the most query rows; programs
     # start in order of their index, so those go first as they are)
     pid_n = gl.program_id(0)
@@ -250,13 +303,22 @@ def flash_bwd_dkdv_hopper_kernel(
     do_smem = gl.allocate_shared_memory(dtype, [NUM_STAGES, 1, BLOCK_M, HEAD_DIM], do_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [2, 1, HALF, HEAD_DIM], k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [2, 1, HALF, HEAD_DIM], v_desc.layout)
+    # FUSED_DQ: dSᵀ of both warpgroups, twice (steps alternate between the two buffers)
+    DS_BUFFERS: gl.constexpr = 4 if FUSED_DQ else 1
+    ds_layout: gl.constexpr = gl.NVMMASharedLayout(
+        swizzle_byte_width=128, element_bitwidth=16, rank=2
+    )
+    ds_smem = gl.allocate_shared_memory(dtype, [DS_BUFFERS, HALF, BLOCK_M], ds_layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     qd_full = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     qd_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     mbarrier.init(kv_bar, count=1)
     for i in gl.static_range(NUM_STAGES):
         mbarrier.init(qd_full.index(i), count=1)
         mbarrier.init(qd_empty.index(i), count=2)  # released by both consumer warpgroups
+    for i in gl.static_range(2):
+        mbarrier.init(ds_ready.index(i), count=2)  # both warpgroups' dSᵀ are in
     fence_async_shared()
     _block_barrier()
 
@@ -264,16 +326,18 @@ def flash_bwd_dkdv_hopper_kernel(
     gl.warp_specialize(
         [
             (_consumer, (
-                q_smem, do_smem, k_smem, v_smem, kv_bar, qd_full, qd_empty, dk_ptr, dv_ptr,
-                lse_ptr, delta_ptr, b, hk, start_n, seqlen_q, seqlen_k, diag, group,
-                qk_scale2, sm_scale, stride_kb, stride_ks, stride_kh, stride_lb, stride_lh,
-                0, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL,
+                q_smem, do_smem, k_smem, v_smem, ds_smem, kv_bar, qd_full, qd_empty,
+                ds_ready, dk_ptr, dv_ptr, dq_ptr, lse_ptr, delta_ptr, b, hk, start_n,
+                seqlen_q, seqlen_k, diag, group, qk_scale2, sm_scale, stride_kb, stride_ks,
+                stride_kh, stride_ab, stride_as, stride_ah, stride_lb, stride_lh, 0,
+                HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, FUSED_DQ,
             )),
             (_consumer, (
-                q_smem, do_smem, k_smem, v_smem, kv_bar, qd_full, qd_empty, dk_ptr, dv_ptr,
-                lse_ptr, delta_ptr, b, hk, start_n, seqlen_q, seqlen_k, diag, group,
-                qk_scale2, sm_scale, stride_kb, stride_ks, stride_kh, stride_lb, stride_lh,
-                1, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL,
+                q_smem, do_smem, k_smem, v_smem, ds_smem, kv_bar, qd_full, qd_empty,
+                ds_ready, dk_ptr, dv_ptr, dq_ptr, lse_ptr, delta_ptr, b, hk, start_n,
+                seqlen_q, seqlen_k, diag, group, qk_scale2, sm_scale, stride_kb, stride_ks,
+                stride_kh, stride_ab, stride_as, stride_ah, stride_lb, stride_lh, 1,
+                HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, FUSED_DQ,
             )),
             (_producer, (
                 q_desc, k_desc, v_desc, do_desc, q_smem, do_smem, k_smem, v_smem, kv_bar,
