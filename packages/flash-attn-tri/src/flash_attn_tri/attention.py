@@ -378,12 +378,10 @@ def _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o: _Opts, causal: bool, dq_ac
     )  # fmt: skip
 
 
-def _gluon_fused_backward(
-    q, k, v, dout, out, lse, delta, dq, dk, dv, o: _Opts, causal: bool
-) -> None:
-    """The fused Gluon backward for Hopper: delta and a zeroed fp32 dQ accumulator (rows
-    padded to whole query blocks, so the kernel's atomics need no mask), the dK/dV kernel
-    adding dQ·scale into it, then dQ in q's dtype."""
+def _gluon_dq_accumulator(q, out, dout, lse, delta, causal: bool) -> torch.Tensor:
+    """For the fused Gluon backward: ``delta`` = rowsum(O · dO) and a zeroed fp32 dQ
+    accumulator ``[batch, rows, heads, D]`` (returned), its rows padded to whole query blocks
+    of the dK/dV kernel so that the kernel's atomics need no mask; one launch."""
     batch, seqlen_q, heads, d = q.shape
     block_m = _hopper_bwd_launch("fused", d, causal)[1]["BLOCK_M"]
     rows = cdiv(seqlen_q, block_m) * block_m
@@ -393,8 +391,17 @@ def _gluon_fused_backward(
         *_lse_strides(lse, False), *_strides3(dq_accum, False), HEAD_DIM=d, BLOCK_M=block_m,
         num_warps=4,
     )  # fmt: skip
+    return dq_accum
+
+
+def _gluon_fused_backward(
+    q, k, v, dout, out, lse, delta, dq, dk, dv, o: _Opts, causal: bool
+) -> None:
+    """The fused Gluon backward for Hopper: delta and the dQ accumulator, the dK/dV kernel
+    adding dQ·scale into it, then dQ in q's dtype."""
+    dq_accum = _gluon_dq_accumulator(q, out, dout, lse, delta, causal)
     _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o, causal, dq_accum)
-    dq.copy_(dq_accum[:, :seqlen_q])
+    dq.copy_(dq_accum[:, : q.shape[1]])
 
 
 def _hopper_bwd_launch(
