@@ -335,8 +335,8 @@ def flash_attention_hopper(head_dim: int, causal: bool = True) -> KernelStats:
 
 
 def flash_attention_bwd_hopper(kernel: str, head_dim: int, causal: bool = True) -> KernelStats:
-    """One of the experimental Gluon (sm_90) backward kernels (``kernel``: ``dq`` or
-    ``dkdv``) as ``flash_attn_tri`` would launch it."""
+    """One of the Gluon (sm_90) backward kernels (``kernel``: ``dq``, ``dkdv`` or ``fused``,
+    the dK/dV kernel adding dQ up) as ``flash_attn_tri`` would launch it."""
     from flash_attn_tri import attention
 
     launch = attention._hopper_bwd_launch(kernel, head_dim, causal)
