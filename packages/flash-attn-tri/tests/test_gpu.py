@@ -200,6 +200,22 @@ def test_gluon_forward_matches_the_reference(
     assert rel_err(out.float(), out_t.float()) < 1e-2
 
 
+def _record_calls(monkeypatch, *names: str) -> list[str]:
+    """Wrap each named launch function of ``flash_attn_tri.attention`` so that a call
+    appends its name to the returned list (in call order) and then runs it."""
+    from flash_attn_tri import attention
+
+    calls: list[str] = []
+    for name in names:
+        launch = getattr(attention, name)
+        monkeypatch.setattr(
+            attention,
+            name,
+            lambda *a, _launch=launch, _name=name, **kw: (calls.append(_name), _launch(*a, **kw)),
+        )
+    return calls
+
+
 @pytest.mark.parametrize("kind", ["fused", "split"])
 @pytest.mark.parametrize(
     ("dtype", "d", "causal", "sq", "sk", "heads", "heads_k"),
@@ -224,14 +240,7 @@ def test_gluon_backward_matches_the_reference(
 
     if not attention.is_hopper(torch.device("cuda")):
         pytest.skip("the Gluon kernels are for Hopper GPUs")
-    calls = []
-    for name in ("_gluon_dq", "_gluon_dkdv", "_gluon_fused_backward"):
-        launch = getattr(attention, name)
-        monkeypatch.setattr(
-            attention,
-            name,
-            lambda *a, _launch=launch, _name=name, **kw: (calls.append(_name), _launch(*a, **kw)),
-        )
+    calls = _record_calls(monkeypatch, "_gluon_dq", "_gluon_dkdv", "_gluon_fused_backward")
     monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "fused" if kind == "fused" else "1")
     q, k, v = _qkv((2, sq, heads, d), (2, sk, heads_k, d), d, dtype, seed=d + sq + 2 * sk)
     out = flash_attn_func(q, k, v, causal=causal)
@@ -263,14 +272,7 @@ def test_deterministic_steps_aside_from_the_fused_gluon_backward(monkeypatch):
     if not attention.is_hopper(torch.device("cuda")):
         pytest.skip("the Gluon kernels are for Hopper GPUs")
     monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "fused")
-    calls = []
-    for name in ("_gluon_dq", "_gluon_fused_backward"):
-        launch = getattr(attention, name)
-        monkeypatch.setattr(
-            attention,
-            name,
-            lambda *a, _launch=launch, _name=name, **kw: (calls.append(_name), _launch(*a, **kw)),
-        )
+    calls = _record_calls(monkeypatch, "_gluon_dq", "_gluon_fused_backward")
     q, k, v = _qkv((2, 2048, 8, 128), (2, 2048, 2, 128), 128, torch.bfloat16, seed=31)
     dout = randn((2, 2048, 8, 128), seed=32, dtype=torch.bfloat16, device="cuda")
     runs = []
