@@ -206,13 +206,16 @@ def _record_calls(monkeypatch, *names: str) -> list[str]:
     from flash_attn_tri import attention
 
     calls: list[str] = []
+
+    def recorded(name: str, launch):
+        def run(*args, **kwargs):
+            calls.append(name)
+            return launch(*args, **kwargs)
+
+        return run
+
     for name in names:
-        launch = getattr(attention, name)
-        monkeypatch.setattr(
-            attention,
-            name,
-            lambda *a, _launch=launch, _name=name, **kw: (calls.append(_name), _launch(*a, **kw)),
-        )
+        monkeypatch.setattr(attention, name, recorded(name, getattr(attention, name)))
     return calls
 
 
