@@ -148,19 +148,33 @@ def test_varlen_bf16(check_grads):
             assert_close(g[None, s:e], r, max_rel_err=limit, name=f"{n}[{b}]")
 
 
+def _record_calls(monkeypatch, *names: str) -> list[str]:
+    """Wrap each named launch function of ``flash_attn_tri.attention`` so that a call
+    appends its name to the returned list (in call order) and then runs it."""
+    from flash_attn_tri import attention
+
+    calls: list[str] = []
+
+    def recorded(name: str, launch):
+        def run(*args, **kwargs):
+            calls.append(name)
+            return launch(*args, **kwargs)
+
+        return run
+
+    for name in names:
+        monkeypatch.setattr(attention, name, recorded(name, getattr(attention, name)))
+    return calls
+
+
 def _gluon_calls(monkeypatch):
     """Force the Gluon forward for Hopper on (D = 64 too) and count its launches."""
     from flash_attn_tri import attention
 
     if not attention.is_hopper(torch.device("cuda")):
         pytest.skip("the Gluon forward is for Hopper GPUs")
-    calls = []
-    launch = attention._gluon_forward
     monkeypatch.setenv("FLASH_ATTN_TRI_GLUON", "1")
-    monkeypatch.setattr(
-        attention, "_gluon_forward", lambda *a, **kw: (calls.append(1), launch(*a, **kw))
-    )
-    return calls
+    return _record_calls(monkeypatch, "_gluon_forward")
 
 
 @pytest.mark.parametrize(
@@ -198,25 +212,6 @@ def test_gluon_forward_matches_the_reference(
     assert torch.equal(finite, torch.isfinite(lse)) and bool((lse[~finite] == float("inf")).all())
     torch.testing.assert_close(lse[finite], lse_t[finite], rtol=0, atol=1e-4)
     assert rel_err(out.float(), out_t.float()) < 1e-2
-
-
-def _record_calls(monkeypatch, *names: str) -> list[str]:
-    """Wrap each named launch function of ``flash_attn_tri.attention`` so that a call
-    appends its name to the returned list (in call order) and then runs it."""
-    from flash_attn_tri import attention
-
-    calls: list[str] = []
-
-    def recorded(name: str, launch):
-        def run(*args, **kwargs):
-            calls.append(name)
-            return launch(*args, **kwargs)
-
-        return run
-
-    for name in names:
-        monkeypatch.setattr(attention, name, recorded(name, getattr(attention, name)))
-    return calls
 
 
 @pytest.mark.parametrize("kind", ["fused", "split"])
