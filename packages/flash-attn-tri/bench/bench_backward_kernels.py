@@ -83,7 +83,7 @@ def _measure(d: int, causal: bool, s: int) -> list[dict]:
             for name, matmuls, fn in _parts(kind, q, k, v, out, lse, dout, causal):
                 ms = whole_ms if fn is None else time_fn(fn)
                 total += ms
-                flops = tflops(matmuls * pair_flops, ms) if matmuls else None
+                flops = tflops(matmuls * pair_flops, ms) if matmuls else float("nan")
                 rows.append({**key, "part": name, "ms": ms, "tflops": flops})
         for name, ms in (("sum of parts", total), ("autograd.grad", whole_ms)):
             rows.append({**key, "part": name, "ms": ms, "tflops": tflops(5 * pair_flops, ms)})
