@@ -531,6 +531,15 @@ def _backward_impl(
     cu_k = cu_seqlens_k if varlen else q
     # rowsum(O · dO) per query row: written by the dQ kernel, read by the dK/dV kernel
     delta = torch.empty_like(lse)
+    # (the Gluon kernels first: they need none of the Triton kernels' arguments below)
+    gluon = _gluon_backward_kind(q, k, v, dout, out, varlen, o, has_alibi, deterministic)
+    if gluon == "fused":
+        _gluon_fused_backward(q, k, v, dout, out, lse, delta, dq, dk, dv, o, o.has_right)
+        return dq, dk, dv
+    if gluon == "split":
+        _gluon_dq(q, k, v, dout, out, lse, delta, dq, o, causal=o.has_right)
+        _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o, causal=o.has_right)
+        return dq, dk, dv
     common = (
         *_lse_strides(lse, varlen), s_ab, s_ah, seqlen_q, seqlen_k, heads, heads // heads_k,
         o.sm_scale, o.qk_scale2, o.softcap_in, o.softcap_out2, o.win_left, o.win_right,
@@ -547,14 +556,6 @@ def _backward_impl(
     use_desc = not varlen and max(block_d, block_dv) <= 128
     q_side = _descriptors(q, dout) if use_desc else None
     k_side = _descriptors(k, v) if use_desc else None
-    gluon = _gluon_backward_kind(q, k, v, dout, out, varlen, o, has_alibi, deterministic)
-    if gluon == "fused":
-        _gluon_fused_backward(q, k, v, dout, out, lse, delta, dq, dk, dv, o, o.has_right)
-        return dq, dk, dv
-    if gluon == "split":
-        _gluon_dq(q, k, v, dout, out, lse, delta, dq, o, causal=o.has_right)
-        _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o, causal=o.has_right)
-        return dq, dk, dv
     # dQ first: it computes delta, which dK/dV needs
     q_grid = lambda meta: make_grid(cdiv(seqlen_q, meta["BLOCK_M"]), heads, batch)
     _kernel("dq", max(block_d, block_dv), max(seqlen_q, seqlen_k))[q_grid](
