@@ -197,13 +197,13 @@ def test_gluon_dkdv_compiles_as_designed(stats, recipe, head_dim, fused):
     # outside the loops over query blocks (up to 5 spill loads a step in them, of ~300
     # instructions).
     # Fused (the experimental FUSED_DQ): dK's dS^T comes from shared memory instead, and dQ
-    # for half of D over both warpgroups' keys adds 2 × 4 wgmma; dQ·scale goes out as
-    # unmasked 2-float reductions, (64 × D / 2) / 128 / 2 = D / 8 a thread. Its spills are
-    # recorded, not designed: 880 B at D = 128 with triton 3.6, 1544 B with 3.9 (up to ~34
-    # spill loads a step of ~500 instructions), 0 / 44 B at D = 64.
+    # for half of D over both warpgroups' keys adds 2 × 4 wgmma; dQ·scale goes to shared
+    # memory and out as one bulk reduction of the copy engine a step (no per-thread
+    # atomics). Its spills are recorded, not designed: 824 B at D = 128 with triton 3.6,
+    # 1464 B with 3.9; 0 / 84 B at D = 64.
     st = stats[recipe]
     if fused:
-        assert st["spill_bytes"] <= (64 if head_dim == 64 else 2048)
+        assert st["spill_bytes"] <= (128 if head_dim == 64 else 2048)
     else:
         assert st["spill_bytes"] <= (0 if head_dim == 64 else 1024)
     loops = _gluon_attention_loops(st)
@@ -212,7 +212,8 @@ def test_gluon_dkdv_compiles_as_designed(stats, recipe, head_dim, fused):
     for mix, under, rs in unmasked:
         assert mix["HGMMA"] == 2 * (head_dim // 16) + (16 if fused else 8)
         assert rs == (4 if fused else 8)
-        assert mix.get("REDG", 0) == (head_dim // 8 if fused else 0)
+        assert mix.get("REDG", 0) == 0
+        assert mix.get("UTMAREDG", 0) == (1 if fused else 0)
         assert under == mix["MUFU"] == 32  # 32 scores a thread a step
         if not fused:
             assert mix.get("LDL", 0) + mix.get("STL", 0) <= 8

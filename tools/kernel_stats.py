@@ -304,9 +304,18 @@ def _compile_gluon_attention(launch, head_dim: int, rows: dict[str, int]) -> Ker
 
     fn, constexprs, options = launch
     layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
+    layout32 = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
+    constexprs = dict(constexprs)
     signature = {}
     for name in fn.arg_names:
-        if name in constexprs:
+        if name == "dq_desc" and constexprs.get("FUSED_DQ") and constexprs.get("DQ_VIA_TMA"):
+            # the fused backward's fp32 dQ accumulator: a box of each warpgroup's dQ tile
+            box = f"{constexprs['BLOCK_M']}, {head_dim // 2}"
+            signature[name] = f"tensordesc<fp32[{box}],{layout32!r}>"
+        elif name == "dq_desc":
+            constexprs[name] = None
+            signature[name] = "constexpr"
+        elif name in constexprs:
             signature[name] = "constexpr"
         elif name in rows:
             signature[name] = f"tensordesc<bf16[1, {rows[name]}, {head_dim}],{layout!r}>"

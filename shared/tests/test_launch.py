@@ -123,3 +123,26 @@ def test_fast_launcher_keys_hold_no_tensor_and_skip_unknown_arguments():
     assert _arg_key(None) == (type(None), None)
     assert _arg_key(True) != _arg_key(False)
     assert _arg_key(object()) is _UNKEYED
+
+
+def test_fast_launcher_keys_gluon_descriptors_by_what_the_code_depends_on():
+    """A Gluon copy-engine descriptor is keyed by its element type, box and layout (what
+    Triton specialises the kernel on), not by the address, sizes or strides of its tensor,
+    which go into the hardware descriptor at each launch."""
+    hopper = pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
+    from triton.experimental.gluon import language as gl
+
+    from tri_shared.launch import _UNKEYED, _arg_key
+
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
+
+    def desc(batch, seqlen, block_rows, dtype=torch.float16):
+        t = torch.empty(batch * seqlen * 256, dtype=dtype)
+        shape, strides = [batch, seqlen, 256], [seqlen * 256, 256, 1]
+        return hopper.TensorDescriptor(t, shape, strides, [1, block_rows, 128], layout)
+
+    key = _arg_key(desc(2, 64, 64))
+    assert key is not _UNKEYED
+    assert _arg_key(desc(3, 1000, 64)) == key  # other sizes: the same compiled kernel
+    assert _arg_key(desc(2, 64, 32)) != key  # another box
+    assert _arg_key(desc(2, 64, 64, torch.bfloat16)) != key  # another element type

@@ -100,12 +100,29 @@ _LAUNCH_OPTIONS = frozenset(
 _UNKEYED = object()
 
 
+@functools.cache
+def _gluon_descriptor_types() -> tuple[type, ...]:
+    """The host-side copy-engine descriptor classes of Gluon for Hopper and Blackwell, where
+    the installed Triton has them."""
+    types = []
+    for module in ("hopper", "blackwell"):
+        try:
+            mod = __import__(f"triton.experimental.gluon.nvidia.{module}", fromlist=["_"])
+        except ImportError:
+            continue
+        if isinstance(getattr(mod, "TensorDescriptor", None), type):
+            types.append(mod.TensorDescriptor)
+    return tuple(types)
+
+
 def _arg_key(arg: object) -> object:
     """What the compiled kernel may depend on in a runtime argument: a tensor's dtype and
     16-byte alignment; an int's value class (1, a multiple of 16, 32- or 64-bit); the type of a
-    float; None and bools by value. At least as fine as Triton's own specialisation, so two
-    calls with equal keys take the same compiled kernel. Keys hold no reference to a tensor.
-    Anything else: ``_UNKEYED``."""
+    float; None and bools by value; a Gluon copy-engine descriptor's element type, box and
+    shared-memory layout (its address, sizes and strides go into the hardware descriptor
+    built at each launch, not into the code). At least as fine as Triton's own
+    specialisation, so two calls with equal keys take the same compiled kernel. Keys hold no
+    reference to a tensor. Anything else: ``_UNKEYED``."""
     kind = type(arg)
     if kind is int:
         return (arg == 1, arg % 16 == 0, -0x80000000 <= arg <= 0x7FFFFFFF, arg >= 1 << 63)
@@ -115,6 +132,10 @@ def _arg_key(arg: object) -> object:
         return (arg.dtype, arg.data_ptr() % 16 == 0)
     if arg is None or kind is bool:
         return (kind, arg)
+    if kind in _gluon_descriptor_types():
+        block = tuple(arg.block_shape)
+        tf32 = getattr(arg, "round_f32_to_tf32", None)
+        return (kind, arg.base.dtype, len(arg.shape), block, arg.layout, arg.padding, tf32)
     return _UNKEYED
 
 
@@ -137,8 +158,9 @@ class FastLauncher:
     to 1 and width) and the keyword arguments, so a call never reuses a kernel compiled for
     different alignment or divisibility. Runtime arguments are positional; keyword arguments
     are constexprs and launch options (``num_warps``, ...), hashable values; runtime
-    arguments other than tensors, ints, floats, bools and None (a tensor descriptor, say)
-    make the call go through Triton's launch.
+    arguments other than tensors, ints, floats, bools, None and Gluon's copy-engine
+    descriptors (Triton's own tensor descriptors, say) make the call go through Triton's
+    launch.
 
     Triton's launch costs tens of microseconds of host time (binding and specialising every
     argument, a cache key built from a string of the options); a host-bound call, such as a

@@ -7,6 +7,7 @@ The forward and backward are ``torch.library`` custom ops (``flash_attn_tri::fwd
 synchronisation: the dropout seed lives in a device tensor drawn from torch's generator).
 """
 
+import functools
 import math
 import os
 from typing import Any
@@ -315,17 +316,37 @@ def _gluon_backward_kind(
     return kind
 
 
+@functools.cache
+def _swizzled_layout(element_bits: int, rank: int):
+    """The 128-byte swizzled shared-memory layout of copy-engine boxes (made once: building
+    a layout object costs host time on every launch otherwise)."""
+    from triton.experimental.gluon import language as gl
+
+    return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=element_bits, rank=rank)
+
+
 def _box_descriptor(t: torch.Tensor, rows: int):
     """A copy-engine descriptor over ``t`` ``[batch, seqlen, heads, D]`` seen as
     ``[batch, seqlen, heads · D]``, with boxes of ``rows`` rows of one head (128-byte
     swizzled; rows past the sequence arrive as zeros)."""
-    from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as BoxDescriptor
 
     d = t.shape[-1]
-    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
     shape = [t.shape[0], t.shape[1], t.shape[2] * d]
+    layout = _swizzled_layout(16, 3)
     return BoxDescriptor(t, shape, [t.stride(0), t.stride(1), 1], [1, rows, d], layout)
+
+
+def _accumulator_descriptor(dq_accum: torch.Tensor, rows: int):
+    """A copy-engine descriptor over the fused backward's fp32 dQ accumulator
+    ``[batch, rows_padded, heads, D]`` seen as ``[batch · rows_padded, heads · D]``, with
+    boxes of ``rows`` rows and half of D (each consumer warpgroup's dQ tile; 128-byte
+    swizzled)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as BoxDescriptor
+
+    batch, padded, heads, d = dq_accum.shape
+    shape = [batch * padded, heads * d]
+    return BoxDescriptor(dq_accum, shape, [heads * d, 1], [rows, d // 2], _swizzled_layout(32, 2))
 
 
 def _gluon_forward(q, k, v, out, lse, qk_scale2: float, causal: bool) -> None:
@@ -334,7 +355,7 @@ def _gluon_forward(q, k, v, out, lse, qk_scale2: float, causal: bool) -> None:
     seqlen_k, heads_k = k.shape[1], k.shape[2]
     fn, constexprs, options = _hopper_fwd_launch(d, causal)
     grid = make_grid(cdiv(seqlen_q, constexprs["BLOCK_M"]), heads, batch)
-    fn[grid](
+    fast_launcher(fn)[grid](
         _box_descriptor(q, constexprs["BLOCK_M"] // 2), _box_descriptor(k, constexprs["BLOCK_N"]),
         _box_descriptor(v, constexprs["BLOCK_N"]), out, lse, seqlen_q, seqlen_k,
         heads // heads_k, qk_scale2, out.stride(0), out.stride(1), out.stride(2),
@@ -350,7 +371,7 @@ def _gluon_dq(q, k, v, dout, out, lse, delta, dq, o: _Opts, causal: bool) -> Non
     fn, constexprs, options = _hopper_bwd_launch("dq", d, causal)
     rows_q, rows_k = constexprs["BLOCK_M"] // 2, constexprs["BLOCK_N"]
     grid = make_grid(cdiv(seqlen_q, constexprs["BLOCK_M"]), heads, batch)
-    fn[grid](
+    fast_launcher(fn)[grid](
         _box_descriptor(q, rows_q), _box_descriptor(k, rows_k), _box_descriptor(v, rows_k),
         _box_descriptor(dout, rows_q), _box_descriptor(out, rows_q), dq, lse, delta,
         seqlen_q, seqlen_k, heads // heads_k, o.qk_scale2, o.sm_scale, dq.stride(0),
@@ -368,10 +389,13 @@ def _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o: _Opts, causal: bool, dq_ac
     fn, constexprs, options = _hopper_bwd_launch("fused" if fused else "dkdv", d, causal)
     acc = dq_accum if fused else dk  # (not read without FUSED_DQ)
     rows_q, rows_k = constexprs["BLOCK_M"], constexprs["BLOCK_N"] // 2
+    acc_desc = None
+    if fused and constexprs["DQ_VIA_TMA"]:
+        acc_desc = _accumulator_descriptor(dq_accum, rows_q)
     grid = make_grid(cdiv(seqlen_k, constexprs["BLOCK_N"]), heads_k, batch)
-    fn[grid](
+    fast_launcher(fn)[grid](
         _box_descriptor(q, rows_q), _box_descriptor(k, rows_k), _box_descriptor(v, rows_k),
-        _box_descriptor(dout, rows_q), dk, dv, acc, lse, delta, seqlen_q, seqlen_k,
+        _box_descriptor(dout, rows_q), dk, dv, acc, acc_desc, lse, delta, seqlen_q, seqlen_k,
         heads // heads_k, o.qk_scale2, o.sm_scale, dk.stride(0), dk.stride(1), dk.stride(2),
         acc.stride(0), acc.stride(1), acc.stride(2), lse.stride(0), lse.stride(1),
         **constexprs, **options,
@@ -432,6 +456,9 @@ def _hopper_bwd_launch(
     }
     if kernel != "dq":
         constexprs["FUSED_DQ"] = kernel == "fused"
+        # dQ tiles go to the accumulator as bulk reductions of the copy engine (from shared
+        # memory, 32 KiB more of it) rather than as atomics from registers
+        constexprs["DQ_VIA_TMA"] = kernel == "fused"
     # as the forward: 12 warps at 168 registers, setmaxnreg 240 / 240 / 24
     return fn, constexprs, {"num_warps": 4, "maxnreg": 168}
 

@@ -54,6 +54,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from tri_shared.gluon import block_barrier as _block_barrier
 from tri_shared.gluon import tma_load as _tma_load
+from tri_shared.gluon import tma_reduce_add as _tma_reduce_add
+from tri_shared.gluon import tma_store_wait as _tma_store_wait
 
 from .attention_hopper import _tile
 
@@ -114,10 +116,11 @@ def _producer(
 def _step(
     dk, dv, k_tile, v_tile, q_smem, do_smem, qd_full, qd_empty, zero_s, t, i, lse_row,
     delta_row, offs_n, seqlen_q, diag, qk_scale2, k_smem, ds_smem, ds_ready, dq_row,
-    stride_as, sm_scale, WG: gl.constexpr, BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr,
-    NUM_STAGES: gl.constexpr, S_LAYOUT: gl.constexpr, P_LAYOUT: gl.constexpr,
-    VEC_LAYOUT: gl.constexpr, DTYPE: gl.constexpr, MASKED: gl.constexpr,
-    FUSED_DQ: gl.constexpr,
+    stride_as, sm_scale, dq_desc, dq_smem, dq_box_row, dq_box_col, WG: gl.constexpr,
+    BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
+    S_LAYOUT: gl.constexpr, P_LAYOUT: gl.constexpr, VEC_LAYOUT: gl.constexpr,
+    DTYPE: gl.constexpr, MASKED: gl.constexpr, FUSED_DQ: gl.constexpr,
+    DQ_VIA_TMA: gl.constexpr,
 ):  # fmt: skip
     """Query block i (ring step t): add its share to dK and dV of this warpgroup's keys and,
     when FUSED_DQ, to dQ of the block's rows (``dq_row``: the fp32 accumulator of the query
@@ -175,14 +178,26 @@ def _step(
             )  # fmt: skip
         dv, dk, p_op, dq = warpgroup_mma_wait(0, deps=[dv, dk, p_op, dq])
         # The accumulator has rows up to a multiple of BLOCK_M: no mask (rows past the
-        # sequence add zeros), so no branch around each atomic.
-        offs_r = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, DQ_LAYOUT))
-        offs_c = WG * DQ_COLS + gl.arange(0, DQ_COLS, layout=gl.SliceLayout(0, DQ_LAYOUT))
-        block_row = dq_row + (i * BLOCK_M).to(gl.int64) * stride_as
-        gl.atomic_add(
-            block_row + offs_r[:, None] * stride_as + offs_c[None, :], dq * sm_scale,
-            sem="relaxed",
-        )  # fmt: skip
+        # sequence add zeros).
+        if DQ_VIA_TMA:
+            # one bulk reduction of the tile by the copy engine, from shared memory: the
+            # previous step's must have read the buffer (all of the warpgroup past the wait)
+            # before it is written again, and every thread's part must be written (and
+            # fenced) before the reduction is issued
+            _tma_store_wait(0)
+            _block_barrier()
+            dq_smem.store(dq * sm_scale)
+            fence_async_shared()
+            _block_barrier()
+            _tma_reduce_add(dq_desc, [dq_box_row + i * BLOCK_M, dq_box_col], dq_smem)
+        else:
+            offs_r = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, DQ_LAYOUT))
+            offs_c = WG * DQ_COLS + gl.arange(0, DQ_COLS, layout=gl.SliceLayout(0, DQ_LAYOUT))
+            block_row = dq_row + (i * BLOCK_M).to(gl.int64) * stride_as
+            gl.atomic_add(
+                block_row + offs_r[:, None] * stride_as + offs_c[None, :], dq * sm_scale,
+                sem="relaxed",
+            )  # fmt: skip
     else:
         ds_op = gl.convert_layout(ds.to(DTYPE), P_LAYOUT)
         dk = warpgroup_mma(ds_op, q_tile, dk, is_async=True)
@@ -192,12 +207,12 @@ def _step(
 
 @gluon.jit
 def _consumer(
-    q_smem, do_smem, k_smem, v_smem, ds_smem, kv_bar, qd_full, qd_empty, ds_ready, dk_ptr,
-    dv_ptr, dq_ptr, lse_ptr, delta_ptr, b, hk, start_n, seqlen_q, seqlen_k, diag, group,
-    qk_scale2, sm_scale, stride_kb, stride_ks, stride_kh, stride_ab, stride_as, stride_ah,
-    stride_lb, stride_lh, WG: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
-    BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-    FUSED_DQ: gl.constexpr,
+    q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, qd_full, qd_empty, ds_ready,
+    dk_ptr, dv_ptr, dq_ptr, dq_desc, lse_ptr, delta_ptr, b, hk, start_n, seqlen_q, seqlen_k,
+    diag, group, qk_scale2, sm_scale, stride_kb, stride_ks, stride_kh, stride_ab, stride_as,
+    stride_ah, stride_lb, stride_lh, WG: gl.constexpr, HEAD_DIM: gl.constexpr,
+    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
+    CAUSAL: gl.constexpr, FUSED_DQ: gl.constexpr, DQ_VIA_TMA: gl.constexpr,
 ):  # fmt: skip
     """One consumer warpgroup (4 warps, 64 keys): dK and dV of its keys over every query
     block and query head that sees them; stores dK·scale and dV, laid out like k
@@ -227,9 +242,16 @@ def _consumer(
         n_whole = gl.cdiv(gl.maximum(key0 + HALF - 1 - diag, 0), BLOCK_M)
         n_masked = gl.minimum(gl.maximum(n_whole, first), n_q)
     n_steps = n_q - first
+    # DQ_VIA_TMA: the accumulator seen as [batch · rows, heads · D]; this warpgroup's tile
+    if FUSED_DQ and DQ_VIA_TMA:
+        dq_own = dq_smem.index(WG)
+    else:
+        dq_own = dq_smem  # (not used)
+    dq_rows = b * (gl.cdiv(seqlen_q, BLOCK_M) * BLOCK_M)
     mbarrier.wait(kv_bar, 0)
     for g in range(group):
         h = hk * group + g
+        dq_col = h * HEAD_DIM + WG * (HEAD_DIM // 2)
         lse_row = lse_ptr + b.to(gl.int64) * stride_lb + h.to(gl.int64) * stride_lh
         delta_row = delta_ptr + b.to(gl.int64) * stride_lb + h.to(gl.int64) * stride_lh
         dq_row = dq_ptr + b.to(gl.int64) * stride_ab + h.to(gl.int64) * stride_ah
@@ -237,21 +259,23 @@ def _consumer(
             dk, dv = _step(
                 dk, dv, k_tile, v_tile, q_smem, do_smem, qd_full, qd_empty, zero_s,
                 g * n_steps + (i - first), i, lse_row, delta_row, offs_n, seqlen_q, diag,
-                qk_scale2, k_smem, ds_smem, ds_ready, dq_row, stride_as, sm_scale, WG,
-                BLOCK_M, HEAD_DIM, NUM_STAGES, S_LAYOUT, P_LAYOUT, VEC_LAYOUT, DTYPE, True,
-                FUSED_DQ,
+                qk_scale2, k_smem, ds_smem, ds_ready, dq_row, stride_as, sm_scale, dq_desc,
+                dq_own, dq_rows, dq_col, WG, BLOCK_M, HEAD_DIM, NUM_STAGES, S_LAYOUT,
+                P_LAYOUT, VEC_LAYOUT, DTYPE, True, FUSED_DQ, DQ_VIA_TMA,
             )  # fmt: skip
         for i in range(n_masked, n_q):
             dk, dv = _step(
                 dk, dv, k_tile, v_tile, q_smem, do_smem, qd_full, qd_empty, zero_s,
                 g * n_steps + (i - first), i, lse_row, delta_row, offs_n, seqlen_q, diag,
-                qk_scale2, k_smem, ds_smem, ds_ready, dq_row, stride_as, sm_scale, WG,
-                BLOCK_M, HEAD_DIM, NUM_STAGES, S_LAYOUT, P_LAYOUT, VEC_LAYOUT, DTYPE, False,
-                FUSED_DQ,
+                qk_scale2, k_smem, ds_smem, ds_ready, dq_row, stride_as, sm_scale, dq_desc,
+                dq_own, dq_rows, dq_col, WG, BLOCK_M, HEAD_DIM, NUM_STAGES, S_LAYOUT,
+                P_LAYOUT, VEC_LAYOUT, DTYPE, False, FUSED_DQ, DQ_VIA_TMA,
             )  # fmt: skip
     total = group * n_steps
     last = total - 1
     mbarrier.arrive(qd_empty.index((last + NUM_STAGES) % NUM_STAGES), pred=total > 0)  # -1: none
+    if FUSED_DQ and DQ_VIA_TMA:
+        _tma_store_wait(0)  # the last reduction has read its tile before the program ends
 
     offs_r = key0 + gl.arange(0, HALF, layout=gl.SliceLayout(1, O_LAYOUT))
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, O_LAYOUT))
@@ -272,12 +296,12 @@ def _consumer(
 
 @gluon.jit
 def flash_bwd_dkdv_hopper_kernel(
-    q_desc, k_desc, v_desc, do_desc, dk_ptr, dv_ptr, dq_ptr, lse_ptr, delta_ptr, seqlen_q,
-    seqlen_k, group, qk_scale2, sm_scale, stride_kb, stride_ks, stride_kh, stride_ab,
-    stride_as, stride_ah, stride_lb, stride_lh, HEAD_DIM: gl.constexpr,
+    q_desc, k_desc, v_desc, do_desc, dk_ptr, dv_ptr, dq_ptr, dq_desc, lse_ptr, delta_ptr,
+    seqlen_q, seqlen_k, group, qk_scale2, sm_scale, stride_kb, stride_ks, stride_kh,
+    stride_ab, stride_as, stride_ah, stride_lb, stride_lh, HEAD_DIM: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
-    CAUSAL: gl.constexpr, FUSED_DQ: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-    PRODUCER_REGS: gl.constexpr,
+    CAUSAL: gl.constexpr, FUSED_DQ: gl.constexpr, DQ_VIA_TMA: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
 ):  # fmt: skip
     """dK and dV of BLOCK_N keys of one key head. ``q_desc``, ``do_desc``: copy-engine
     descriptors over q and dout ``[batch, seqlen_q, heads · D]`` with boxes
@@ -309,6 +333,11 @@ def flash_bwd_dkdv_hopper_kernel(
         swizzle_byte_width=128, element_bitwidth=16, rank=2
     )
     ds_smem = gl.allocate_shared_memory(dtype, [DS_BUFFERS, HALF, BLOCK_M], ds_layout)
+    # FUSED_DQ and DQ_VIA_TMA: each warpgroup's dQ tile, fp32, on its way to the reduction
+    if FUSED_DQ and DQ_VIA_TMA:
+        dq_smem = gl.allocate_shared_memory(gl.float32, [2, BLOCK_M, HEAD_DIM // 2], dq_desc.layout)
+    else:
+        dq_smem = ds_smem  # (not used)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     qd_full = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     qd_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
@@ -326,18 +355,20 @@ def flash_bwd_dkdv_hopper_kernel(
     gl.warp_specialize(
         [
             (_consumer, (
-                q_smem, do_smem, k_smem, v_smem, ds_smem, kv_bar, qd_full, qd_empty,
-                ds_ready, dk_ptr, dv_ptr, dq_ptr, lse_ptr, delta_ptr, b, hk, start_n,
-                seqlen_q, seqlen_k, diag, group, qk_scale2, sm_scale, stride_kb, stride_ks,
-                stride_kh, stride_ab, stride_as, stride_ah, stride_lb, stride_lh, 0,
-                HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, FUSED_DQ,
+                q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, qd_full,
+                qd_empty, ds_ready, dk_ptr, dv_ptr, dq_ptr, dq_desc, lse_ptr, delta_ptr, b,
+                hk, start_n, seqlen_q, seqlen_k, diag, group, qk_scale2, sm_scale,
+                stride_kb, stride_ks, stride_kh, stride_ab, stride_as, stride_ah, stride_lb,
+                stride_lh, 0, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, FUSED_DQ,
+                DQ_VIA_TMA,
             )),
             (_consumer, (
-                q_smem, do_smem, k_smem, v_smem, ds_smem, kv_bar, qd_full, qd_empty,
-                ds_ready, dk_ptr, dv_ptr, dq_ptr, lse_ptr, delta_ptr, b, hk, start_n,
-                seqlen_q, seqlen_k, diag, group, qk_scale2, sm_scale, stride_kb, stride_ks,
-                stride_kh, stride_ab, stride_as, stride_ah, stride_lb, stride_lh, 1,
-                HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, FUSED_DQ,
+                q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, qd_full,
+                qd_empty, ds_ready, dk_ptr, dv_ptr, dq_ptr, dq_desc, lse_ptr, delta_ptr, b,
+                hk, start_n, seqlen_q, seqlen_k, diag, group, qk_scale2, sm_scale,
+                stride_kb, stride_ks, stride_kh, stride_ab, stride_as, stride_ah, stride_lb,
+                stride_lh, 1, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, FUSED_DQ,
+                DQ_VIA_TMA,
             )),
             (_producer, (
                 q_desc, k_desc, v_desc, do_desc, q_smem, do_smem, k_smem, v_smem, kv_bar,
