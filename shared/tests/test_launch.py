@@ -146,3 +146,67 @@ def test_fast_launcher_keys_gluon_descriptors_by_what_the_code_depends_on():
     assert _arg_key(desc(3, 1000, 64)) == key  # other sizes: the same compiled kernel
     assert _arg_key(desc(2, 64, 32)) != key  # another box
     assert _arg_key(desc(2, 64, 64, torch.bfloat16)) != key  # another element type
+
+
+def test_fast_launcher_keys_triton_descriptors_by_box_and_element_type():
+    """Triton's own tensor descriptor is keyed like Gluon's: element type, rank, box and
+    padding, not the tensor's address, sizes or strides."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from tri_shared.launch import _UNKEYED, _arg_key
+
+    def desc(rows, block_rows, dtype=torch.float16):
+        t = torch.empty(rows, 64, dtype=dtype)
+        return TensorDescriptor(t, [rows, 64], [64, 1], [block_rows, 64])
+
+    key = _arg_key(desc(128, 32))
+    assert key is not _UNKEYED
+    assert _arg_key(desc(1000, 32)) == key
+    assert _arg_key(desc(128, 16)) != key
+    assert _arg_key(desc(128, 32, torch.bfloat16)) != key
+
+
+_hook_blocks: list[int] = []
+
+
+def _record_block(nargs: dict) -> None:
+    _hook_blocks.append(nargs["BLOCK"])
+
+
+@triton.autotune(
+    configs=autotune_configs(
+        [triton.Config({"BLOCK": b}, num_warps=1, pre_hook=_record_block) for b in (32, 128)]
+    ),
+    key=["NEGATE"],
+)
+@triton.jit
+def _tuned_axpy_kernel(x_ptr, y_ptr, out_ptr, alpha, n, NEGATE: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    out = alpha * tl.load(x_ptr + offs, mask=mask) + tl.load(y_ptr + offs, mask=mask)
+    if NEGATE:
+        out = -out
+    tl.store(out_ptr + offs, out, mask=mask)
+
+
+def test_fast_launcher_keeps_the_autotuned_config_and_runs_its_pre_hook(device):
+    """An autotuned kernel: the first call of a key autotunes through Triton; later calls
+    launch the kernel of the chosen config directly, after its pre-hook, over the grid
+    computed from that config (sizes that change between calls of one key included)."""
+    launcher = fast_launcher(_tuned_axpy_kernel)
+    before = launcher.num_cached
+    for n in (1000, 1000, 4000, 320):  # 1000 and 4000 share a key; 320 = 16·20 does not
+        grid = lambda meta, n=n: (cdiv(n, meta["BLOCK"]),)
+        x = torch.randn(n, device=device)
+        y = torch.randn(n, device=device)
+        out = torch.full_like(x, float("nan"))
+        _hook_blocks.clear()
+        launcher[grid](x, y, out, 0.5, n, NEGATE=False)
+        torch.testing.assert_close(out, 0.5 * x + y)
+        assert _hook_blocks, "the config's pre-hook ran"
+    if is_interpreter():
+        assert launcher.num_cached == 0
+    else:
+        chosen = _tuned_axpy_kernel.best_config.kwargs["BLOCK"]
+        assert _hook_blocks[-1] == chosen
+        assert launcher.num_cached == before + 2

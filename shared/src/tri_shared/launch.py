@@ -101,10 +101,16 @@ _UNKEYED = object()
 
 
 @functools.cache
-def _gluon_descriptor_types() -> tuple[type, ...]:
-    """The host-side copy-engine descriptor classes of Gluon for Hopper and Blackwell, where
-    the installed Triton has them."""
+def _descriptor_types() -> tuple[type, ...]:
+    """The host-side copy-engine descriptor classes: Triton's tensor descriptor and Gluon's
+    for Hopper and Blackwell, where the installed Triton has them."""
     types = []
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        types.append(TensorDescriptor)
+    except ImportError:
+        pass
     for module in ("hopper", "blackwell"):
         try:
             mod = __import__(f"triton.experimental.gluon.nvidia.{module}", fromlist=["_"])
@@ -112,17 +118,17 @@ def _gluon_descriptor_types() -> tuple[type, ...]:
             continue
         if isinstance(getattr(mod, "TensorDescriptor", None), type):
             types.append(mod.TensorDescriptor)
-    return tuple(types)
+    return tuple(dict.fromkeys(types))
 
 
 def _arg_key(arg: object) -> object:
     """What the compiled kernel may depend on in a runtime argument: a tensor's dtype and
     16-byte alignment; an int's value class (1, a multiple of 16, 32- or 64-bit); the type of a
-    float; None and bools by value; a Gluon copy-engine descriptor's element type, box and
-    shared-memory layout (its address, sizes and strides go into the hardware descriptor
-    built at each launch, not into the code). At least as fine as Triton's own
-    specialisation, so two calls with equal keys take the same compiled kernel. Keys hold no
-    reference to a tensor. Anything else: ``_UNKEYED``."""
+    float; None and bools by value; a copy-engine descriptor's (Triton's or Gluon's) element
+    type, rank, box, padding and shared-memory layout (its address, sizes and strides go into
+    the hardware descriptor built at each launch, not into the code). At least as fine as
+    Triton's own specialisation, so two calls with equal keys take the same compiled kernel.
+    Keys hold no reference to a tensor. Anything else: ``_UNKEYED``."""
     kind = type(arg)
     if kind is int:
         return (arg == 1, arg % 16 == 0, -0x80000000 <= arg <= 0x7FFFFFFF, arg >= 1 << 63)
@@ -132,10 +138,11 @@ def _arg_key(arg: object) -> object:
         return (arg.dtype, arg.data_ptr() % 16 == 0)
     if arg is None or kind is bool:
         return (kind, arg)
-    if kind in _gluon_descriptor_types():
+    if kind in _descriptor_types():
         block = tuple(arg.block_shape)
+        layout = getattr(arg, "layout", None)
         tf32 = getattr(arg, "round_f32_to_tf32", None)
-        return (kind, arg.base.dtype, len(arg.shape), block, arg.layout, arg.padding, tf32)
+        return (kind, arg.base.dtype, len(arg.shape), block, layout, arg.padding, tf32)
     return _UNKEYED
 
 
@@ -149,32 +156,42 @@ def _hooks_installed() -> bool:
 
 class FastLauncher:
     """``launcher[grid](*args, **constexprs)``: launch a ``@triton.jit`` or ``@gluon.jit``
-    kernel as ``kernel[grid](...)`` does, with less host work on repeated calls.
+    kernel, or a ``triton.autotune`` wrapper of one, as ``kernel[grid](...)`` does, with less
+    host work on repeated calls.
 
     The first call for each *specialisation key* goes through Triton's own launch (which
-    compiles or loads the kernel) and keeps the compiled kernel; later calls with the same
-    key launch it directly. The key holds the current device, each runtime argument's
+    compiles or loads the kernel, and autotunes) and keeps the compiled kernel, with the
+    config the autotuner chose; later calls with the same key launch it directly (after the
+    config's pre-hook). The key holds the current device, each runtime argument's
     :func:`_arg_key` (tensor dtype and 16-byte alignment, int divisibility by 16, equality
-    to 1 and width) and the keyword arguments, so a call never reuses a kernel compiled for
-    different alignment or divisibility. Runtime arguments are positional; keyword arguments
-    are constexprs and launch options (``num_warps``, ...), hashable values; runtime
-    arguments other than tensors, ints, floats, bools, None and Gluon's copy-engine
-    descriptors (Triton's own tensor descriptors, say) make the call go through Triton's
-    launch.
+    to 1 and width, a descriptor's box) and the keyword arguments, so a call never reuses a
+    kernel compiled for different alignment or divisibility, and it is at least as fine as
+    the autotuner's key (its key arguments are constexprs, its dtypes are in ours). Runtime
+    arguments are positional; keyword arguments are constexprs and launch options
+    (``num_warps``, ...), hashable values; runtime arguments other than tensors, ints,
+    floats, bools, None and copy-engine descriptors make the call go through Triton's launch.
+    ``grid`` is a tuple or, as for Triton, a function of the arguments and constexprs.
 
     Triton's launch costs tens of microseconds of host time (binding and specialising every
-    argument, a cache key built from a string of the options); a host-bound call, such as a
-    small problem or a training step whose GPU work is short, pays it on every launch.
-    Launches go through Triton's path under the interpreter, with a launch hook installed
-    (profilers), or when keyword arguments are not constexprs or options.
+    argument, a cache key built from a string of the options; the autotuner's key and
+    dictionaries on top); a host-bound call, such as a small problem or a training step
+    whose GPU work is short, pays it on every launch. Launches go through Triton's path
+    under the interpreter, with a launch hook installed (profilers), or when keyword
+    arguments are not constexprs or options.
     """
 
     def __init__(self, fn: Any) -> None:
         self.fn = fn
-        self._kernels: dict[tuple, tuple[Any, tuple]] = {}
+        # the compiled kernel's parameters are those of the jitted function; an autotuner
+        # wraps one directly (wrappers that rewrite arguments, such as heuristics, are not
+        # kept: their launches go through Triton's each time)
+        tuned = isinstance(fn, triton.runtime.Autotuner)
+        self._jit = fn.fn if tuned else fn
+        self._tuned = tuned
+        self._kernels: dict[tuple, tuple[Any, tuple, Any]] = {}
         self._driver: Any = None
 
-    def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., Any]:
+    def __getitem__(self, grid: Any) -> Callable[..., Any]:
         return functools.partial(self._launch, grid)
 
     @property
@@ -182,7 +199,7 @@ class FastLauncher:
         """Compiled kernels kept for direct launches (one per specialisation key seen)."""
         return len(self._kernels)
 
-    def _launch(self, grid: tuple[int, ...], *args: object, **kwargs: object) -> Any:
+    def _launch(self, grid: Any, *args: object, **kwargs: object) -> Any:
         driver = self._driver
         if driver is None:
             if is_interpreter():  # the interpreter has no driver and nothing to keep
@@ -197,14 +214,16 @@ class FastLauncher:
         key = (device, arg_keys, tuple(kwargs.items()))
         hit = self._kernels.get(key)
         if hit is None:
-            kernel = self.fn[grid](*args, **kwargs)
-            tail = self._constexpr_tail(len(args), kwargs)
-            if tail is not None and all(
-                hasattr(kernel, a) for a in ("run", "function", "packed_metadata")
-            ):
-                self._kernels[key] = (kernel, tail)
-            return kernel
-        kernel, tail = hit
+            return self._first_launch(key, grid, args, kwargs)
+        kernel, tail, config = hit
+        if config is not None and (config.pre_hook is not None or callable(grid)):
+            meta = {**self._named(args), **kwargs, **config.all_kwargs()}
+            if config.pre_hook is not None:
+                config.pre_hook(meta)
+            if callable(grid):
+                grid = grid(meta)
+        elif callable(grid):
+            grid = grid({**self._named(args), **kwargs})
         g1 = grid[1] if len(grid) > 1 else 1
         g2 = grid[2] if len(grid) > 2 else 1
         stream = driver.get_current_stream(device)
@@ -214,12 +233,33 @@ class FastLauncher:
         )  # fmt: skip
         return kernel
 
+    def _named(self, args: tuple) -> dict[str, object]:
+        """The runtime arguments by parameter name (what pre-hooks and grid functions see)."""
+        return dict(zip(self._jit.arg_names[: len(args)], args, strict=True))
+
+    def _first_launch(self, key: tuple, grid: Any, args: tuple, kwargs: dict) -> Any:
+        """Triton's launch (compiling, autotuning); keeps the kernel where it can."""
+        kernel = self.fn[grid](*args, **kwargs)
+        config = None
+        constexprs = kwargs
+        if self._tuned:
+            config = self.fn.best_config
+            constexprs = {**kwargs, **config.kwargs}
+            if not isinstance(self._jit, triton.runtime.JITFunction):
+                return kernel
+        tail = self._constexpr_tail(len(args), constexprs)
+        if tail is not None and all(
+            hasattr(kernel, a) for a in ("run", "function", "packed_metadata")
+        ):
+            self._kernels[key] = (kernel, tail, config)
+        return kernel
+
     def _constexpr_tail(self, n_args: int, kwargs: dict[str, object]) -> tuple | None:
         """The values of the parameters after the positional ones, in order (the compiled
         kernel takes every parameter), or None when the direct launch does not apply: a
         runtime argument given by keyword or left to its default, or a keyword argument that
         is neither a constexpr nor an option."""
-        params = getattr(self.fn, "params", None)
+        params = getattr(self._jit, "params", None)
         if params is None:
             return None
         tail = []

@@ -382,7 +382,8 @@ def _gluon_dq(q, k, v, dout, out, lse, delta, dq, o: _Opts, causal: bool) -> Non
 def _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o: _Opts, causal: bool, dq_accum=None) -> None:
     """Launch the Gluon dK/dV kernel for Hopper into ``dk`` and ``dv`` (laid out like
     ``k``); ``delta`` = rowsum(O · dO), shaped like ``lse``. With ``dq_accum`` (fp32, laid
-    out like ``q``, zeroed) the kernel also adds dQ·scale into it, with atomics."""
+    out like ``q`` with rows padded to whole query blocks, zeroed) the kernel also adds
+    dQ·scale into it, as bulk reductions of the copy engine."""
     batch, seqlen_q, heads, d = q.shape
     seqlen_k, heads_k = k.shape[1], k.shape[2]
     fused = dq_accum is not None
@@ -405,7 +406,8 @@ def _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o: _Opts, causal: bool, dq_ac
 def _gluon_dq_accumulator(q, out, dout, lse, delta, causal: bool) -> torch.Tensor:
     """For the fused Gluon backward: ``delta`` = rowsum(O · dO) and a zeroed fp32 dQ
     accumulator ``[batch, rows, heads, D]`` (returned), its rows padded to whole query blocks
-    of the dK/dV kernel so that the kernel's atomics need no mask; one launch."""
+    of the dK/dV kernel so that no reduction box of one sequence spills into the next; one
+    launch."""
     batch, seqlen_q, heads, d = q.shape
     block_m = _hopper_bwd_launch("fused", d, causal)[1]["BLOCK_M"]
     rows = cdiv(seqlen_q, block_m) * block_m
@@ -516,7 +518,7 @@ def _forward_impl(
     if not varlen:
         descs = _descriptors(q, k, v, out)
     q_arg, k_arg, v_arg, o_arg = descs if descs is not None else (q, k, v, out)
-    kern[grid](
+    fast_launcher(kern)[grid](
         q_arg, k_arg, v_arg, o_arg, lse, cu_q, cu_k, slopes, rng,
         *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen),
         *_strides3(out, varlen), *_lse_strides(lse, varlen), s_ab, s_ah,
@@ -585,7 +587,8 @@ def _backward_impl(
     k_side = _descriptors(k, v) if use_desc else None
     # dQ first: it computes delta, which dK/dV needs
     q_grid = lambda meta: make_grid(cdiv(seqlen_q, meta["BLOCK_M"]), heads, batch)
-    _kernel("dq", max(block_d, block_dv), max(seqlen_q, seqlen_k))[q_grid](
+    dq_kernel = _kernel("dq", max(block_d, block_dv), max(seqlen_q, seqlen_k))
+    fast_launcher(dq_kernel)[q_grid](
         q, k, v, dout, out, lse, delta, dq, cu_q, cu_k, slopes, rng,
         *(k_side if k_side is not None else (k, v)),
         *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen),
@@ -594,7 +597,8 @@ def _backward_impl(
         USE_DESC=k_side is not None,
     )  # fmt: skip
     kv_grid = lambda meta: make_grid(cdiv(seqlen_k, meta["BLOCK_N"]), heads_k, batch)
-    _kernel("dkdv", max(block_d, block_dv), max(seqlen_q, seqlen_k))[kv_grid](
+    dkdv_kernel = _kernel("dkdv", max(block_d, block_dv), max(seqlen_q, seqlen_k))
+    fast_launcher(dkdv_kernel)[kv_grid](
         q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, slopes, rng,
         *(q_side if q_side is not None else (q, dout)),
         *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen),
