@@ -4,9 +4,11 @@ installed) at the FlashAttention setup of ANCHORS.md: batch × seqlen = 16384 to
 
 Run on a GPU: ``python3 bench_flash_attn.py`` (or ``bash tools/gpu.sh bench flash-attn-tri``).
 Prints a table and writes CSV + PNG plots to ``results_dir("flash-attn-tri")``. Arguments:
-impl names to time only those; ``--triton-forward`` adds ``flash_attn_tri_triton_fwd``,
-flash_attn_tri with the Gluon forward for Hopper turned off (``FLASH_ATTN_TRI_GLUON=0``
-during its calls; the backward is the same); ``--backward-variants`` adds three with the
+impl names to time only those; ``--head-dim=64`` one head dim only; ``--triton-forward``
+adds ``flash_attn_tri_triton_fwd``, flash_attn_tri with the Gluon forward for Hopper turned
+off (``FLASH_ATTN_TRI_GLUON=0`` during its calls; the backward is the same), and
+``--gluon-forward`` ``flash_attn_tri_gluon_fwd``, with it taking every call it can
+(``=1``); ``--backward-variants`` adds three with the
 backward chosen by ``FLASH_ATTN_TRI_GLUON_BWD`` (the forward is the same):
 ``flash_attn_tri_triton_bwd`` (``=0``: the Triton kernels), ``flash_attn_tri_split_bwd``
 (``=1``: the split Gluon backward for Hopper wherever it runs, D = 64 and short causal too)
@@ -54,6 +56,7 @@ def _sdpa(backend_name: str):
 # the environment switch each flash_attn_tri variant runs under, forward and backward
 _SWITCHES = {
     "flash_attn_tri_triton_fwd": ("FLASH_ATTN_TRI_GLUON", "0"),
+    "flash_attn_tri_gluon_fwd": ("FLASH_ATTN_TRI_GLUON", "1"),
     "flash_attn_tri_triton_bwd": ("FLASH_ATTN_TRI_GLUON_BWD", "0"),
     "flash_attn_tri_split_bwd": ("FLASH_ATTN_TRI_GLUON_BWD", "1"),
     "flash_attn_tri_fused_bwd": ("FLASH_ATTN_TRI_GLUON_BWD", "fused"),
@@ -71,7 +74,9 @@ def _time_both(fn, q, k, v, dout, causal) -> tuple[float, float]:
     return fwd_ms, time_fn(fwd_bwd)
 
 
-def _impls(triton_forward: bool = False, backward_variants: bool = False):
+def _impls(
+    triton_forward: bool = False, backward_variants: bool = False, gluon_forward: bool = False
+):
     from flash_attn_tri import flash_attn_func
 
     def tri(q, k, v, c):
@@ -80,6 +85,8 @@ def _impls(triton_forward: bool = False, backward_variants: bool = False):
     impls = {"flash_attn_tri": (tri, "bshd")}
     if triton_forward:
         impls["flash_attn_tri_triton_fwd"] = (tri, "bshd")
+    if gluon_forward:
+        impls["flash_attn_tri_gluon_fwd"] = (tri, "bshd")
     if backward_variants:
         for name in ("flash_attn_tri_triton_bwd", "flash_attn_tri_split_bwd",
                      "flash_attn_tri_fused_bwd"):  # fmt: skip
@@ -130,9 +137,14 @@ def main() -> int:
     )
     triton_forward = "--triton-forward" in sys.argv
     backward_variants = "--backward-variants" in sys.argv
+    gluon_forward = "--gluon-forward" in sys.argv
+    head_dims = HEAD_DIMS
+    for arg in sys.argv[1:]:
+        if arg.startswith("--head-dim="):
+            head_dims = (int(arg.split("=", 1)[1]),)
     only = [a for a in sys.argv[1:] if not a.startswith("--")]  # optional filter: impl names
     rows = []
-    for d in HEAD_DIMS:
+    for d in head_dims:
         heads = HIDDEN // d
         for causal in (False, True):
             for s in SEQLENS:
@@ -145,7 +157,8 @@ def main() -> int:
                 )
                 dout = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g)
                 fwd_flops = 4 * batch * heads * s * s * d * (0.5 if causal else 1.0)
-                for name, (fn, layout) in _impls(triton_forward, backward_variants).items():
+                impls = _impls(triton_forward, backward_variants, gluon_forward)
+                for name, (fn, layout) in impls.items():
                     if only and name not in only:
                         continue
                     if layout == "bhsd":
@@ -193,7 +206,7 @@ def main() -> int:
     print_table(rows, cols + ratio_cols, title=f"attention TFLOP/s, bf16, {env}")
     out = results_dir("flash-attn-tri")
     write_csv(rows, out / "flash_attn_tri.csv")
-    for d in HEAD_DIMS:
+    for d in head_dims:
         for causal in (False, True):
             sub = [r for r in rows if r["D"] == d and r["causal"] == causal]
             pts = []
