@@ -31,22 +31,29 @@ def test_gluon_forward_wanted(monkeypatch, switch, head_dim, causal, seqlen_k, w
 
 
 @pytest.mark.parametrize(
-    ("switch", "head_dim", "deterministic", "kind"),
+    ("switch", "head_dim", "causal", "seqlen", "deterministic", "kind"),
     [
-        (None, 128, False, "split"),  # causal or not, any length
-        (None, 128, True, "split"),
-        (None, 64, False, None),  # D = 64: the Triton kernels are as fast
-        (None, 96, False, None),
-        ("1", 64, False, "split"),
-        ("1", 96, False, None),  # no Gluon kernel for that head dim
-        ("fused", 64, False, "fused"),
-        ("fused", 128, True, "split"),  # atomics only when allowed
-        ("0", 128, False, None),
+        (None, 128, True, 1024, False, "split"),  # causal: split, at every length
+        (None, 128, True, 16384, False, "split"),
+        (None, 128, False, 1024, False, "fused"),  # no mask: fused, at every length
+        (None, 128, False, 16384, False, "fused"),
+        (None, 128, False, 16384, True, "split"),  # fused dQ rounding varies run to run
+        (None, 64, False, 4096, False, "fused"),  # D = 64: fused from 4096 tokens
+        (None, 64, True, 16384, False, "fused"),
+        (None, 64, True, 4095, False, None),  # shorter: the Triton kernels
+        (None, 64, False, 16384, True, None),  # deterministic: Triton (split is no faster)
+        (None, 96, False, 16384, False, None),  # no Gluon kernel for that head dim
+        ("1", 64, True, 100, False, "split"),
+        ("1", 128, False, 16384, False, "split"),
+        ("1", 96, False, 4096, False, None),
+        ("fused", 64, True, 100, False, "fused"),
+        ("fused", 128, True, 100, True, "split"),
+        ("0", 128, False, 16384, False, None),
     ],
 )
-def test_gluon_backward_wanted(monkeypatch, switch, head_dim, deterministic, kind):
+def test_gluon_backward_wanted(monkeypatch, switch, head_dim, causal, seqlen, deterministic, kind):
     if switch is None:
         monkeypatch.delenv("FLASH_ATTN_TRI_GLUON_BWD", raising=False)
     else:
         monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", switch)
-    assert attention._gluon_backward_wanted(head_dim, deterministic) == kind
+    assert attention._gluon_backward_wanted(head_dim, causal, seqlen, deterministic) == kind

@@ -231,9 +231,9 @@ def test_gluon_forward_matches_the_reference(
 def test_gluon_backward_matches_the_reference(
     monkeypatch, check_grads, kind, dtype, d, causal, sq, sk, heads, heads_k
 ):
-    """The Gluon backward kernels for Hopper, ``fused`` (dK/dV adding dQ up with atomics)
-    and ``split`` (dQ with delta, then dK/dV), against the fp64 reference (FlashAttention
-    error rule) and against the Triton backward."""
+    """The Gluon backward kernels for Hopper, ``fused`` (dK/dV adding dQ up with the copy
+    engine's reductions) and ``split`` (dQ with delta, then dK/dV), against the fp64
+    reference (FlashAttention error rule) and against the Triton backward."""
     from flash_attn_tri import attention
 
     if not attention.is_hopper(torch.device("cuda")):
@@ -262,9 +262,9 @@ def test_gluon_backward_matches_the_reference(
 
 
 def test_deterministic_steps_aside_from_the_fused_gluon_backward(monkeypatch):
-    """The fused Gluon backward (``FLASH_ATTN_TRI_GLUON_BWD=fused``) adds dQ up with atomics;
-    with ``deterministic=True`` the call takes the split kernels instead, and the gradients
-    repeat bit for bit."""
+    """The fused Gluon backward (``FLASH_ATTN_TRI_GLUON_BWD=fused``) adds dQ up in an order
+    that varies run to run; with ``deterministic=True`` the call takes the split kernels
+    instead, and the gradients repeat bit for bit."""
     from flash_attn_tri import attention
 
     if not attention.is_hopper(torch.device("cuda")):
@@ -287,12 +287,44 @@ def test_deterministic_steps_aside_from_the_fused_gluon_backward(monkeypatch):
         assert rel_err(g.float(), g_det.float()) < 1e-2, name
 
 
-def test_default_backward_repeats_bitwise():
-    """The backward a D = 128 call takes by default on Hopper (the split Gluon kernels) has no
-    atomics: gradients repeat bit for bit without ``deterministic``."""
+def test_default_backward_kinds_and_what_repeats_bitwise(monkeypatch):
+    """By default on Hopper a D = 128 call takes the split Gluon backward under a causal mask
+    and the fused one without. The split one repeats bit for bit; the fused one repeats dK
+    and dV bit for bit and dQ up to the order of its fp32 sums; ``deterministic=True`` takes
+    the split kernels without a mask too, and repeats bit for bit. At D = 64 from 4096
+    tokens: the fused one, and the Triton kernels when ``deterministic``."""
+    from flash_attn_tri import attention
+
+    if not attention.is_hopper(torch.device("cuda")):
+        pytest.skip("the Gluon kernels are for Hopper GPUs")
+    monkeypatch.delenv("FLASH_ATTN_TRI_GLUON_BWD", raising=False)
+    calls = _record_calls(monkeypatch, "_gluon_dq", "_gluon_fused_backward")
     q, k, v = _qkv((2, 2048, 8, 128), (2, 2048, 2, 128), 128, torch.bfloat16, seed=33)
     dout = randn((2, 2048, 8, 128), seed=34, dtype=torch.bfloat16, device="cuda")
-    first = torch.autograd.grad(flash_attn_func(q, k, v), (q, k, v), dout)
-    again = torch.autograd.grad(flash_attn_func(q, k, v), (q, k, v), dout)
-    for a, b in zip(first, again, strict=True):
+
+    def grads(**options):
+        return torch.autograd.grad(flash_attn_func(q, k, v, **options), (q, k, v), dout)
+
+    causal = [grads(causal=True) for _ in range(2)]
+    assert calls == ["_gluon_dq"] * 2, calls
+    for a, b in zip(*causal, strict=True):
         assert torch.equal(a, b)
+    full = [grads() for _ in range(2)]
+    assert calls[2:] == ["_gluon_fused_backward"] * 2, calls
+    assert torch.equal(full[0][1], full[1][1]) and torch.equal(full[0][2], full[1][2])
+    assert rel_err(full[0][0].float(), full[1][0].float()) < 1e-3
+    det = [grads(deterministic=True) for _ in range(2)]
+    assert calls[4:] == ["_gluon_dq"] * 2, calls
+    for name, a, b, f in zip(("dq", "dk", "dv"), *det, full[0], strict=True):
+        assert torch.equal(a, b), name
+        assert rel_err(a.float(), f.float()) < 1e-2, name
+    # D = 64 from 4096 tokens: fused; deterministic: the Triton kernels
+    q, k, v = _qkv((1, 4096, 4, 64), (1, 4096, 4, 64), 64, torch.bfloat16, seed=35)
+    dout = randn((1, 4096, 4, 64), seed=36, dtype=torch.bfloat16, device="cuda")
+    full = grads()
+    assert calls[6:] == ["_gluon_fused_backward"], calls
+    det = [grads(deterministic=True) for _ in range(2)]
+    assert calls[7:] == [], calls
+    for name, a, b, f in zip(("dq", "dk", "dv"), *det, full, strict=True):
+        assert torch.equal(a, b), name
+        assert rel_err(a.float(), f.float()) < 1e-2, name

@@ -286,23 +286,33 @@ def _gluon_forward_eligible(q, k, v, varlen: bool, o: _Opts, has_alibi: bool) ->
     return _gluon_eligible((q, k, v), varlen, o, has_alibi, k.shape[1])
 
 
-def _gluon_backward_wanted(head_dim: int, deterministic: bool) -> str | None:
+def _gluon_backward_wanted(
+    head_dim: int, causal: bool, seqlen: int, deterministic: bool
+) -> str | None:
     """Which Gluon backward for Hopper (``kernels/attention_hopper_bwd.py``) a call it can
-    take should go to: ``"split"`` (a dQ kernel beside the dK/dV kernel, no atomics) at
-    D = 128, causal or not and at every length, where it measured faster than the Triton
-    kernels (BENCHMARKS.md); None (the Triton kernels) at D = 64, where they are as fast.
+    take should go to, as measured against the Triton kernels and each other (BENCHMARKS.md;
+    ``seqlen`` the longer of the query and key lengths):
+
+    - D = 128, causal: ``"split"`` (a dQ kernel beside the dK/dV kernel);
+    - D = 128 without a mask: ``"fused"`` (the dK/dV kernel adding dQ up too);
+    - D = 64 from 4096 tokens: ``"fused"``; shorter: None (the Triton kernels).
+
+    ``"fused"`` sums dQ in fp32 in whatever order the copy engine's reductions land, so its
+    rounding varies run to run: ``deterministic`` takes ``"split"`` at D = 128 and the Triton
+    kernels at D = 64 instead (where the split kernels are no faster than them).
     ``FLASH_ATTN_TRI_GLUON_BWD=0`` says None always; ``=1`` says ``"split"`` to every call
-    it can take (D = 64 or 128); ``=fused`` too, but ``"fused"`` (one dK/dV kernel adding dQ
-    up in fp32 with atomics: experimental, slower than the split kernels as measured) unless
-    ``deterministic``."""
+    it can take (D = 64 or 128); ``=fused`` says ``"fused"`` to those (``"split"`` when
+    ``deterministic``)."""
     switch = os.environ.get("FLASH_ATTN_TRI_GLUON_BWD", "auto")
     if switch in ("0", "1", "fused"):
-        wanted = switch != "0" and head_dim in (64, 128)
-    else:
-        wanted = head_dim == 128
-    if not wanted:
-        return None
-    return "fused" if switch == "fused" and not deterministic else "split"
+        if switch == "0" or head_dim not in (64, 128):
+            return None
+        return "fused" if switch == "fused" and not deterministic else "split"
+    if head_dim == 128:
+        return "split" if causal or deterministic else "fused"
+    if head_dim == 64 and seqlen >= 4096 and not deterministic:
+        return "fused"
+    return None
 
 
 def _gluon_backward_kind(
@@ -310,7 +320,8 @@ def _gluon_backward_kind(
 ) -> str | None:
     """The Gluon backward that takes this call (:func:`_gluon_backward_wanted`, where
     :func:`_gluon_eligible`), or None."""
-    kind = _gluon_backward_wanted(q.shape[-1], deterministic)
+    seqlen = max(q.shape[1], k.shape[1])
+    kind = _gluon_backward_wanted(q.shape[-1], o.has_right, seqlen, deterministic)
     if kind is None or not _gluon_eligible((q, k, v, dout, out), varlen, o, has_alibi, k.shape[1]):
         return None
     return kind
