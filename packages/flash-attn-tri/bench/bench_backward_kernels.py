@@ -3,10 +3,11 @@
 where a backward's time goes, and each kernel's matmul rate against the forward's.
 
 - ``triton``: the Triton dQ kernel (with delta), then the Triton dK/dV kernel;
-- ``split`` (the default at D = 128 on Hopper): the Gluon dQ kernel (with delta), then the
-  Gluon dK/dV kernel;
-- ``fused`` (``FLASH_ATTN_TRI_GLUON_BWD=fused``): delta with the accumulator's zeroing, the
-  Gluon dK/dV kernel adding dQ up with atomics, and the conversion of the accumulator to dQ.
+- ``split`` (the default at D = 128 causal on Hopper): the Gluon dQ kernel (with delta),
+  then the Gluon dK/dV kernel;
+- ``fused`` (the default at D = 128 without a mask and at D = 64 from 4096 tokens): delta
+  with the accumulator's zeroing, the Gluon dK/dV kernel adding dQ up with the copy
+  engine's bulk reductions, and the conversion of the accumulator to dQ.
 
 Each part is timed alone (``triton.testing.do_bench`` median, L2 flushed between calls) with
 its inputs from one forward; a row also gives the sum of its parts and the whole backward as

@@ -11,9 +11,9 @@ off (``FLASH_ATTN_TRI_GLUON=0`` during its calls; the backward is the same), and
 (``=1``); ``--backward-variants`` adds three with the
 backward chosen by ``FLASH_ATTN_TRI_GLUON_BWD`` (the forward is the same):
 ``flash_attn_tri_triton_bwd`` (``=0``: the Triton kernels), ``flash_attn_tri_split_bwd``
-(``=1``: the split Gluon backward for Hopper wherever it runs, D = 64 and short causal too)
-and ``flash_attn_tri_fused_bwd`` (``=fused``: the experimental fused Gluon backward, dQ added
-up with atomics).
+(``=1``: the split Gluon backward for Hopper wherever it runs) and
+``flash_attn_tri_fused_bwd`` (``=fused``: the fused Gluon backward wherever it runs, dQ added
+up by the copy engine's reductions).
 """
 
 from __future__ import annotations

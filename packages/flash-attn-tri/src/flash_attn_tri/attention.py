@@ -857,8 +857,9 @@ def flash_attn_func(
     ``alibi_slopes`` fp32 ``[heads]`` or ``[batch, heads]``. Returns ``out``
     ``[batch, seqlen_q, heads, dv]``, or ``(out, softmax_lse [batch, heads, seqlen_q] fp32,
     None)`` with ``return_attn_probs``. ``deterministic=True`` makes the gradients bitwise
-    identical run to run: only the fused backward for Hopper (D = 128) adds dQ up with
-    atomics, and it steps aside for the atomic-free kernels then.
+    identical run to run: only the fused backward for Hopper (by default at D = 128 without a
+    mask and at D = 64 from 4096 tokens) sums dQ in an order that varies, and it steps aside
+    for the atomic-free kernels then.
     """
     check_tensor("q", q, ndim=4)
     check_tensor("k", k, ndim=4)

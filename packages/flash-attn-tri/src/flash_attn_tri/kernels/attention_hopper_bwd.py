@@ -2,17 +2,17 @@
 delta), then dK and dV (the split backward); or the dK/dV kernel alone adding dQ up too
 (the fused backward).
 
-The split backward is the default at D = 128 (``_gluon_backward_wanted`` in
-``attention.py``; ``FLASH_ATTN_TRI_GLUON_BWD=0`` turns it off, ``=1`` takes it at D = 64
-too). The fused one is experimental (``FLASH_ATTN_TRI_GLUON_BWD=fused``): correct, but
-slower than the split kernels as measured (BENCHMARKS.md), and its atomics make dQ's
-rounding depend on the order of arrival, so ``deterministic=True`` never takes it.
+Which one a call takes is ``_gluon_backward_wanted`` in ``attention.py``, as measured
+(BENCHMARKS.md): split at D = 128 causal, fused at D = 128 without a mask and at D = 64 from
+4096 tokens. The fused one's dQ is summed in fp32 in the order the reductions land, so its
+rounding varies run to run and ``deterministic=True`` never takes it.
 
 What they cover: fixed-length ``[batch, seqlen, heads, D]`` inputs, fp16/bf16,
 D = Dv = 64 or 128, GQA, causal (aligned to the bottom right) or not, a positive softmax
 scale; no window, softcap, ALiBi or dropout. The split backward has no atomics: its
-gradients are bitwise repeatable. Both kernels have three warpgroups, each a partition of
-its own: a producer issuing the copy engine's loads into a ring of slots and two consumers.
+gradients are bitwise repeatable (the fused one's dK and dV too). Both kernels have three
+warpgroups, each a partition of its own: a producer issuing the copy engine's loads into a
+ring of slots and two consumers.
 
 **dQ** (``flash_bwd_dq_hopper_kernel``), one program per (128 query rows, head, batch),
 64 rows per consumer warpgroup. Each consumer first computes ``delta = rowsum(O · dO)``
@@ -32,9 +32,11 @@ of its rows (stored for the dK/dV kernel), then for each key block j:
 
 then stores ``dK·scale`` and dV. Fused (``FUSED_DQ``): dSᵀ goes through shared memory
 instead of registers, and once both warpgroups' dSᵀ of the block are in, each warpgroup
-computes ``dQ_i = dS_i·K`` over the program's 128 keys for half of D's columns and adds
-``dQ_i·scale`` into an fp32 accumulator with relaxed atomics (``_gluon_fused_backward``
-zeroes it beside delta beforehand and converts it to dQ afterwards).
+computes ``dQ_i = dS_i·K`` over the program's 128 keys for half of D's columns, stores
+``dQ_i·scale`` to shared memory and has the copy engine add that tile into an fp32
+accumulator (one bulk reduction, ``DQ_VIA_TMA``; relaxed atomics from registers without it,
+kept for comparison: slower at every shape measured). ``_gluon_fused_backward`` zeroes the
+accumulator beside delta beforehand and converts it to dQ afterwards.
 
 Rows past the sequences need little masking: Q, dO and O past seqlen_q arrive as zeros
 and their lse reads as +inf (so their P is 0); in the dK/dV kernel keys past seqlen_k only
@@ -311,8 +313,9 @@ def flash_bwd_dkdv_hopper_kernel(
     (unit stride along D); ``lse_ptr``, ``delta_ptr`` ``[batch, heads, seqlen_q]`` fp32
     (unit stride along the rows). FUSED_DQ: also adds dQ·scale into ``dq_ptr``, an fp32
     ``[batch, cdiv(seqlen_q, BLOCK_M) · BLOCK_M, heads, D]`` accumulator with strides
-    ``stride_a*`` (unit stride along D), with atomics; otherwise ``dq_ptr`` and its strides
-    are not used."""
+    ``stride_a*`` (unit stride along D): with DQ_VIA_TMA through ``dq_desc``, a copy-engine
+    descriptor over it seen as ``[batch · rows, heads · D]`` with boxes ``[BLOCK_M, D / 2]``
+    (bulk reductions), else with atomics; otherwise neither is used."""
     # (under a causal mask the first key blocks are seen by the most query rows; programs
     # start in order of their index, so those go first as they are)
     pid_n = gl.program_id(0)
