@@ -460,8 +460,8 @@ def _hopper_bwd_launch(
         "BLOCK_M": block_m,
         "BLOCK_N": block_n,
         # shared memory at D = 128: dQ 160 KiB (Q, dO, O and two K, V slots), dK/dV 136 KiB
-        # (two Q, dO slots, K, V, and one 8 KiB dSᵀ buffer it leaves unused), fused 160 KiB
-        # (four dSᵀ buffers)
+        # (two Q, dO slots, K, V, and one 8 KiB dSᵀ buffer it leaves unused), fused 192 KiB
+        # (four dSᵀ buffers and each consumer's 16 KiB fp32 dQ tile)
         "NUM_STAGES": 2 if head_dim > 64 else 3,
         "CAUSAL": causal,
         "CONSUMER_REGS": 240,
