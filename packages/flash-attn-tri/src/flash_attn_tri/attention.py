@@ -316,11 +316,11 @@ def _gluon_backward_wanted(
 
 
 def _gluon_backward_kind(
-    q, k, v, dout, out, varlen: bool, o: _Opts, has_alibi: bool, deterministic: bool
-) -> str | None:
+    q, k, v, dout, out, varlen: bool, o: _Opts, has_alibi: bool, deterministic: bool,
+    seqlen: int,
+) -> str | None:  # fmt: skip
     """The Gluon backward that takes this call (:func:`_gluon_backward_wanted`, where
-    :func:`_gluon_eligible`), or None."""
-    seqlen = max(q.shape[1], k.shape[1])
+    :func:`_gluon_eligible`), or None; ``seqlen`` the longer of the query and key lengths."""
     kind = _gluon_backward_wanted(q.shape[-1], o.has_right, seqlen, deterministic)
     if kind is None or not _gluon_eligible((q, k, v, dout, out), varlen, o, has_alibi, k.shape[1]):
         return None
@@ -572,7 +572,9 @@ def _backward_impl(
     # rowsum(O · dO) per query row: written by the dQ kernel, read by the dK/dV kernel
     delta = torch.empty_like(lse)
     # (the Gluon kernels first: they need none of the Triton kernels' arguments below)
-    gluon = _gluon_backward_kind(q, k, v, dout, out, varlen, o, has_alibi, deterministic)
+    gluon = _gluon_backward_kind(
+        q, k, v, dout, out, varlen, o, has_alibi, deterministic, max(seqlen_q, seqlen_k)
+    )
     if gluon == "fused":
         _gluon_fused_backward(q, k, v, dout, out, lse, delta, dq, dk, dv, o, o.has_right)
         return dq, dk, dv
