@@ -1,0 +1,145 @@
+"""Measure the choices behind flash_attn_tri's kernel dispatch on Hopper, interleaved.
+
+For each case (the setup of ``bench_flash_attn.py``: 16384 tokens, hidden 2048, bf16) every
+alternative is timed in turn, round after round, with ``do_bench`` medians, so that drift of
+clocks and host load hits all of them alike; a case prints each alternative's median over
+the rounds, its range, and the fastest. Separate bench runs of the whole suite differ by
+5-10% on the lent machines (BENCHMARKS.md), more than several of these choices are worth.
+
+- forward: the Triton kernel against the Gluon kernel (``FLASH_ATTN_TRI_GLUON=0`` / ``=1``),
+  at D = 64 (where the rule takes Triton) and at D = 128 causal under 2048 keys;
+- backward alone (``autograd.grad`` with ``retain_graph``, counted as 2.5 forwards): the
+  Triton kernels, the split and the fused Gluon kernels (``FLASH_ATTN_TRI_GLUON_BWD=0`` /
+  ``=1`` / ``=fused``) around the rule's boundaries.
+
+Run on a Hopper GPU: ``python3 bench_dispatch.py [fwd] [bwd] [--rounds=N]`` (both parts, 3
+rounds by default). Prints a table and writes ``dispatch.csv`` to
+``results_dir("flash-attn-tri")``; compare its winners with ``attention._gluon_forward_wanted``
+and ``attention._gluon_backward_wanted``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections.abc import Callable
+
+import torch
+
+from tri_shared.bench import (
+    env_set,
+    environment,
+    print_table,
+    results_dir,
+    tflops,
+    time_fn,
+    write_csv,
+)
+
+TOKENS = 16384
+HIDDEN = 2048
+
+FORWARD = {"triton": ("FLASH_ATTN_TRI_GLUON", "0"), "gluon": ("FLASH_ATTN_TRI_GLUON", "1")}
+BACKWARD = {
+    "triton": ("FLASH_ATTN_TRI_GLUON_BWD", "0"),
+    "split": ("FLASH_ATTN_TRI_GLUON_BWD", "1"),
+    "fused": ("FLASH_ATTN_TRI_GLUON_BWD", "fused"),
+}
+# (D, causal, seqlen, alternatives)
+FORWARD_CASES = [
+    *((64, causal, s, ("triton", "gluon")) for causal in (False, True)
+      for s in (1024, 2048, 4096, 8192, 16384)),
+    (128, True, 1024, ("triton", "gluon")),
+    (128, True, 2048, ("triton", "gluon")),
+]  # fmt: skip
+BACKWARD_CASES = [
+    *((64, causal, s, ("triton", "fused")) for causal in (False, True)
+      for s in (1024, 2048, 4096, 16384)),
+    *((128, False, s, ("split", "fused")) for s in (1024, 4096, 16384)),
+    *((128, True, s, ("split", "fused")) for s in (1024, 4096, 16384)),
+]  # fmt: skip
+
+
+def _inputs(d: int, s: int, requires_grad: bool) -> list[torch.Tensor]:
+    """q, k, v and dout ``[batch, s, heads, d]`` at the setup above."""
+    g = torch.Generator(device="cuda").manual_seed(s + d)
+    shape = (TOKENS // s, s, HIDDEN // d, d)
+    tensors = [torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g) for _ in "qkvo"]
+    for t in tensors[:3]:
+        t.requires_grad_(requires_grad)
+    return tensors
+
+
+def _forward_call(d: int, causal: bool, s: int) -> Callable[[], object]:
+    from flash_attn_tri import flash_attn_func
+
+    q, k, v, _ = _inputs(d, s, requires_grad=False)
+    return lambda: flash_attn_func(q, k, v, causal=causal)
+
+
+def _backward_call(d: int, causal: bool, s: int) -> Callable[[], object]:
+    from flash_attn_tri import flash_attn_func
+
+    q, k, v, dout = _inputs(d, s, requires_grad=True)
+    out = flash_attn_func(q, k, v, causal=causal)
+    return lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+
+
+def _measure(part: str, case: tuple, rounds: int) -> list[dict]:
+    """One case: every alternative timed once a round, ``rounds`` rounds; a row each."""
+    d, causal, s, alternatives = case
+    switches, make, passes = {
+        "fwd": (FORWARD, _forward_call, 1.0),
+        "bwd": (BACKWARD, _backward_call, 2.5),
+    }[part]
+    calls = {name: make(d, causal, s) for name in alternatives}
+    times: dict[str, list[float]] = {name: [] for name in alternatives}
+    for _ in range(rounds):
+        for name in alternatives:
+            with env_set(*switches[name]):
+                times[name].append(time_fn(calls[name]))
+    flops = passes * 4 * TOKENS * s * HIDDEN * (0.5 if causal else 1.0)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    best = min(medians, key=medians.get)
+    rows = []
+    for name in alternatives:
+        ms = medians[name]
+        rows.append({
+            "part": part, "D": d, "causal": causal, "seqlen": s, "impl": name,
+            "ms": ms, "min_ms": min(times[name]), "max_ms": max(times[name]),
+            "tflops": tflops(flops, ms), "vs_best": ms / medians[best],
+            "fastest": name == best,
+        })  # fmt: skip
+    summary = ", ".join(
+        f"{r['impl']} {r['tflops']:.0f} TFLOP/s ({r['min_ms']:.3f}-{r['max_ms']:.3f} ms)"
+        for r in rows
+    )
+    print(f"{part} D={d} causal={causal!s:5} S={s:5}: {summary}; fastest {best}", flush=True)
+    return rows
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("no CUDA device: this benchmark needs a GPU")
+        return 0
+    parts = [a for a in sys.argv[1:] if a in ("fwd", "bwd")] or ["fwd", "bwd"]
+    rounds = 3
+    for arg in sys.argv[1:]:
+        if arg.startswith("--rounds="):
+            rounds = int(arg.split("=", 1)[1])
+    if rounds < 1:
+        raise SystemExit(f"--rounds: expected at least 1, got {rounds}")
+    env = environment()
+    print(env)
+    rows = []
+    for part in parts:
+        for case in FORWARD_CASES if part == "fwd" else BACKWARD_CASES:
+            rows.extend(_measure(part, case, rounds))
+    columns = ["part", "D", "causal", "seqlen", "impl", "tflops", "min_ms", "max_ms", "vs_best"]
+    print_table(rows, columns, title=f"dispatch choices, {rounds} rounds, bf16, {env}")
+    write_csv(rows, results_dir("flash-attn-tri") / "dispatch.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
