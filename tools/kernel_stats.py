@@ -333,10 +333,11 @@ def _compile_gluon_attention(launch, head_dim: int, rows: dict[str, int]) -> Ker
 
 
 def flash_attention_hopper(head_dim: int, causal: bool = True) -> KernelStats:
-    """The Gluon (sm_90) attention forward as ``flash_attn_tri`` would launch it."""
+    """The Gluon (sm_90) attention forward as ``flash_attn_tri`` would launch it (under a
+    causal mask, on units of two query blocks)."""
     from flash_attn_tri import attention
 
-    launch = attention._hopper_fwd_launch(head_dim, causal)
+    launch = attention._hopper_fwd_launch(head_dim, causal, pair=causal)
     constexprs = launch[1]
     rows = {"q_desc": constexprs["BLOCK_M"] // 2}  # half the rows for each consumer
     rows |= {"k_desc": constexprs["BLOCK_N"], "v_desc": constexprs["BLOCK_N"]}

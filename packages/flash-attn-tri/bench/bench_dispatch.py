@@ -6,8 +6,9 @@ clocks and host load hits all of them alike; a case prints each alternative's me
 the rounds, its range, and the fastest. Separate bench runs of the whole suite differ by
 5-10% on the lent machines (BENCHMARKS.md), more than several of these choices are worth.
 
-- forward: the Triton kernel against the Gluon kernel (``FLASH_ATTN_TRI_GLUON=0`` / ``=1``),
-  at D = 64 (where the rule takes Triton) and at D = 128 causal under 2048 keys;
+- forward: the Triton kernel against the Gluon kernel (``FLASH_ATTN_TRI_GLUON=0`` / ``=1``)
+  under each of its schedules (``FLASH_ATTN_TRI_GLUON_SCHEDULE``: one tile a program, one
+  unit a program, persistent), with SDPA's cuDNN backend beside them as the bar;
 - backward alone (``autograd.grad`` with ``retain_graph``, counted as 2.5 forwards): the
   Triton kernels, the split and the fused Gluon kernels (``FLASH_ATTN_TRI_GLUON_BWD=0`` /
   ``=1`` / ``=fused``) around the rule's boundaries.
@@ -20,6 +21,7 @@ and ``attention._gluon_backward_wanted``.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import sys
 from collections.abc import Callable
@@ -39,18 +41,27 @@ from tri_shared.bench import (
 TOKENS = 16384
 HIDDEN = 2048
 
-FORWARD = {"triton": ("FLASH_ATTN_TRI_GLUON", "0"), "gluon": ("FLASH_ATTN_TRI_GLUON", "1")}
+# each alternative: the environment switches it runs under ("cudnn" is SDPA's backend)
+FORWARD = {
+    "triton": (("FLASH_ATTN_TRI_GLUON", "0"),),
+    **{
+        f"gluon-{schedule}": (
+            ("FLASH_ATTN_TRI_GLUON", "1"), ("FLASH_ATTN_TRI_GLUON_SCHEDULE", schedule),
+        )
+        for schedule in ("tiles", "pairs", "persistent")
+    },
+    "cudnn": (),
+}  # fmt: skip
 BACKWARD = {
-    "triton": ("FLASH_ATTN_TRI_GLUON_BWD", "0"),
-    "split": ("FLASH_ATTN_TRI_GLUON_BWD", "1"),
-    "fused": ("FLASH_ATTN_TRI_GLUON_BWD", "fused"),
+    "triton": (("FLASH_ATTN_TRI_GLUON_BWD", "0"),),
+    "split": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
+    "fused": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
 }
 # (D, causal, seqlen, alternatives)
+_FWD_ALL = ("triton", "gluon-tiles", "gluon-pairs", "gluon-persistent", "cudnn")
 FORWARD_CASES = [
-    *((64, causal, s, ("triton", "gluon")) for causal in (False, True)
+    *((d, causal, s, _FWD_ALL) for d in (64, 128) for causal in (False, True)
       for s in (1024, 2048, 4096, 8192, 16384)),
-    (128, True, 1024, ("triton", "gluon")),
-    (128, True, 2048, ("triton", "gluon")),
 ]  # fmt: skip
 BACKWARD_CASES = [
     *((64, causal, s, ("triton", "fused")) for causal in (False, True)
@@ -70,14 +81,25 @@ def _inputs(d: int, s: int, requires_grad: bool) -> list[torch.Tensor]:
     return tensors
 
 
-def _forward_call(d: int, causal: bool, s: int) -> Callable[[], object]:
+def _forward_call(d: int, causal: bool, s: int, name: str) -> Callable[[], object]:
     from flash_attn_tri import flash_attn_func
 
     q, k, v, _ = _inputs(d, s, requires_grad=False)
+    if name == "cudnn":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.nn.functional import scaled_dot_product_attention
+
+        qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+
+        def run():
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                return scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+
+        return run
     return lambda: flash_attn_func(q, k, v, causal=causal)
 
 
-def _backward_call(d: int, causal: bool, s: int) -> Callable[[], object]:
+def _backward_call(d: int, causal: bool, s: int, _name: str) -> Callable[[], object]:
     from flash_attn_tri import flash_attn_func
 
     q, k, v, dout = _inputs(d, s, requires_grad=True)
@@ -92,11 +114,13 @@ def _measure(part: str, case: tuple, rounds: int) -> list[dict]:
         "fwd": (FORWARD, _forward_call, 1.0),
         "bwd": (BACKWARD, _backward_call, 2.5),
     }[part]
-    calls = {name: make(d, causal, s) for name in alternatives}
+    calls = {name: make(d, causal, s, name) for name in alternatives}
     times: dict[str, list[float]] = {name: [] for name in alternatives}
     for _ in range(rounds):
         for name in alternatives:
-            with env_set(*switches[name]):
+            with contextlib.ExitStack() as stack:
+                for switch in switches[name]:
+                    stack.enter_context(env_set(*switch))
                 times[name].append(time_fn(calls[name]))
     flops = passes * 4 * TOKENS * s * HIDDEN * (0.5 if causal else 1.0)
     medians = {name: statistics.median(t) for name, t in times.items()}
@@ -108,6 +132,8 @@ def _measure(part: str, case: tuple, rounds: int) -> list[dict]:
             "part": part, "D": d, "causal": causal, "seqlen": s, "impl": name,
             "ms": ms, "min_ms": min(times[name]), "max_ms": max(times[name]),
             "tflops": tflops(flops, ms), "vs_best": ms / medians[best],
+            # rate over cuDNN's rate (the bar: >= 0.85)
+            "vs_cudnn": medians["cudnn"] / ms if "cudnn" in medians else float("nan"),
             "fastest": name == best,
         })  # fmt: skip
     summary = ", ".join(
@@ -136,6 +162,7 @@ def main() -> int:
         for case in FORWARD_CASES if part == "fwd" else BACKWARD_CASES:
             rows.extend(_measure(part, case, rounds))
     columns = ["part", "D", "causal", "seqlen", "impl", "tflops", "min_ms", "max_ms", "vs_best"]
+    columns.append("vs_cudnn")
     print_table(rows, columns, title=f"dispatch choices, {rounds} rounds, bf16, {env}")
     write_csv(rows, results_dir("flash-attn-tri") / "dispatch.csv")
     return 0

@@ -187,14 +187,23 @@ def _gluon_calls(monkeypatch):
         (torch.float16, 128, True, 300, 2047, 2, 2),
         (torch.bfloat16, 128, False, 1, 17, 2, 1),
         (torch.bfloat16, 64, True, 129, 129, 2, 2),
+        (torch.bfloat16, 128, True, 1100, 1100, 3, 1),  # 9 query blocks: a unit of one
     ],
 )
+@pytest.mark.parametrize("schedule", ["tiles", "pairs", "persistent"])
 def test_gluon_forward_matches_the_reference(
-    monkeypatch, check_grads, dtype, d, causal, sq, sk, heads, heads_k
+    monkeypatch, check_grads, schedule, dtype, d, causal, sq, sk, heads, heads_k
 ):
     """The Gluon forward for Hopper against the fp64 reference (FlashAttention error rule,
     output and, through the Triton backward it feeds, gradients) and the Triton forward's
-    log-sum-exp; rows past the diagonal with no key give output 0 and lse +inf."""
+    log-sum-exp; rows past the diagonal with no key give output 0 and lse +inf. Under
+    each schedule, with the GPU taken as 5 multiprocessors: causal tiles go in pairs
+    (but under ``tiles``), and persistent programs take many units each, so the rings
+    and turns carry over from tile to tile."""
+    from flash_attn_tri import attention
+
+    monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_SCHEDULE", schedule)
+    monkeypatch.setattr(attention, "num_sms", lambda index=None: 5)
     calls = _gluon_calls(monkeypatch)
     q, k, v = _qkv((2, sq, heads, d), (2, sk, heads_k, d), d, dtype, seed=d + sq + sk)
     out, lse, _ = flash_attn_func(q, k, v, causal=causal, return_attn_probs=True)
@@ -212,6 +221,28 @@ def test_gluon_forward_matches_the_reference(
     assert torch.equal(finite, torch.isfinite(lse)) and bool((lse[~finite] == float("inf")).all())
     torch.testing.assert_close(lse[finite], lse_t[finite], rtol=0, atol=1e-4)
     assert rel_err(out.float(), out_t.float()) < 1e-2
+
+
+@pytest.mark.parametrize(("d", "causal"), [(128, True), (128, False), (64, True)])
+def test_gluon_forward_schedules_agree_bitwise(monkeypatch, d, causal):
+    """At full size (2048 tiles, more than one an SM: pairs under a causal mask) every
+    schedule computes each tile the same way, so the outputs and log-sum-exps agree bit
+    for bit; the default (persistent) is among them."""
+    calls = _gluon_calls(monkeypatch)
+    q, k, v = _qkv((8, 2048, 2048 // d, d), (8, 2048, 2048 // d, d), d, torch.bfloat16, seed=3)
+    results = {}
+    for schedule in ("tiles", "pairs", "persistent", None):
+        if schedule is None:
+            monkeypatch.delenv("FLASH_ATTN_TRI_GLUON_SCHEDULE", raising=False)
+        else:
+            monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_SCHEDULE", schedule)
+        out, lse, _ = flash_attn_func(q, k, v, causal=causal, return_attn_probs=True)
+        results[schedule] = (out, lse)
+    assert len(calls) == 4
+    out_t, lse_t = results["tiles"]
+    for schedule, (out, lse) in results.items():
+        assert torch.equal(out, out_t), schedule
+        assert torch.equal(lse, lse_t), schedule
 
 
 @pytest.mark.parametrize("kind", ["fused", "split"])

@@ -32,6 +32,7 @@ from tri_shared.launch import (
     is_interpreter,
     make_grid,
     next_power_of_2,
+    num_sms,
 )
 from tri_shared.softmax import LOG2E
 
@@ -240,15 +241,15 @@ def _alibi_args(alibi_slopes: torch.Tensor | None, q: torch.Tensor) -> tuple:
     return alibi_slopes, alibi_slopes.stride(0), alibi_slopes.stride(1), True
 
 
-def _gluon_forward_wanted(head_dim: int, causal: bool, seqlen_k: int) -> bool:
+def _gluon_forward_wanted(head_dim: int) -> bool:
     """Whether a call the Gluon forward for Hopper can take should go to it: yes at D = 128,
-    except causal attention over fewer than 2048 keys, where the Triton kernel measured
-    faster (BENCHMARKS.md), as it does at D = 64. ``FLASH_ATTN_TRI_GLUON=1`` says yes to
-    every call it can take (D = 64 or 128), ``=0`` says no."""
+    causal or not, at every length; at D = 64 the Triton kernel measured faster
+    (BENCHMARKS.md). ``FLASH_ATTN_TRI_GLUON=1`` says yes to every call it can take (D = 64
+    or 128), ``=0`` says no."""
     switch = os.environ.get("FLASH_ATTN_TRI_GLUON", "auto")
     if switch in ("0", "1"):
         return switch == "1" and head_dim in (64, 128)
-    return head_dim == 128 and not (causal and seqlen_k < 2048)
+    return head_dim == 128
 
 
 def _gluon_eligible(tensors, varlen: bool, o: _Opts, has_alibi: bool, seqlen_k: int) -> bool:
@@ -281,7 +282,7 @@ def _gluon_eligible(tensors, varlen: bool, o: _Opts, has_alibi: bool, seqlen_k: 
 def _gluon_forward_eligible(q, k, v, varlen: bool, o: _Opts, has_alibi: bool) -> bool:
     """Whether the Gluon forward for Hopper (``kernels/attention_hopper.py``) takes this call:
     :func:`_gluon_forward_wanted` and :func:`_gluon_eligible`."""
-    if not _gluon_forward_wanted(q.shape[-1], o.has_right, k.shape[1]):
+    if not _gluon_forward_wanted(q.shape[-1]):
         return False
     return _gluon_eligible((q, k, v), varlen, o, has_alibi, k.shape[1])
 
@@ -360,16 +361,42 @@ def _accumulator_descriptor(dq_accum: torch.Tensor, rows: int):
     return BoxDescriptor(dq_accum, shape, [heads * d, 1], [rows, d // 2], _swizzled_layout(32, 2))
 
 
+def _gluon_forward_schedule(tiles: int, causal: bool, seqlen_k: int, sms: int) -> tuple[bool, bool]:
+    """How the Gluon forward shares its ``tiles`` (query blocks × heads × batch) out over
+    the GPU's ``sms`` multiprocessors: ``(pair, persistent)``. ``pair``: under a causal
+    mask, each unit of work holds a long and a short query block, so that every unit sees
+    about as many keys (only past one tile a multiprocessor: below that, pairing halves
+    the programs). ``persistent``: one program a multiprocessor, each taking unit after
+    unit and loading the next tile while it finishes the current one; up to 8192 keys,
+    where a tile's start and end weigh most (BENCHMARKS.md: D = 128 causal S = 1024, 332
+    → 375 TFLOP/s). Past that, one program a unit, which measured 2-5% faster at 16384.
+    ``FLASH_ATTN_TRI_GLUON_SCHEDULE`` = ``tiles`` (one tile a program), ``pairs`` (one unit
+    a program) or ``persistent`` overrides the rule."""
+    switch = os.environ.get("FLASH_ATTN_TRI_GLUON_SCHEDULE", "auto")
+    if switch not in ("auto", "tiles", "pairs", "persistent"):
+        raise ValueError(
+            "FLASH_ATTN_TRI_GLUON_SCHEDULE: expected 'auto', 'tiles', 'pairs' or 'persistent', "
+            f"got {switch!r}"
+        )
+    pair = switch != "tiles" and causal and tiles > sms
+    persistent = switch == "persistent" or (switch == "auto" and seqlen_k <= 8192)
+    return pair, persistent
+
+
 def _gluon_forward(q, k, v, out, lse, qk_scale2: float, causal: bool) -> None:
     """Launch the Gluon forward for Hopper into ``out`` and ``lse``."""
     batch, seqlen_q, heads, d = q.shape
     seqlen_k, heads_k = k.shape[1], k.shape[2]
-    fn, constexprs, options = _hopper_fwd_launch(d, causal)
-    grid = make_grid(cdiv(seqlen_q, constexprs["BLOCK_M"]), heads, batch)
+    n_m = cdiv(seqlen_q, _HOPPER_FWD_BLOCK_M)
+    sms = num_sms(q.device.index)
+    pair, persistent = _gluon_forward_schedule(n_m * heads * batch, causal, seqlen_k, sms)
+    fn, constexprs, options = _hopper_fwd_launch(d, causal, pair)
+    n_units = (cdiv(n_m, 2) if pair else n_m) * heads * batch
+    grid = make_grid(min(n_units, sms) if persistent else n_units)
     fast_launcher(fn)[grid](
         _box_descriptor(q, constexprs["BLOCK_M"] // 2), _box_descriptor(k, constexprs["BLOCK_N"]),
-        _box_descriptor(v, constexprs["BLOCK_N"]), out, lse, seqlen_q, seqlen_k,
-        heads // heads_k, qk_scale2, out.stride(0), out.stride(1), out.stride(2),
+        _box_descriptor(v, constexprs["BLOCK_N"]), out, lse, seqlen_q, seqlen_k, heads,
+        heads // heads_k, n_units, qk_scale2, out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1), **constexprs, **options,
     )  # fmt: skip
 
@@ -476,18 +503,26 @@ def _hopper_bwd_launch(
     return fn, constexprs, {"num_warps": 4, "maxnreg": 168}
 
 
-def _hopper_fwd_launch(head_dim: int, causal: bool) -> tuple[Any, dict[str, Any], dict[str, int]]:
-    """(kernel, constexprs, launch options) of the Gluon forward for Hopper."""
+# query rows of a Gluon forward tile: 64 for each of the two consumer warpgroups
+_HOPPER_FWD_BLOCK_M = 128
+
+
+def _hopper_fwd_launch(
+    head_dim: int, causal: bool, pair: bool = False
+) -> tuple[Any, dict[str, Any], dict[str, int]]:
+    """(kernel, constexprs, launch options) of the Gluon forward for Hopper; ``pair``: two
+    query blocks a unit of work (:func:`_gluon_forward_schedule`)."""
     from .kernels.attention_hopper import flash_fwd_hopper_kernel
 
     constexprs = {
         "HEAD_DIM": head_dim,
-        "BLOCK_M": 128,  # 64 rows for each of the two consumer warpgroups
+        "BLOCK_M": _HOPPER_FWD_BLOCK_M,
         "BLOCK_N": 128,
         # shared memory: the query tiles and NUM_STAGES K and V tiles (160 KiB at D = 128)
         "NUM_STAGES": 2 if head_dim > 64 else 3,
         "CAUSAL": causal,
         "PINGPONG": True,
+        "PAIR": pair,
         "CONSUMER_REGS": 240,
         "PRODUCER_REGS": 24,
     }

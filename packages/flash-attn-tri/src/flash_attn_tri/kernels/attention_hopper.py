@@ -1,21 +1,27 @@
 """The attention forward for Hopper (sm_90), written in Gluon, warp-specialised.
 
 The default forward at D = 128 (``attention._gluon_forward_wanted`` says where; the Triton
-kernel keeps D = 64 and short causal calls, where it measured as fast or faster).
+kernel keeps D = 64, where it measured faster).
 
 What it covers: fixed-length ``[batch, seqlen, heads, D]`` inputs, fp16/bf16, D = 64 or 128
 (v's head dim equal to q's), GQA, causal (aligned to the bottom right) or not, a positive
 softmax scale; no window, softcap, ALiBi or dropout (those take the Triton kernel).
 
-One program per (BLOCK_M = 128 query rows, head, batch), three warpgroups, each a
-partition of its own:
+The work is cut into tiles of BLOCK_M = 128 query rows of one head, grouped into units
+(one tile, or under a causal mask a long and a short one, see ``_tile_of``); program p
+takes units p, p + programs, ... The host picks the schedule
+(``attention._gluon_forward_schedule``): one program a unit, or persistent programs, one
+a multiprocessor, where the next tile's keys and queries load while the current one
+finishes (at 1024 keys a tile is only 8 key blocks, and its start and end cost about two
+of them). A program has three warpgroups, each a partition of its own:
 
 - a **producer** warpgroup issues the copy engine's loads (TMA): the two 64-row query
-  tiles, then each key block's K and V tiles into a ring of NUM_STAGES slots. K and V
-  have barriers of their own both ways: a block's scores can start before its V has
-  landed, and a K slot is handed back as soon as its scores are done, a whole step before
-  its V. With two slots at D = 128, releasing K and V together left every step waiting
-  for the copy of the next K (BENCHMARKS.md: 440 → 590 TFLOP/s);
+  tiles, then each key block's K and V tiles into a ring of NUM_STAGES slots (the rings
+  run on from tile to tile). K and V have barriers of their own both ways: a block's
+  scores can start before its V has landed, and a K slot is handed back as soon as its
+  scores are done, a whole step before its V. With two slots at D = 128, releasing K and
+  V together left every step waiting for the copy of the next K (BENCHMARKS.md: 440 →
+  590 TFLOP/s);
 - two **consumer** warpgroups, 64 query rows each, run the matmuls and the online
   softmax. Step j issues ``S_{j+1} = Q·K_{j+1}ᵀ`` and ``O += P_j·V_j`` back to back, waits
   for the scores, runs their softmax, then waits for ``P·V`` and rescales O. The two
@@ -45,30 +51,91 @@ _LN2: gl.constexpr = gl.constexpr(0.6931471805599453)
 
 
 # ---------------------------------------------------------------------------------------
+# the schedule: which tiles a program takes
+
+
+@gluon.jit
+def _tiles_in_unit(unit, n_m, units_per_head, PAIR: gl.constexpr):
+    """How many tiles (query blocks) unit ``unit`` holds: two when PAIR, but one for the
+    middle block of an odd count."""
+    n = 1
+    if PAIR:
+        n = 2 - (2 * (unit % units_per_head) + 1 == n_m).to(gl.int32)
+    return n
+
+
+@gluon.jit
+def _tile_of(unit, half, heads, n_m, units_per_head, PAIR: gl.constexpr):
+    """(batch, head, query block) of tile ``half`` of unit ``unit``. Units run over the
+    query blocks of a head, then the heads, then the batch, so that the programs running
+    at one time share the keys of a few heads in L2. Within a head the last query blocks
+    come first: under a causal mask they see the most keys. When PAIR, unit u holds blocks
+    n_m - 1 - u and u, whose key counts add up to about the same for every unit."""
+    bh = unit // units_per_head
+    u = unit - bh * units_per_head
+    m = n_m - 1 - u
+    if PAIR:
+        m = m - half * (n_m - 1 - 2 * u)
+    return bh // heads, bh % heads, m
+
+
+@gluon.jit
+def _key_blocks(start_m, seqlen_k, diag, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                CAUSAL: gl.constexpr):  # fmt: skip
+    """The key blocks the query rows from ``start_m`` see: all of them, or under CAUSAL those
+    up to the last row's diagonal; at least one (rows that see no key at all still take one
+    fully masked block: output 0, lse +inf)."""
+    n_blocks = gl.cdiv(seqlen_k, BLOCK_N)
+    if CAUSAL:
+        n_blocks = gl.minimum(n_blocks, gl.cdiv(gl.maximum(start_m + BLOCK_M + diag, 0), BLOCK_N))
+    return gl.maximum(n_blocks, 1)
+
+
+# ---------------------------------------------------------------------------------------
 # producer
 
 
 @gluon.jit
 def _producer(
-    q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_full, v_full, k_empty, v_empty,
-    b, start_m, col_q, col_kv, n_blocks, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-    NUM_STAGES: gl.constexpr,
+    q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, k_empty,
+    v_empty, seqlen_q, seqlen_k, heads, group, n_m, units_per_head, n_units,
+    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+    NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, PAIR: gl.constexpr,
 ):  # fmt: skip
-    """The two query tiles (one per consumer warpgroup), then K and V of every key block the
-    program's rows can see, in order; a K (V) slot is refilled once both consumers have
-    released it, K right after its scores, V after its ``P·V``."""
-    mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
-    _tma_load(q_desc, [b, start_m, col_q], q_bar, q_smem.index(0))
-    _tma_load(q_desc, [b, start_m + BLOCK_M // 2, col_q], q_bar, q_smem.index(1))
-    for j in range(n_blocks):
-        slot = j % NUM_STAGES
-        phase = ((j // NUM_STAGES) & 1) ^ 1
-        mbarrier.wait(k_empty.index(slot), phase)
-        mbarrier.expect(k_full.index(slot), k_desc.block_type.nbytes)
-        _tma_load(k_desc, [b, j * BLOCK_N, col_kv], k_full.index(slot), k_smem.index(slot))
-        mbarrier.wait(v_empty.index(slot), phase)
-        mbarrier.expect(v_full.index(slot), v_desc.block_type.nbytes)
-        _tma_load(v_desc, [b, j * BLOCK_N, col_kv], v_full.index(slot), v_smem.index(slot))
+    """Tile after tile of the program: the first key block's K, the two query tiles (one
+    per consumer warpgroup, each loaded once that warpgroup is done with its previous
+    one), then V and K of every key block the rows can see, in order. The K and V rings
+    run on across tiles: a K (V) slot is refilled once both consumers have released it,
+    K right after its scores, V after its ``P·V``; so the next tile's first keys and
+    queries arrive while the consumers finish the current one."""
+    ROWS_WG: gl.constexpr = BLOCK_M // 2
+    diag = seqlen_k - seqlen_q
+    ring = 0  # key blocks loaded so far, over all the program's tiles
+    tile = 0
+    for unit in range(gl.program_id(0), n_units, gl.num_programs(0)):
+        for half in range(_tiles_in_unit(unit, n_m, units_per_head, PAIR)):
+            b, h, m = _tile_of(unit, half, heads, n_m, units_per_head, PAIR)
+            start_m = m * BLOCK_M
+            col_kv = (h // group) * HEAD_DIM
+            for j in range(_key_blocks(start_m, seqlen_k, diag, BLOCK_M, BLOCK_N, CAUSAL)):
+                slot = ring % NUM_STAGES
+                phase = ((ring // NUM_STAGES) & 1) ^ 1
+                mbarrier.wait(k_empty.index(slot), phase)
+                mbarrier.expect(k_full.index(slot), k_desc.block_type.nbytes)
+                _tma_load(k_desc, [b, j * BLOCK_N, col_kv], k_full.index(slot), k_smem.index(slot))
+                if j == 0:
+                    for wg in gl.static_range(2):
+                        mbarrier.wait(q_empty.index(wg), (tile & 1) ^ 1)
+                        mbarrier.expect(q_full.index(wg), q_desc.block_type.nbytes)
+                        _tma_load(
+                            q_desc, [b, start_m + wg * ROWS_WG, h * HEAD_DIM], q_full.index(wg),
+                            q_smem.index(wg),
+                        )  # fmt: skip
+                mbarrier.wait(v_empty.index(slot), phase)
+                mbarrier.expect(v_full.index(slot), v_desc.block_type.nbytes)
+                _tma_load(v_desc, [b, j * BLOCK_N, col_kv], v_full.index(slot), v_smem.index(slot))
+                ring += 1
+            tile += 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -114,26 +181,28 @@ def _tile(ring, slot, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr):
 @gluon.jit
 def _pipelined_step(
     p, acc, m_i, l_i, q, k_smem, v_smem, k_full, v_full, k_empty, v_empty, turn, zero_s, j,
-    offs_m, offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-    NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, O_LAYOUT: gl.constexpr,
-    P_LAYOUT: gl.constexpr, DTYPE: gl.constexpr, WG: gl.constexpr, PINGPONG: gl.constexpr,
-    MASKED: gl.constexpr,
+    ring, step, offs_m, offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N: gl.constexpr,
+    HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+    O_LAYOUT: gl.constexpr, P_LAYOUT: gl.constexpr, DTYPE: gl.constexpr, WG: gl.constexpr,
+    PINGPONG: gl.constexpr, MASKED: gl.constexpr,
 ):  # fmt: skip
     """Block j's probabilities ``p`` in hand: issue block j + 1's scores and ``acc += P_j·V_j``
     back to back, release block j + 1's K once its scores are in, run their softmax, wait
-    for ``P_j·V_j`` and rescale the accumulator. MASKED refers to block j + 1."""
-    slot = j % NUM_STAGES
-    nxt = (j + 1) % NUM_STAGES
+    for ``P_j·V_j`` and rescale the accumulator. ``ring``: block j's place in the K/V rings
+    (counted over the program's tiles); ``step``: the program's pipelined steps before this
+    one (the issuing turns). MASKED refers to block j + 1."""
+    slot = ring % NUM_STAGES
+    nxt = (ring + 1) % NUM_STAGES
     # V of block j - 1: its P·V completed in the previous step. Released here rather than
     # right after that step's wait: the barrier in front of an arrive would drag the wait
     # up over the exponentials.
-    mbarrier.arrive(v_empty.index((j + NUM_STAGES - 1) % NUM_STAGES), pred=j > 0)
-    mbarrier.wait(k_full.index(nxt), ((j + 1) // NUM_STAGES) & 1)
-    mbarrier.wait(v_full.index(slot), (j // NUM_STAGES) & 1)
+    mbarrier.arrive(v_empty.index((ring + NUM_STAGES - 1) % NUM_STAGES), pred=j > 0)
+    mbarrier.wait(k_full.index(nxt), ((ring + 1) // NUM_STAGES) & 1)
+    mbarrier.wait(v_full.index(slot), (ring // NUM_STAGES) & 1)
     if PINGPONG:
         # the two warpgroups take turns at issuing their matmuls, so that one's softmax
         # runs while the other's matmuls occupy the tensor cores
-        mbarrier.wait(turn.index(WG), j & 1)
+        mbarrier.wait(turn.index(WG), step & 1)
     s_next = warpgroup_mma(
         q, _tile(k_smem, nxt, BLOCK_N, HEAD_DIM).permute((1, 0)), zero_s, use_acc=False,
         is_async=True,
@@ -157,16 +226,18 @@ def _pipelined_step(
 
 
 @gluon.jit
-def _consumer(
-    q_smem, k_smem, v_smem, q_bar, k_full, v_full, k_empty, v_empty, turn, out_ptr, lse_ptr,
-    b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks, qk_scale2, stride_ob, stride_os, stride_oh,
-    stride_lb, stride_lh, WG: gl.constexpr, ROWS_WG: gl.constexpr, BLOCK_N: gl.constexpr,
-    HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-    PINGPONG: gl.constexpr,
+def _attend(
+    q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, k_empty, v_empty, turn, out_ptr,
+    lse_ptr, b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks, ring, tile, qk_scale2,
+    stride_ob, stride_os, stride_oh, stride_lb, stride_lh, WG: gl.constexpr,
+    ROWS_WG: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+    NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr,
 ):  # fmt: skip
-    """One consumer warpgroup (4 warps, ROWS_WG = 64 query rows): scores, softmax, ``P·V``,
-    and the output and log-sum-exp of its rows. Each warpgroup is a partition of its own,
-    so that waiting for its matmuls never stalls the other one."""
+    """One consumer warpgroup's share of one tile (ROWS_WG = 64 query rows of head ``h``
+    from ``start_m + WG · ROWS_WG``): scores, softmax, ``P·V`` over ``n_blocks`` key
+    blocks, and the output and log-sum-exp of its rows. ``ring``: the program's key
+    blocks before this tile (places in the K/V rings); ``tile``: its tiles before this
+    one."""
     S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16]
     )
@@ -188,11 +259,16 @@ def _consumer(
     n_full = seqlen_k // BLOCK_N
     if CAUSAL:
         n_full = gl.minimum(n_full, gl.maximum(row0 + diag + 1, 0) // BLOCK_N)
+    # every tile before this one took n_blocks - 1 pipelined steps: the turns taken so far
+    step = ring - tile
 
-    mbarrier.wait(q_bar, 0)
-    mbarrier.wait(k_full.index(0), 0)
-    s = warpgroup_mma(q, _tile(k_smem, 0, BLOCK_N, HEAD_DIM).permute((1, 0)), zero_s, use_acc=False)
-    mbarrier.arrive(k_empty.index(0))
+    mbarrier.wait(q_full.index(WG), tile & 1)
+    mbarrier.wait(k_full.index(ring % NUM_STAGES), (ring // NUM_STAGES) & 1)
+    s = warpgroup_mma(
+        q, _tile(k_smem, ring % NUM_STAGES, BLOCK_N, HEAD_DIM).permute((1, 0)), zero_s,
+        use_acc=False,
+    )  # fmt: skip
+    mbarrier.arrive(k_empty.index(ring % NUM_STAGES))
     if n_full > 0:
         m_i, l_i, p, _ = _softmax_step(
             s, m_i, l_i, 0, offs_m, offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N, CAUSAL, False
@@ -208,20 +284,22 @@ def _consumer(
     for j in range(n_plain):
         p, acc, m_i, l_i = _pipelined_step(
             p, acc, m_i, l_i, q, k_smem, v_smem, k_full, v_full, k_empty, v_empty, turn, zero_s, j,
-            offs_m, offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N, HEAD_DIM, NUM_STAGES,
-            CAUSAL, O_LAYOUT, P_LAYOUT, DTYPE, WG, PINGPONG, False,
+            ring + j, step + j, offs_m, offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N, HEAD_DIM,
+            NUM_STAGES, CAUSAL, O_LAYOUT, P_LAYOUT, DTYPE, WG, PINGPONG, False,
         )  # fmt: skip
     for j in range(n_plain, n_pipe):
         p, acc, m_i, l_i = _pipelined_step(
             p, acc, m_i, l_i, q, k_smem, v_smem, k_full, v_full, k_empty, v_empty, turn, zero_s, j,
-            offs_m, offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N, HEAD_DIM, NUM_STAGES,
-            CAUSAL, O_LAYOUT, P_LAYOUT, DTYPE, WG, PINGPONG, True,
+            ring + j, step + j, offs_m, offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N, HEAD_DIM,
+            NUM_STAGES, CAUSAL, O_LAYOUT, P_LAYOUT, DTYPE, WG, PINGPONG, True,
         )  # fmt: skip
-    last = n_blocks - 1
+    # every score of the tile is in: the query tile may take the next tile's rows
+    mbarrier.arrive(q_empty.index(WG))
+    last = ring + n_blocks - 1
     slot = last % NUM_STAGES
     mbarrier.wait(v_full.index(slot), (last // NUM_STAGES) & 1)
     acc = warpgroup_mma(p, _tile(v_smem, slot, BLOCK_N, HEAD_DIM), acc)
-    mbarrier.arrive(v_empty.index((last + NUM_STAGES - 1) % NUM_STAGES), pred=last > 0)
+    mbarrier.arrive(v_empty.index((last + NUM_STAGES - 1) % NUM_STAGES), pred=n_blocks > 1)
     mbarrier.arrive(v_empty.index(slot))
 
     # A row that saw no key: l = 0, output 0 and lse = +inf (so the backward's p is 0).
@@ -240,52 +318,78 @@ def _consumer(
     gl.store(lse_row + offs_m, lse, mask=offs_m < seqlen_q)
 
 
+@gluon.jit
+def _consumer(
+    q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, k_empty, v_empty, turn, out_ptr,
+    lse_ptr, seqlen_q, seqlen_k, heads, n_m, units_per_head, n_units, qk_scale2, stride_ob,
+    stride_os, stride_oh, stride_lb, stride_lh, WG: gl.constexpr, BLOCK_M: gl.constexpr,
+    BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
+    CAUSAL: gl.constexpr, PINGPONG: gl.constexpr, PAIR: gl.constexpr,
+):  # fmt: skip
+    """One consumer warpgroup (4 warps, 64 query rows of every tile): the program's tiles
+    in the producer's order. Each warpgroup is a partition of its own, so that waiting
+    for its matmuls never stalls the other one."""
+    diag = seqlen_k - seqlen_q
+    ring = 0
+    tile = 0
+    for unit in range(gl.program_id(0), n_units, gl.num_programs(0)):
+        for half in range(_tiles_in_unit(unit, n_m, units_per_head, PAIR)):
+            b, h, m = _tile_of(unit, half, heads, n_m, units_per_head, PAIR)
+            start_m = m * BLOCK_M
+            n_blocks = _key_blocks(start_m, seqlen_k, diag, BLOCK_M, BLOCK_N, CAUSAL)
+            _attend(
+                q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, k_empty, v_empty,
+                turn, out_ptr, lse_ptr, b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks,
+                ring, tile, qk_scale2, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
+                WG, BLOCK_M // 2, BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG,
+            )  # fmt: skip
+            ring += n_blocks
+            tile += 1
+
+
 # ---------------------------------------------------------------------------------------
 # kernel
 
 
 @gluon.jit
 def flash_fwd_hopper_kernel(
-    q_desc, k_desc, v_desc, out_ptr, lse_ptr, seqlen_q, seqlen_k, group, qk_scale2,
-    stride_ob, stride_os, stride_oh, stride_lb, stride_lh, HEAD_DIM: gl.constexpr,
+    q_desc, k_desc, v_desc, out_ptr, lse_ptr, seqlen_q, seqlen_k, heads, group, n_units,
+    qk_scale2, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, HEAD_DIM: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
-    CAUSAL: gl.constexpr, PINGPONG: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-    PRODUCER_REGS: gl.constexpr,
+    CAUSAL: gl.constexpr, PINGPONG: gl.constexpr, PAIR: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
 ):  # fmt: skip
-    """Output and log-sum-exp of BLOCK_M query rows of one head. ``q_desc``, ``k_desc``,
-    ``v_desc``: copy-engine descriptors over q ``[batch, seqlen_q, heads · D]`` and k, v
-    ``[batch, seqlen_k, heads_k · D]`` with boxes ``[1, BLOCK_M / 2 or BLOCK_N, D]`` (rows
-    past a sequence arrive as zeros); ``out_ptr`` ``[batch, seqlen_q, heads, D]`` (unit
-    stride along D), ``lse_ptr`` ``[batch, heads, seqlen_q]`` fp32 (unit stride along the
-    rows)."""
-    pid_m = gl.program_id(0)
-    if CAUSAL:
-        # the longest rows first: programs start in order of their index, and the last
-        # query blocks see the most keys
-        pid_m = gl.num_programs(0) - 1 - pid_m
-    h = gl.program_id(1)
-    b = gl.program_id(2)
-    start_m = pid_m * BLOCK_M
-    diag = seqlen_k - seqlen_q
-    n_blocks = gl.cdiv(seqlen_k, BLOCK_N)
-    if CAUSAL:
-        # keys up to the last row's diagonal
-        n_blocks = gl.minimum(n_blocks, gl.cdiv(gl.maximum(start_m + BLOCK_M + diag, 0), BLOCK_N))
-    # rows that see no key at all still take one (fully masked) block: output 0, lse +inf
-    n_blocks = gl.maximum(n_blocks, 1)
+    """Output and log-sum-exp of every (BLOCK_M query rows, head, batch) tile, ``n_units``
+    units of one tile (two query blocks when PAIR, see ``_tile_of``) shared out over the
+    programs: program p takes units p, p + programs, p + 2 · programs, ... (a grid of
+    ``n_units`` programs gives each one unit; fewer make the kernel persistent, each
+    program loading the next tile while it finishes the current one).
+    ``q_desc``, ``k_desc``, ``v_desc``: copy-engine descriptors over q ``[batch, seqlen_q,
+    heads · D]`` and k, v ``[batch, seqlen_k, heads_k · D]`` with boxes ``[1, BLOCK_M / 2
+    or BLOCK_N, D]`` (rows past a sequence arrive as zeros); ``out_ptr`` ``[batch,
+    seqlen_q, heads, D]`` (unit stride along D), ``lse_ptr`` ``[batch, heads, seqlen_q]``
+    fp32 (unit stride along the rows); ``group`` = heads / heads_k."""
+    n_m = gl.cdiv(seqlen_q, BLOCK_M)
+    if PAIR:
+        units_per_head = gl.cdiv(n_m, 2)
+    else:
+        units_per_head = n_m
 
     dtype: gl.constexpr = q_desc.dtype
     ROWS_WG: gl.constexpr = BLOCK_M // 2
     q_smem = gl.allocate_shared_memory(dtype, [2, 1, ROWS_WG, HEAD_DIM], q_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [NUM_STAGES, 1, BLOCK_N, HEAD_DIM], k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [NUM_STAGES, 1, BLOCK_N, HEAD_DIM], v_desc.layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     k_full = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     v_full = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(2):
+        mbarrier.init(q_full.index(i), count=1)
+        mbarrier.init(q_empty.index(i), count=1)  # released by its own warpgroup
     for i in gl.static_range(NUM_STAGES):
         mbarrier.init(k_full.index(i), count=1)
         mbarrier.init(v_full.index(i), count=1)
@@ -306,21 +410,21 @@ def flash_fwd_hopper_kernel(
     gl.warp_specialize(
         [
             (_consumer, (
-                q_smem, k_smem, v_smem, q_bar, k_full, v_full, k_empty, v_empty, turn,
-                out_ptr, lse_ptr, b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks, qk_scale2,
-                stride_ob, stride_os, stride_oh, stride_lb, stride_lh, 0, ROWS_WG, BLOCK_N,
-                HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG,
+                q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, k_empty, v_empty, turn,
+                out_ptr, lse_ptr, seqlen_q, seqlen_k, heads, n_m, units_per_head, n_units,
+                qk_scale2, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, 0, BLOCK_M,
+                BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG, PAIR,
             )),
             (_consumer, (
-                q_smem, k_smem, v_smem, q_bar, k_full, v_full, k_empty, v_empty, turn,
-                out_ptr, lse_ptr, b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks, qk_scale2,
-                stride_ob, stride_os, stride_oh, stride_lb, stride_lh, 1, ROWS_WG, BLOCK_N,
-                HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG,
+                q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, k_empty, v_empty, turn,
+                out_ptr, lse_ptr, seqlen_q, seqlen_k, heads, n_m, units_per_head, n_units,
+                qk_scale2, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, 1, BLOCK_M,
+                BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG, PAIR,
             )),
             (_producer, (
-                q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_full, v_full,
-                k_empty, v_empty, b, start_m, h * HEAD_DIM, (h // group) * HEAD_DIM, n_blocks,
-                BLOCK_M, BLOCK_N, NUM_STAGES,
+                q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full,
+                k_empty, v_empty, seqlen_q, seqlen_k, heads, group, n_m, units_per_head,
+                n_units, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PAIR,
             )),
         ],
         [4, 4],
