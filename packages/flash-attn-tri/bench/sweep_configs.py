@@ -28,7 +28,9 @@ HEAD_DIMS = (64, 128)
 KERNELS = ("fwd", "dkdv", "dq")
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) to try beyond the candidate lists, per kernel and
 # head-dim class
-EXTRA: dict[tuple[str, int], list[tuple[int, int, int, int]]] = {}
+EXTRA: dict[tuple[str, int], list[tuple[int, int, int, int]]] = {
+    ("fwd", 64): [(64, 128, 4, 3), (128, 128, 8, 4), (64, 64, 4, 4), (128, 64, 8, 3)],
+}
 
 Config = tuple[int, int, int, int]
 
@@ -40,12 +42,15 @@ def forced(kernel: str, cfg: Config) -> Iterator[None]:
 
     name = f"_{kernel}_candidates"
     saved = getattr(attention, name)
+    saved_pin = attention._pinned_fwd_config
     setattr(attention, name, lambda _block_d: [cfg])
+    attention._pinned_fwd_config = lambda *_args: None  # (the pins replace the candidates)
     attention._kernels.clear()
     try:
         yield
     finally:
         setattr(attention, name, saved)
+        attention._pinned_fwd_config = saved_pin
         attention._kernels.clear()
 
 

@@ -84,3 +84,51 @@ def test_gluon_forward_schedule_rejects_unknown_switch(monkeypatch):
     monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_SCHEDULE", "spread")
     with pytest.raises(ValueError, match=r"FLASH_ATTN_TRI_GLUON_SCHEDULE.*'spread'"):
         attention._gluon_forward_schedule(2048, True, 1024, sms=132)
+
+
+def _opts(window=(-1, -1), softcap=0.0, dropout_p=0.0):
+    return attention._Opts(64, 0.125, window[0], window[1], softcap, dropout_p)
+
+
+@pytest.mark.parametrize(
+    ("hopper", "d", "dv", "varlen", "opts", "has_alibi", "seqlen", "pinned"),
+    [
+        (True, 64, 64, False, _opts(), False, 4096, (128, 128, 4, 3)),
+        (True, 64, 64, False, _opts(), False, 3000, (128, 128, 4, 3)),  # length class 4096
+        (True, 64, 64, False, _opts(), False, 100, (64, 64, 4, 3)),  # below 1024: class 1024
+        (True, 64, 64, False, _opts(), False, 40000, (128, 64, 4, 4)),  # above: class 16384
+        (True, 64, 64, False, _opts((-1, 0)), False, 1024, (64, 64, 4, 3)),  # causal
+        (True, 64, 64, False, _opts((-1, 0)), False, 8192, (128, 64, 4, 4)),
+        (False, 64, 64, False, _opts(), False, 4096, None),  # not Hopper: autotuned
+        (True, 128, 128, False, _opts(), False, 4096, None),  # another head dim
+        (True, 64, 32, False, _opts(), False, 4096, None),
+        (True, 64, 64, True, _opts(), False, 4096, None),  # varlen
+        (True, 64, 64, False, _opts((-1, 5)), False, 4096, None),  # a window, not causal
+        (True, 64, 64, False, _opts((3, 0)), False, 4096, None),
+        (True, 64, 64, False, _opts(softcap=30.0), False, 4096, None),
+        (True, 64, 64, False, _opts(dropout_p=0.1), False, 4096, None),
+        (True, 64, 64, False, _opts(), True, 4096, None),  # ALiBi
+    ],
+)
+def test_pinned_forward_config(monkeypatch, hopper, d, dv, varlen, opts, has_alibi, seqlen, pinned):
+    import torch
+
+    monkeypatch.setattr(attention, "is_hopper", lambda _device: hopper)
+    q = torch.empty(0)
+    assert attention._pinned_fwd_config(q, d, dv, varlen, opts, has_alibi, seqlen) == pinned
+
+
+def test_pinned_forward_configs_are_candidates_or_swept():
+    """Every pinned config is one the sweep timed: a candidate or one of its extras."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "bench" / "sweep_configs.py"
+    spec = importlib.util.spec_from_file_location("sweep_configs", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    swept = set(attention._fwd_candidates(64)) | set(sweep.EXTRA[("fwd", 64)])
+    assert set(attention._HOPPER_FWD_D64.values()) <= swept
+    assert set(attention._HOPPER_FWD_D64) == {
+        (causal, s) for causal in (False, True) for s in (1024, 2048, 4096, 8192, 16384)
+    }

@@ -42,6 +42,38 @@ def test_large(check_grads, dtype, d, dv, causal, sq, sk, heads, heads_k):
     check_grads(out, ref64, reflow, (q, k, v), grad_out)
 
 
+@pytest.mark.parametrize(
+    ("causal", "seqlen", "config"),
+    [
+        (False, 1000, (64, 64, 4, 3)),
+        (False, 3000, (128, 128, 4, 3)),
+        (False, 9000, (128, 64, 4, 4)),
+        (True, 1500, (64, 64, 4, 3)),
+        (True, 5000, (128, 64, 4, 4)),
+    ],
+)
+def test_pinned_d64_forward_configs(check_grads, causal, seqlen, config):
+    """At D = 64 on Hopper the forward takes the config pinned for its length class; each
+    distinct one, on lengths that end in a partial block, against the reference."""
+    from flash_attn_tri import attention
+    from tri_shared.launch import is_hopper
+
+    if not is_hopper():
+        pytest.skip("the D = 64 forward configs are pinned on Hopper only")
+    q, k, v = _qkv((1, seqlen, 2, 64), (1, seqlen, 2, 64), 64, torch.bfloat16, seed=seqlen)
+    out = flash_attn_func(q, k, v, causal=causal)
+    kern = attention._kernels[("fwd", 64, attention._length_class(seqlen), config)]
+    picked = kern.best_config
+    assert (picked.kwargs["BLOCK_M"], picked.kwargs["BLOCK_N"]) == config[:2]
+    assert (picked.num_warps, picked.num_stages) == config[2:]
+    ref64, _ = attention_ref(
+        q.double(), k.double(), v.double(), causal=causal, compute_dtype=torch.float64
+    )
+    reflow, _ = attention_ref(q, k, v, causal=causal, compute_dtype=torch.bfloat16)
+    grad_out = randn(out.shape, seed=7, dtype=torch.bfloat16, device="cuda")
+    check_grads(out, ref64, reflow, (q, k, v), grad_out)
+
+
 def test_options_bf16(check_grads):
     q, k, v = _qkv((2, 700, 8, 64), (2, 900, 2, 64), 64, torch.bfloat16, seed=3)
     slopes = torch.rand(2, 8, device="cuda") * 0.1

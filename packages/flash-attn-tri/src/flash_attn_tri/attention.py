@@ -113,8 +113,39 @@ def _dq_candidates(block_d: int) -> list[tuple[int, int, int, int]]:
     return [(64, 32, 4, 2), (64, 16, 4, 2), (32, 32, 4, 2)]
 
 
+# Hopper, D = 64 forward without extras: the config per (causal, length class), each the
+# fastest of the candidates and EXTRA (sweep_configs.py --extra) forced one at a time, twice,
+# on an H100 (BENCHMARKS.md, session 19). The autotuner's own timing there is as noisy as the
+# gaps between the leaders: it took 64 x 64 tiles at 4096-8192 keys without a mask, 7-9%
+# slower than 128 x 128 (365 against 428 TFLOP/s in one whole-suite run).
+_HOPPER_FWD_D64: dict[tuple[bool, int], tuple[int, int, int, int]] = {
+    (False, 1024): (64, 64, 4, 3),
+    (False, 2048): (64, 64, 4, 3),
+    (False, 4096): (128, 128, 4, 3),
+    (False, 8192): (128, 128, 4, 3),
+    (False, 16384): (128, 64, 4, 4),
+    (True, 1024): (64, 64, 4, 3),
+    (True, 2048): (64, 64, 4, 3),
+    (True, 4096): (128, 64, 4, 4),
+    (True, 8192): (128, 64, 4, 4),
+    (True, 16384): (128, 64, 4, 4),
+}
+
+
+def _pinned_fwd_config(
+    q: torch.Tensor, d: int, dv: int, varlen: bool, o: "_Opts", has_alibi: bool, seqlen: int
+) -> tuple[int, int, int, int] | None:
+    """The forward config pinned for this call (:data:`_HOPPER_FWD_D64`: Hopper, D = 64,
+    fixed length, no mask or causal, no softcap, ALiBi or dropout), or None to autotune."""
+    if d != 64 or dv != 64 or varlen or o.has_left or o.is_softcap or has_alibi:
+        return None
+    if o.dropout_p > 0 or (o.has_right and o.win_right != 0) or not is_hopper(q.device):
+        return None
+    return _HOPPER_FWD_D64[(o.has_right, _length_class(seqlen))]
+
+
 _KEY = ["HEAD_DIM", "HEAD_DIM_V", "IS_VARLEN", "HAS_LEFT", "HAS_RIGHT", "HAS_DROPOUT"]
-_kernels: dict[tuple[str, int, int], object] = {}
+_kernels: dict[tuple, object] = {}
 
 
 def _length_class(seqlen: int) -> int:
@@ -123,17 +154,20 @@ def _length_class(seqlen: int) -> int:
     return min(max(next_power_of_2(max(seqlen, 1)), 1024), 16384)
 
 
-def _kernel(name: str, block_d: int, seqlen: int):
+def _kernel(name: str, block_d: int, seqlen: int, pinned: tuple[int, int, int, int] | None = None):
     """The autotuned wrapper of kernel ``name`` for one head-dim class and one length class
-    (built once; the compiled kernels are shared, each wrapper keeps its own choice)."""
-    key = (name, 64 if block_d <= 64 else 128 if block_d <= 128 else 256, _length_class(seqlen))
+    (built once; the compiled kernels are shared, each wrapper keeps its own choice);
+    ``pinned``: that config only, instead of the candidates."""
+    dclass = 64 if block_d <= 64 else 128 if block_d <= 128 else 256
+    key = (name, dclass, _length_class(seqlen), pinned)
     if key not in _kernels:
         fn, cands, hook = {
             "fwd": (_k._fwd_kernel, _fwd_candidates, _FWD_BOXES),
             "dkdv": (_k._bwd_dkdv_kernel, _dkdv_candidates, _DKDV_BOXES),
             "dq": (_k._bwd_dq_kernel, _dq_candidates, _DQ_BOXES),
         }[name]
-        _kernels[key] = triton.autotune(configs=_configs(cands(key[1]), hook), key=_KEY)(fn)
+        configs = _configs([pinned] if pinned is not None else cands(dclass), hook)
+        _kernels[key] = triton.autotune(configs=configs, key=_KEY)(fn)
     return _kernels[key]
 
 
@@ -556,7 +590,9 @@ def _forward_impl(
     if _gluon_forward_eligible(q, k, v, varlen, o, has_alibi):
         _gluon_forward(q, k, v, out, lse, o.qk_scale2, causal=o.has_right)
         return out, lse
-    kern = _kernel("fwd", max(block_d, block_dv), max(seqlen_q, seqlen_k))
+    seqlen = max(seqlen_q, seqlen_k)
+    pinned = _pinned_fwd_config(q, d, dv, varlen, o, has_alibi, seqlen)
+    kern = _kernel("fwd", max(block_d, block_dv), seqlen, pinned)
     grid = lambda meta: make_grid(cdiv(seqlen_q, meta["BLOCK_M"]), heads, batch)
     # fixed-length inputs go through tensor descriptors (copy-engine loads, zero fill past the
     # ends); varlen sequences would read across their neighbours' rows, so they use pointers
