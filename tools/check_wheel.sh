@@ -23,6 +23,8 @@ uv pip install --quiet --python "$tmp/venv/bin/python" $wheels pytest numpy matp
 # The tests run from a copy outside the workspace, so only the installed package can be imported.
 mkdir -p "$tmp/run"
 cp -r "$dir/tests" "$tmp/run/tests"
+# Some tests read the package's bench scripts (e.g. which configs a sweep timed).
+if [ -d "$dir/bench" ]; then cp -r "$dir/bench" "$tmp/run/bench"; fi
 cp conftest.py "$tmp/run/"
 cd "$tmp/run"
 location=$("$tmp/venv/bin/python" -c "import $module; print($module.__file__)")
