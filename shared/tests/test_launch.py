@@ -13,6 +13,7 @@ from tri_shared.launch import (
     fast_launcher,
     is_hopper,
     is_interpreter,
+    make_descriptor,
     make_grid,
     next_power_of_2,
 )
@@ -164,6 +165,52 @@ def test_fast_launcher_keys_triton_descriptors_by_box_and_element_type():
     assert _arg_key(desc(1000, 32)) == key
     assert _arg_key(desc(128, 16)) != key
     assert _arg_key(desc(128, 32, torch.bfloat16)) != key
+
+
+def _fields(desc) -> dict:
+    return {k: (id(v) if isinstance(v, torch.Tensor) else v) for k, v in vars(desc).items()}
+
+
+def test_make_descriptor_equals_the_class_constructor():
+    """Triton's and Gluon's descriptors made by ``make_descriptor`` hold what their
+    constructors make of the same arguments, the first through the constructor (which checks
+    it), later ones without, and each with its own lists."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    cases = [(TensorDescriptor, {})]
+    try:
+        from triton.experimental.gluon import language as gl
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as BoxDescriptor
+    except ImportError:  # a Triton without Gluon: Triton's descriptor only
+        pass
+    else:
+        layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        cases.append((BoxDescriptor, {"layout": layout}))
+    for cls, fields in cases:
+        for rows, box in ((64, 32), (1000, 16), (48, 64)):
+            t = torch.empty(rows, 64, dtype=torch.float16)
+            shape, strides, block = [rows, 64], [64, 1], [box, 64]
+            made = make_descriptor(cls, t, shape, strides, block, **fields)
+            assert type(made) is cls
+            assert made.base is t
+            assert _fields(made) == _fields(cls(t, shape, strides, block, **fields))
+        # a later descriptor's lists are its own: a pre-hook that sets one box sets no other
+        a = make_descriptor(cls, t, [48, 64], [64, 1], [16, 64], **fields)
+        b = make_descriptor(cls, t, [48, 64], [64, 1], [16, 64], **fields)
+        a.block_shape = [32, 64]
+        assert b.block_shape == [16, 64]
+
+
+def test_make_descriptor_checks_the_first_of_each_kind():
+    """The first descriptor of a (class, fields) is the class's own, with its checks."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    class Checked(TensorDescriptor):  # a class of its own: no descriptor of it made before
+        pass
+
+    t = torch.empty(64, 64, dtype=torch.float16)
+    with pytest.raises(AssertionError, match="16-byte aligned"):
+        make_descriptor(Checked, t[:, 1:], [64, 63], [64, 1], [16, 64])
 
 
 _hook_blocks: list[int] = []

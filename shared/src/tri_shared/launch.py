@@ -121,6 +121,44 @@ def _descriptor_types() -> tuple[type, ...]:
     return tuple(dict.fromkeys(types))
 
 
+# Per (descriptor class, extra fields): the fields a descriptor made by the class itself
+# holds besides its tensor, shape, strides and box (what :func:`make_descriptor` copies).
+_DESCRIPTOR_FIELDS: dict[tuple, dict[str, object] | None] = {}
+_OWN_FIELDS = ("base", "shape", "strides", "block_shape")
+
+
+def make_descriptor(
+    cls: type, base: torch.Tensor, shape: list[int], strides: list[int],
+    block_shape: list[int], **fields: object,
+) -> Any:  # fmt: skip
+    """``cls(base, shape, strides, block_shape, **fields)`` for a host copy-engine
+    descriptor class (Triton's or Gluon's ``TensorDescriptor``), without its checks after
+    the first of each ``(cls, fields)``: the caller has checked what they check (a 16-byte
+    aligned base and strides, a unit last stride, no empty dimension, a box of powers of two).
+    The class's own constructor validates in Python on every call, several µs of host time
+    a descriptor, and attention launches build up to a dozen of them. Later descriptors copy
+    the first one's other fields (its defaults, the layout) and set their own four; a class
+    whose instances have no ``__dict__`` is always built by its constructor."""
+    key = (cls, tuple(fields.items()))
+    rest = _DESCRIPTOR_FIELDS.get(key, False)
+    if rest is False:
+        desc = cls(base, shape, strides, block_shape, **fields)
+        own = getattr(desc, "__dict__", None)
+        _DESCRIPTOR_FIELDS[key] = (
+            None if own is None else {k: v for k, v in own.items() if k not in _OWN_FIELDS}
+        )
+        return desc
+    if rest is None:
+        return cls(base, shape, strides, block_shape, **fields)
+    desc = object.__new__(cls)
+    own = desc.__dict__
+    own.update(rest)
+    own["base"], own["shape"], own["strides"], own["block_shape"] = (
+        base, shape, strides, block_shape,
+    )  # fmt: skip
+    return desc
+
+
 def _arg_key(arg: object) -> object:
     """What the compiled kernel may depend on in a runtime argument: a tensor's dtype and
     16-byte alignment; an int's value class (1, a multiple of 16, 32- or 64-bit); the type of a
@@ -188,7 +226,8 @@ class FastLauncher:
         tuned = isinstance(fn, triton.runtime.Autotuner)
         self._jit = fn.fn if tuned else fn
         self._tuned = tuned
-        self._kernels: dict[tuple, tuple[Any, tuple, Any]] = {}
+        # key -> (compiled kernel, constexpr tail, autotuner config or None, its values)
+        self._kernels: dict[tuple, tuple[Any, tuple, Any, dict | None]] = {}
         self._driver: Any = None
 
     def __getitem__(self, grid: Any) -> Callable[..., Any]:
@@ -215,9 +254,9 @@ class FastLauncher:
         hit = self._kernels.get(key)
         if hit is None:
             return self._first_launch(key, grid, args, kwargs)
-        kernel, tail, config = hit
+        kernel, tail, config, config_kwargs = hit
         if config is not None and (config.pre_hook is not None or callable(grid)):
-            meta = {**self._named(args), **kwargs, **config.all_kwargs()}
+            meta = {**self._named(args), **kwargs, **config_kwargs}
             if config.pre_hook is not None:
                 config.pre_hook(meta)
             if callable(grid):
@@ -251,7 +290,8 @@ class FastLauncher:
         if tail is not None and all(
             hasattr(kernel, a) for a in ("run", "function", "packed_metadata")
         ):
-            self._kernels[key] = (kernel, tail, config)
+            config_kwargs = None if config is None else config.all_kwargs()
+            self._kernels[key] = (kernel, tail, config, config_kwargs)
         return kernel
 
     def _constexpr_tail(self, n_args: int, kwargs: dict[str, object]) -> tuple | None:

@@ -30,6 +30,7 @@ from tri_shared.launch import (
     fast_launcher,
     is_hopper,
     is_interpreter,
+    make_descriptor,
     make_grid,
     next_power_of_2,
     num_sms,
@@ -185,7 +186,7 @@ def _descriptor(t: torch.Tensor) -> TensorDescriptor | None:
         return None
     if any(st * size % 16 for st in t.stride()[:-1]):
         return None
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 16, 1, 16])
+    return make_descriptor(TensorDescriptor, t, list(t.shape), list(t.stride()), [1, 16, 1, 16])
 
 
 def _descriptors(*tensors: torch.Tensor) -> list[TensorDescriptor] | None:
@@ -306,8 +307,14 @@ def _gluon_eligible(tensors, varlen: bool, o: _Opts, has_alibi: bool, seqlen_k: 
             return False
         if t.stride(0) % 8 or t.stride(1) % 8:
             return False
+    return _gluon_available()
+
+
+@functools.cache
+def _gluon_available() -> bool:
+    """Whether the installed Triton has Gluon (3.5 and later) for the Hopper kernels."""
     try:
-        from .kernels import attention_hopper  # noqa: F401  (Gluon: triton >= 3.5)
+        from .kernels import attention_hopper  # noqa: F401
     except ImportError:
         return False
     return True
@@ -371,16 +378,29 @@ def _swizzled_layout(element_bits: int, rank: int):
     return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=element_bits, rank=rank)
 
 
-def _box_descriptor(t: torch.Tensor, rows: int):
-    """A copy-engine descriptor over ``t`` ``[batch, seqlen, heads, D]`` seen as
-    ``[batch, seqlen, heads · D]``, with boxes of ``rows`` rows of one head (128-byte
-    swizzled; rows past the sequence arrive as zeros)."""
+@functools.cache
+def _box_descriptor_class() -> type:
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as BoxDescriptor
 
-    d = t.shape[-1]
-    shape = [t.shape[0], t.shape[1], t.shape[2] * d]
-    layout = _swizzled_layout(16, 3)
-    return BoxDescriptor(t, shape, [t.stride(0), t.stride(1), 1], [1, rows, d], layout)
+    return BoxDescriptor
+
+
+def _box_descriptor(t: torch.Tensor, rows: int, made: dict | None = None):
+    """A copy-engine descriptor over ``t`` ``[batch, seqlen, heads, D]`` seen as
+    ``[batch, seqlen, heads · D]``, with boxes of ``rows`` rows of one head (128-byte
+    swizzled; rows past the sequence arrive as zeros). ``t`` is one :func:`_gluon_eligible`
+    checked. ``made``: descriptors already made for this call, by ``(id(t), rows)`` (the two
+    kernels of a backward read the same boxes), taken from and added to."""
+    if made is not None:
+        desc = made.get((id(t), rows))
+        if desc is None:
+            desc = made[id(t), rows] = _box_descriptor(t, rows)
+        return desc
+    batch, seqlen, heads, d = t.shape
+    return make_descriptor(
+        _box_descriptor_class(), t, [batch, seqlen, heads * d], [t.stride(0), t.stride(1), 1],
+        [1, rows, d], layout=_swizzled_layout(16, 3),
+    )  # fmt: skip
 
 
 def _accumulator_descriptor(dq_accum: torch.Tensor, rows: int):
@@ -388,11 +408,11 @@ def _accumulator_descriptor(dq_accum: torch.Tensor, rows: int):
     ``[batch, rows_padded, heads, D]`` seen as ``[batch · rows_padded, heads · D]``, with
     boxes of ``rows`` rows and half of D (each consumer warpgroup's dQ tile; 128-byte
     swizzled)."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as BoxDescriptor
-
     batch, padded, heads, d = dq_accum.shape
-    shape = [batch * padded, heads * d]
-    return BoxDescriptor(dq_accum, shape, [heads * d, 1], [rows, d // 2], _swizzled_layout(32, 2))
+    return make_descriptor(
+        _box_descriptor_class(), dq_accum, [batch * padded, heads * d], [heads * d, 1],
+        [rows, d // 2], layout=_swizzled_layout(32, 2),
+    )  # fmt: skip
 
 
 def _gluon_forward_schedule(tiles: int, causal: bool, seqlen_k: int, sms: int) -> tuple[bool, bool]:
@@ -435,27 +455,34 @@ def _gluon_forward(q, k, v, out, lse, qk_scale2: float, causal: bool) -> None:
     )  # fmt: skip
 
 
-def _gluon_dq(q, k, v, dout, out, lse, delta, dq, o: _Opts, causal: bool) -> None:
-    """Launch the experimental Gluon dQ kernel for Hopper into ``dq`` (laid out like ``q``)
-    and ``delta`` = rowsum(O · dO) (shaped like ``lse``)."""
+def _gluon_dq(
+    q, k, v, dout, out, lse, delta, dq, o: _Opts, causal: bool, made: dict | None = None
+) -> None:
+    """Launch the Gluon dQ kernel for Hopper into ``dq`` (laid out like ``q``) and ``delta``
+    = rowsum(O · dO) (shaped like ``lse``); ``made`` as for :func:`_box_descriptor`."""
     batch, seqlen_q, heads, d = q.shape
     seqlen_k, heads_k = k.shape[1], k.shape[2]
     fn, constexprs, options = _hopper_bwd_launch("dq", d, causal)
     rows_q, rows_k = constexprs["BLOCK_M"] // 2, constexprs["BLOCK_N"]
     grid = make_grid(cdiv(seqlen_q, constexprs["BLOCK_M"]), heads, batch)
     fast_launcher(fn)[grid](
-        _box_descriptor(q, rows_q), _box_descriptor(k, rows_k), _box_descriptor(v, rows_k),
-        _box_descriptor(dout, rows_q), _box_descriptor(out, rows_q), dq, lse, delta,
+        _box_descriptor(q, rows_q, made), _box_descriptor(k, rows_k, made),
+        _box_descriptor(v, rows_k, made), _box_descriptor(dout, rows_q, made),
+        _box_descriptor(out, rows_q, made), dq, lse, delta,
         seqlen_q, seqlen_k, heads // heads_k, o.qk_scale2, o.sm_scale, dq.stride(0),
         dq.stride(1), dq.stride(2), lse.stride(0), lse.stride(1), **constexprs, **options,
     )  # fmt: skip
 
 
-def _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o: _Opts, causal: bool, dq_accum=None) -> None:
+def _gluon_dkdv(
+    q, k, v, dout, lse, delta, dk, dv, o: _Opts, causal: bool, dq_accum=None,
+    made: dict | None = None,
+) -> None:  # fmt: skip
     """Launch the Gluon dK/dV kernel for Hopper into ``dk`` and ``dv`` (laid out like
     ``k``); ``delta`` = rowsum(O · dO), shaped like ``lse``. With ``dq_accum`` (fp32, laid
     out like ``q`` with rows padded to whole query blocks, zeroed) the kernel also adds
-    dQ·scale into it, as bulk reductions of the copy engine."""
+    dQ·scale into it, as bulk reductions of the copy engine. ``made`` as for
+    :func:`_box_descriptor`."""
     batch, seqlen_q, heads, d = q.shape
     seqlen_k, heads_k = k.shape[1], k.shape[2]
     fused = dq_accum is not None
@@ -467,9 +494,10 @@ def _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o: _Opts, causal: bool, dq_ac
         acc_desc = _accumulator_descriptor(dq_accum, rows_q)
     grid = make_grid(cdiv(seqlen_k, constexprs["BLOCK_N"]), heads_k, batch)
     fast_launcher(fn)[grid](
-        _box_descriptor(q, rows_q), _box_descriptor(k, rows_k), _box_descriptor(v, rows_k),
-        _box_descriptor(dout, rows_q), dk, dv, acc, acc_desc, lse, delta, seqlen_q, seqlen_k,
-        heads // heads_k, o.qk_scale2, o.sm_scale, dk.stride(0), dk.stride(1), dk.stride(2),
+        _box_descriptor(q, rows_q, made), _box_descriptor(k, rows_k, made),
+        _box_descriptor(v, rows_k, made), _box_descriptor(dout, rows_q, made), dk, dv, acc,
+        acc_desc, lse, delta, seqlen_q, seqlen_k, heads // heads_k, o.qk_scale2, o.sm_scale,
+        dk.stride(0), dk.stride(1), dk.stride(2),
         acc.stride(0), acc.stride(1), acc.stride(2), lse.stride(0), lse.stride(1),
         **constexprs, **options,
     )  # fmt: skip
@@ -650,8 +678,9 @@ def _backward_impl(
         _gluon_fused_backward(q, k, v, dout, out, lse, delta, dq, dk, dv, o, o.has_right)
         return dq, dk, dv
     if gluon == "split":
-        _gluon_dq(q, k, v, dout, out, lse, delta, dq, o, causal=o.has_right)
-        _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o, causal=o.has_right)
+        made = {}  # both kernels take q, k, v and dO in boxes of 64 rows
+        _gluon_dq(q, k, v, dout, out, lse, delta, dq, o, o.has_right, made)
+        _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o, o.has_right, made=made)
         return dq, dk, dv
     common = (
         *_lse_strides(lse, varlen), s_ab, s_ah, seqlen_q, seqlen_k, heads, heads // heads_k,
