@@ -177,6 +177,8 @@ def test_make_descriptor_equals_the_class_constructor():
     it), later ones without, and each with its own lists."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
+    from tri_shared import launch
+
     cases = [(TensorDescriptor, {})]
     try:
         from triton.experimental.gluon import language as gl
@@ -194,6 +196,8 @@ def test_make_descriptor_equals_the_class_constructor():
             assert type(made) is cls
             assert made.base is t
             assert _fields(made) == _fields(cls(t, shape, strides, block, **fields))
+        # the installed Triton's descriptors are plain dataclasses: later ones are copies
+        assert launch._DESCRIPTOR_FIELDS[cls, torch.float16, 2, tuple(fields.items())] is not None
         # a later descriptor's lists are its own: a pre-hook that sets one box sets no other
         a = make_descriptor(cls, t, [48, 64], [64, 1], [16, 64], **fields)
         b = make_descriptor(cls, t, [48, 64], [64, 1], [16, 64], **fields)
@@ -211,6 +215,21 @@ def test_make_descriptor_checks_the_first_of_each_kind():
     t = torch.empty(64, 64, dtype=torch.float16)
     with pytest.raises(AssertionError, match="16-byte aligned"):
         make_descriptor(Checked, t[:, 1:], [64, 63], [64, 1], [16, 64])
+
+
+def test_make_descriptor_builds_classes_with_derived_state_each_time():
+    """A descriptor class that keeps state derived at construction is never copied: every
+    descriptor of it comes from its constructor."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    class Derived(TensorDescriptor):
+        def __post_init__(self):
+            super().__post_init__()
+            self.rows = self.shape[0]  # not a declared field
+
+    for rows in (64, 48, 1000):
+        t = torch.empty(rows, 64, dtype=torch.float16)
+        assert make_descriptor(Derived, t, [rows, 64], [64, 1], [16, 64]).rows == rows
 
 
 _hook_blocks: list[int] = []

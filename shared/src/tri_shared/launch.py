@@ -3,6 +3,7 @@ device capability queries, and a launcher with less host work per call."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Sequence
@@ -121,10 +122,11 @@ def _descriptor_types() -> tuple[type, ...]:
     return tuple(dict.fromkeys(types))
 
 
-# Per (descriptor class, extra fields): the fields a descriptor made by the class itself
-# holds besides its tensor, shape, strides and box (what :func:`make_descriptor` copies).
+# Per (descriptor class, element type, rank, extra fields): the declared fields a descriptor
+# made by the class itself holds besides its tensor, shape, strides and box (what
+# :func:`make_descriptor` copies), or None where it must always be built by the class.
 _DESCRIPTOR_FIELDS: dict[tuple, dict[str, object] | None] = {}
-_OWN_FIELDS = ("base", "shape", "strides", "block_shape")
+_OWN_FIELDS = frozenset(("base", "shape", "strides", "block_shape"))
 
 
 def make_descriptor(
@@ -133,19 +135,24 @@ def make_descriptor(
 ) -> Any:  # fmt: skip
     """``cls(base, shape, strides, block_shape, **fields)`` for a host copy-engine
     descriptor class (Triton's or Gluon's ``TensorDescriptor``), without its checks after
-    the first of each ``(cls, fields)``: the caller has checked what they check (a 16-byte
-    aligned base and strides, a unit last stride, no empty dimension, a box of powers of two).
-    The class's own constructor validates in Python on every call, several µs of host time
-    a descriptor, and attention launches build up to a dozen of them. Later descriptors copy
-    the first one's other fields (its defaults, the layout) and set their own four; a class
-    whose instances have no ``__dict__`` is always built by its constructor."""
-    key = (cls, tuple(fields.items()))
+    the first of each ``(cls, element type, rank, fields)``: the caller has checked what they
+    check (a 16-byte aligned base and strides, a unit last stride, no empty dimension, a box
+    of powers of two). The class's own constructor validates in Python on every call,
+    several µs of host time a descriptor, and an attention forward+backward builds up to a
+    dozen. Later descriptors copy the first one's other declared fields (defaults, the
+    layout) and set their own four. A class that is not a dataclass, or whose instances hold
+    anything but their declared fields (state derived at construction), is always built by
+    its constructor."""
+    key = (cls, base.dtype, len(shape), tuple(fields.items()))
     rest = _DESCRIPTOR_FIELDS.get(key, False)
     if rest is False:
         desc = cls(base, shape, strides, block_shape, **fields)
         own = getattr(desc, "__dict__", None)
+        dataclass = dataclasses.is_dataclass(cls)
+        declared = {f.name for f in dataclasses.fields(cls)} if dataclass else set()
+        plain = own is not None and set(own) == declared and declared >= _OWN_FIELDS
         _DESCRIPTOR_FIELDS[key] = (
-            None if own is None else {k: v for k, v in own.items() if k not in _OWN_FIELDS}
+            {k: v for k, v in own.items() if k not in _OWN_FIELDS} if plain else None
         )
         return desc
     if rest is None:
