@@ -5,7 +5,8 @@ implementation, three numbers per call, forward and forward+backward:
 
 - ``host``: the CPU time to enqueue one call, measured over ``--calls`` calls issued behind a
   long sleep kernel (``torch.cuda._sleep``), so the GPU never waits on the CPU and nothing
-  blocks;
+  blocks; the least of ``--repeats`` such measurements (what the CPU needs; anything else
+  running on the machine only adds to it), their median beside it;
 - ``graph``: the GPU time of the same call replayed from a CUDA graph (no host work);
 - ``eager``: ``do_bench``'s median of the call as users make it.
 
@@ -15,9 +16,10 @@ A call whose ``host`` exceeds its ``graph`` time is host-bound: eager runs at th
 with a clock around each: cProfile's own overhead is larger than most of what it times): the
 way to find what the host spends its time on.
 
-Run on a GPU: ``python3 bench_host.py [--profile] [--breakdown] [--calls N] [--seqlen S
-...] [--head-dim D ...] [--causal | --full] [impl ...]`` (impls: flash_attn_tri, sdpa_flash,
-sdpa_cudnn). Prints a table and writes ``bench_host.csv`` to ``results_dir("flash-attn-tri")``.
+Run on a GPU: ``python3 bench_host.py [--profile] [--breakdown] [--calls N] [--repeats R]
+[--seqlen S ...] [--head-dim D ...] [--causal | --full] [impl ...]`` (impls:
+flash_attn_tri, sdpa_flash, sdpa_cudnn). Prints a table and writes ``bench_host.csv`` to
+``results_dir("flash-attn-tri")``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import contextlib
 import cProfile
 import io
 import pstats
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -114,8 +117,9 @@ def profile(fn: Callable[[], object], calls: int, top: int = 25) -> str:
 
 
 def measure(
-    name: str, d: int, causal: bool, seqlen: int, calls: int, show_profile: bool, split: bool
-) -> list[dict]:
+    name: str, d: int, causal: bool, seqlen: int, calls: int, repeats: int, show_profile: bool,
+    split: bool,
+) -> list[dict]:  # fmt: skip
     """The rows of one implementation at one shape: forward, then forward+backward."""
     shape = (TOKENS // seqlen, seqlen, HIDDEN // d, d)
     g = torch.Generator(device="cuda").manual_seed(seqlen + d)
@@ -136,15 +140,18 @@ def measure(
     rows = []
     with ctx:
         for part, fn in (("fwd", fwd), ("fwd+bwd", step)):
-            host, graph, eager = host_us(fn, calls), graph_us(fn), time_fn(fn) * 1e3
+            hosts = [host_us(fn, calls) for _ in range(repeats)]
+            host, host_median = min(hosts), statistics.median(hosts)
+            graph, eager = graph_us(fn), time_fn(fn) * 1e3
             rows.append(
                 {"impl": name, "D": d, "causal": causal, "seqlen": seqlen, "part": part,
-                 "host_us": host, "graph_us": graph, "eager_us": eager,
-                 "host_bound": host > graph}
+                 "host_us": host, "host_median_us": host_median, "graph_us": graph,
+                 "eager_us": eager, "host_bound": host > graph}
             )  # fmt: skip
             print(
                 f"{name:15s} D={d:3d} causal={causal!s:5s} S={seqlen:5d} {part:7s}: host "
-                f"{host:7.1f} µs, graph {graph:7.1f} µs, eager {eager:7.1f} µs",
+                f"{host:7.1f} µs (median {host_median:7.1f}), graph {graph:7.1f} µs, "
+                f"eager {eager:7.1f} µs",
                 flush=True,
             )
             if split and name == "flash_attn_tri":
@@ -233,6 +240,7 @@ def main() -> int:
     mask.add_argument("--causal", action="store_true", help="causal rows only")
     mask.add_argument("--full", action="store_true", help="rows without a mask only")
     parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=5, help="host measurements per call")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--breakdown", action="store_true")
     args = parser.parse_args()
@@ -250,9 +258,11 @@ def main() -> int:
             for seqlen in args.seqlen:
                 for name in args.impls:
                     rows += measure(
-                        name, d, causal, seqlen, args.calls, args.profile, args.breakdown
-                    )
-    cols = ["impl", "D", "causal", "seqlen", "part", "host_us", "graph_us", "eager_us"]
+                        name, d, causal, seqlen, args.calls, args.repeats, args.profile,
+                        args.breakdown,
+                    )  # fmt: skip
+    cols = ["impl", "D", "causal", "seqlen", "part", "host_us", "host_median_us", "graph_us",
+            "eager_us"]  # fmt: skip
     print_table(rows, [*cols, "host_bound"])
     path = write_csv(rows, results_dir("flash-attn-tri") / "bench_host.csv")
     print(f"wrote {path}")
