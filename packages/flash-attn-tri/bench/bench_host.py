@@ -66,9 +66,11 @@ def _impl(name: str) -> tuple[Callable, contextlib.AbstractContextManager]:
     return run, sdpa_kernel(backend[name])
 
 
-def host_us(fn: Callable[[], object], calls: int) -> float:
-    """CPU µs to enqueue one call of ``fn``, the GPU kept busy by a sleep kernel meanwhile."""
-    fn()
+def host_us(fn: Callable[[], object], calls: int, warm: bool = True) -> float:
+    """CPU µs to enqueue one call of ``fn``, the GPU kept busy by a sleep kernel meanwhile
+    (after one call to warm up, unless ``warm`` is false)."""
+    if warm:
+        fn()
     torch.cuda.synchronize()
     torch.cuda._sleep(SLEEP_CYCLES)
     start = time.perf_counter()
@@ -218,13 +220,8 @@ def host_breakdown(fn: Callable[[], object], calls: int) -> str:
         torch.cuda.synchronize()
         for slot in totals.values():
             slot[:] = [0, 0]
-        torch.cuda._sleep(SLEEP_CYCLES)
-        start = time.perf_counter_ns()
-        for _ in range(calls):
-            fn()
-        total = time.perf_counter_ns() - start
-        torch.cuda.synchronize()
-    lines = [f"  {'the whole call':48s} {total / calls / 1e3:8.1f} µs"]
+        per_call = host_us(fn, calls, warm=False)
+    lines = [f"  {'the whole call':48s} {per_call:8.1f} µs"]
     for name, (ns, count) in sorted(totals.items(), key=lambda kv: -kv[1][0]):
         if count:
             lines.append(f"  {name:48s} {ns / calls / 1e3:8.1f} µs  {count / calls:4.1f} calls")
