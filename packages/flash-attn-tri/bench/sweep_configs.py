@@ -115,6 +115,31 @@ def best_by_median(rows: list[dict]) -> list[dict]:
     return out
 
 
+def sweep_one(
+    kernel: str, d: int, causal: bool, cfg: Config, seqlens: list[int], round_: int
+) -> list[dict]:
+    """Rows of one config forced, at each sequence length."""
+    rows = []
+    with forced(kernel, cfg):
+        for s in seqlens:
+            try:
+                what, ms, rate = time_once(kernel, d, causal, s)
+            except Exception as exc:  # a config that fails to build
+                print(f"{kernel} D={d} causal={causal} {cfg} S={s}: {exc!s:.120}")
+                continue
+            config = "x".join(str(c) for c in cfg)
+            rows.append(
+                {"round": round_, "kernel": kernel, "D": d, "causal": causal, "seqlen": s,
+                 "config": config, "what": what, "ms": ms, "tflops": rate}
+            )  # fmt: skip
+            print(
+                f"[{round_}] {kernel:4s} D={d:3d} causal={causal!s:5s} {cfg} S={s:5d}: "
+                f"{what} {ms:.3f} ms {rate:.0f} TFLOP/s",
+                flush=True,
+            )
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--extra", action="store_true")
@@ -150,31 +175,6 @@ def main() -> int:
     print_table(best_by_median(rows), best_cols, title="best config by median over the rounds")
     write_csv(rows, results_dir("flash-attn-tri") / "sweep_configs.csv")
     return 0
-
-
-def sweep_one(
-    kernel: str, d: int, causal: bool, cfg: Config, seqlens: list[int], round_: int
-) -> list[dict]:
-    """Rows of one config forced, at each sequence length."""
-    rows = []
-    with forced(kernel, cfg):
-        for s in seqlens:
-            try:
-                what, ms, rate = time_once(kernel, d, causal, s)
-            except Exception as exc:  # a config that fails to build
-                print(f"{kernel} D={d} causal={causal} {cfg} S={s}: {exc!s:.120}")
-                continue
-            config = "x".join(str(c) for c in cfg)
-            rows.append(
-                {"round": round_, "kernel": kernel, "D": d, "causal": causal, "seqlen": s,
-                 "config": config, "what": what, "ms": ms, "tflops": rate}
-            )  # fmt: skip
-            print(
-                f"[{round_}] {kernel:4s} D={d:3d} causal={causal!s:5s} {cfg} S={s:5d}: "
-                f"{what} {ms:.3f} ms {rate:.0f} TFLOP/s",
-                flush=True,
-            )
-    return rows
 
 
 if __name__ == "__main__":
