@@ -1,7 +1,9 @@
 """Fixtures of the flash-attn-tri tests: a checker that runs the kernel forward and backward
 and compares both with the reference under the FlashAttention error rule."""
 
+import importlib.util
 import os
+from pathlib import Path
 
 # Tests compile many option variants: one hand-picked config each instead of autotuning.
 os.environ.setdefault("FLASH_ATTN_TRI_AUTOTUNE", "0")
@@ -49,3 +51,14 @@ def check_grads():
         return grads
 
     return run
+
+
+@pytest.fixture(scope="session")
+def sweep_configs():
+    """The module ``bench/sweep_configs.py`` (which configs the sweep times beyond the
+    candidate lists, how it ranks them)."""
+    path = Path(__file__).parents[1] / "bench" / "sweep_configs.py"
+    spec = importlib.util.spec_from_file_location("sweep_configs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

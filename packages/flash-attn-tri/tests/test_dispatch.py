@@ -118,20 +118,8 @@ def test_pinned_forward_config(monkeypatch, hopper, d, dv, varlen, opts, has_ali
     assert attention._pinned_fwd_config(q, d, dv, varlen, opts, has_alibi, seqlen) == pinned
 
 
-def _sweep_module():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "bench" / "sweep_configs.py"
-    spec = importlib.util.spec_from_file_location("sweep_configs", path)
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
-    return sweep
-
-
-def test_sweep_ranks_configs_by_their_median_over_rounds():
+def test_sweep_ranks_configs_by_their_median_over_rounds(sweep_configs):
     """One fast outlier does not make a config the best: the median over the rounds does."""
-    sweep = _sweep_module()
     shape = {"kernel": "dq", "D": 64, "causal": False, "seqlen": 1024}
     timings = {"64x64x4x3": [300.0, 310.0, 305.0], "128x32x4x3": [290.0, 400.0, 295.0]}
     rows = [
@@ -140,17 +128,16 @@ def test_sweep_ranks_configs_by_their_median_over_rounds():
         for r, t in enumerate(ts)
     ]
     rows.append({**shape, "seqlen": 2048, "round": 1, "config": "64x64x4x3", "tflops": 320.0})
-    best = {b["seqlen"]: b for b in sweep.best_by_median(rows)}
+    best = {b["seqlen"]: b for b in sweep_configs.best_by_median(rows)}
     assert best[1024]["best"] == "64x64x4x3" and best[1024]["median_tflops"] == 305.0
     assert best[1024]["runner_up"] == "128x32x4x3" and best[1024]["runner_up_tflops"] == 295.0
     assert best[1024]["timings"] == 3
     assert best[2048]["best"] == "64x64x4x3" and best[2048]["runner_up"] == ""
 
 
-def test_pinned_forward_configs_are_candidates_or_swept():
+def test_pinned_forward_configs_are_candidates_or_swept(sweep_configs):
     """Every pinned config is one the sweep timed: a candidate or one of its extras."""
-    sweep = _sweep_module()
-    swept = set(attention._fwd_candidates(64)) | set(sweep.EXTRA[("fwd", 64)])
+    swept = set(attention._fwd_candidates(64)) | set(sweep_configs.EXTRA[("fwd", 64)])
     assert set(attention._HOPPER_FWD_D64.values()) <= swept
     assert set(attention._HOPPER_FWD_D64) == {
         (causal, s) for causal in (False, True) for s in (1024, 2048, 4096, 8192, 16384)

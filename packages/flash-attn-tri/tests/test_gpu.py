@@ -107,8 +107,9 @@ def test_deterministic_gradients():
 
 @pytest.mark.parametrize("d", [64, 96, 128])
 @pytest.mark.parametrize("kernel", ["dkdv", "dq"])
-def test_every_backward_config(check_grads, monkeypatch, kernel, d):
-    """Each dK/dV and dQ launch config autotuning may pick: exact gradients, causal and not,
+def test_every_backward_config(check_grads, monkeypatch, sweep_configs, kernel, d):
+    """Each dK/dV and dQ launch config autotuning may pick, and each extra one
+    ``bench/sweep_configs.py`` times (which a pin may take): exact gradients, causal and not,
     that repeat bitwise (the tests otherwise run the first config only). The Triton
     backward is forced: by default D = 128 goes to the Gluon kernels."""
     from flash_attn_tri import attention
@@ -116,7 +117,9 @@ def test_every_backward_config(check_grads, monkeypatch, kernel, d):
     monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "0")
     block_d = 64 if d <= 64 else 128
     name = f"_{kernel}_candidates"
-    for cfg in getattr(attention, name)(block_d):
+    configs = list(getattr(attention, name)(block_d))
+    configs += [c for c in sweep_configs.EXTRA.get((kernel, block_d), []) if c not in configs]
+    for cfg in configs:
         monkeypatch.setattr(attention, name, lambda _bd, cfg=cfg: [cfg])
         monkeypatch.setattr(attention, "_kernels", {})
         for causal in (False, True):
