@@ -115,7 +115,30 @@ def test_pinned_forward_config(monkeypatch, hopper, d, dv, varlen, opts, has_ali
 
     monkeypatch.setattr(attention, "is_hopper", lambda _device: hopper)
     q = torch.empty(0)
-    assert attention._pinned_fwd_config(q, d, dv, varlen, opts, has_alibi, seqlen) == pinned
+    assert attention._pinned_config("fwd", q, d, dv, varlen, opts, has_alibi, seqlen) == pinned
+
+
+@pytest.mark.parametrize(
+    ("kernel", "hopper", "opts", "seqlen", "pinned"),
+    [
+        ("dq", True, _opts(), 1000, (64, 128, 4, 3)),
+        ("dkdv", True, _opts(), 2048, (32, 128, 4, 3)),
+        ("dq", True, _opts((-1, 0)), 1024, (64, 64, 4, 3)),
+        ("dq", True, _opts((-1, 0)), 1500, (128, 64, 4, 3)),
+        ("dkdv", True, _opts((-1, 0)), 1024, (32, 128, 4, 2)),
+        ("dq", True, _opts(), 4096, None),  # a length class not listed: autotuned
+        ("dkdv", True, _opts((-1, 0)), 16384, None),
+        ("dq", False, _opts(), 1024, None),  # not Hopper
+        ("dkdv", True, _opts(dropout_p=0.1), 1024, None),
+        ("dq", True, _opts((3, 0)), 1024, None),
+    ],
+)
+def test_pinned_backward_config(monkeypatch, kernel, hopper, opts, seqlen, pinned):
+    import torch
+
+    monkeypatch.setattr(attention, "is_hopper", lambda _device: hopper)
+    q = torch.empty(0)
+    assert attention._pinned_config(kernel, q, 64, 64, False, opts, False, seqlen) == pinned
 
 
 def test_sweep_ranks_configs_by_their_median_over_rounds(sweep_configs):
@@ -135,10 +158,15 @@ def test_sweep_ranks_configs_by_their_median_over_rounds(sweep_configs):
     assert best[2048]["best"] == "64x64x4x3" and best[2048]["runner_up"] == ""
 
 
-def test_pinned_forward_configs_are_candidates_or_swept(sweep_configs):
-    """Every pinned config is one the sweep timed: a candidate or one of its extras."""
-    swept = set(attention._fwd_candidates(64)) | set(sweep_configs.EXTRA[("fwd", 64)])
-    assert set(attention._HOPPER_FWD_D64.values()) <= swept
-    assert set(attention._HOPPER_FWD_D64) == {
-        (causal, s) for causal in (False, True) for s in (1024, 2048, 4096, 8192, 16384)
-    }
+@pytest.mark.parametrize("kernel", ["fwd", "dq", "dkdv"])
+def test_pinned_configs_are_candidates_or_swept(sweep_configs, kernel):
+    """Every pinned config is one the sweep timed (a candidate or one of its extras) and the
+    GPU tests check (test_every_backward_config), pinned per (causal, length class)."""
+    table = attention._HOPPER_D64_PINS[kernel]
+    candidates = getattr(attention, f"_{kernel}_candidates")(64)
+    swept = set(candidates) | set(sweep_configs.EXTRA.get((kernel, 64), []))
+    assert set(table.values()) <= swept
+    classes = {(causal, s) for causal in (False, True) for s in (1024, 2048, 4096, 8192, 16384)}
+    assert set(table) <= classes
+    if kernel == "fwd":
+        assert set(table) == classes

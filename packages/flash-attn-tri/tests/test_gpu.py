@@ -74,6 +74,35 @@ def test_pinned_d64_forward_configs(check_grads, causal, seqlen, config):
     check_grads(out, ref64, reflow, (q, k, v), grad_out)
 
 
+@pytest.mark.parametrize(
+    ("causal", "seqlen"), [(False, 1000), (False, 2000), (True, 1000), (True, 1500)]
+)
+def test_pinned_d64_backward_configs(check_grads, monkeypatch, causal, seqlen):
+    """At D = 64 on Hopper below 4096 tokens the Triton backward takes the dQ and dK/dV
+    configs pinned for its length class; each, on lengths that end in a partial block,
+    against the reference."""
+    from flash_attn_tri import attention
+    from tri_shared.launch import is_hopper
+
+    if not is_hopper():
+        pytest.skip("the D = 64 backward configs are pinned on Hopper only")
+    monkeypatch.setattr(attention, "_kernels", {})
+    q, k, v = _qkv((1, seqlen, 4, 64), (1, seqlen, 4, 64), 64, torch.bfloat16, seed=seqlen)
+    out = flash_attn_func(q, k, v, causal=causal)
+    ref64, _ = attention_ref(
+        q.double(), k.double(), v.double(), causal=causal, compute_dtype=torch.float64
+    )
+    reflow, _ = attention_ref(q, k, v, causal=causal, compute_dtype=torch.bfloat16)
+    grad_out = randn(out.shape, seed=8, dtype=torch.bfloat16, device="cuda")
+    check_grads(out, ref64, reflow, (q, k, v), grad_out)
+    length_class = attention._length_class(seqlen)
+    for kernel, table in (("dq", attention._HOPPER_DQ_D64), ("dkdv", attention._HOPPER_DKDV_D64)):
+        config = table[(causal, length_class)]
+        picked = attention._kernels[(kernel, 64, length_class, config)].best_config
+        assert (picked.kwargs["BLOCK_M"], picked.kwargs["BLOCK_N"]) == config[:2]
+        assert (picked.num_warps, picked.num_stages) == config[2:]
+
+
 def test_options_bf16(check_grads):
     q, k, v = _qkv((2, 700, 8, 64), (2, 900, 2, 64), 64, torch.bfloat16, seed=3)
     slopes = torch.rand(2, 8, device="cuda") * 0.1
@@ -115,6 +144,7 @@ def test_every_backward_config(check_grads, monkeypatch, sweep_configs, kernel, 
     from flash_attn_tri import attention
 
     monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "0")
+    monkeypatch.setattr(attention, "_pinned_config", lambda *_args: None)  # (over candidates)
     block_d = 64 if d <= 64 else 128
     name = f"_{kernel}_candidates"
     configs = list(getattr(attention, name)(block_d))

@@ -133,16 +133,40 @@ _HOPPER_FWD_D64: dict[tuple[bool, int], tuple[int, int, int, int]] = {
 }
 
 
-def _pinned_fwd_config(
-    q: torch.Tensor, d: int, dv: int, varlen: bool, o: "_Opts", has_alibi: bool, seqlen: int
-) -> tuple[int, int, int, int] | None:
-    """The forward config pinned for this call (:data:`_HOPPER_FWD_D64`: Hopper, D = 64,
-    fixed length, no mask or causal, no softcap, ALiBi or dropout), or None to autotune."""
+# Hopper, D = 64 backward (the Triton kernels: below 4096 tokens, where the Gluon backward
+# does not take D = 64 calls, and for deterministic ones): the dQ and dK/dV configs per
+# (causal, length class), the fastest backward with that config forced and the other
+# kernel autotuned, by the median of two rounds over the candidates and EXTRA, on an H100
+# (sweep_configs.py --extra, BENCHMARKS.md, session 21). The dK/dV configs spread 194-289
+# TFLOP/s at 1024 keys without a mask: an unlucky autotuner pick costs up to a third;
+# dQ's leaders are within 1-2%. Length classes not listed are autotuned.
+_HOPPER_DQ_D64: dict[tuple[bool, int], tuple[int, int, int, int]] = {
+    (False, 1024): (64, 128, 4, 3),
+    (False, 2048): (64, 128, 4, 3),
+    (True, 1024): (64, 64, 4, 3),
+    (True, 2048): (128, 64, 4, 3),
+}
+_HOPPER_DKDV_D64: dict[tuple[bool, int], tuple[int, int, int, int]] = {
+    (False, 1024): (32, 128, 4, 3),
+    (False, 2048): (32, 128, 4, 3),
+    (True, 1024): (32, 128, 4, 2),
+    (True, 2048): (32, 128, 4, 2),  # (64 x 64 x 4 x 2 as fast: 271 TFLOP/s each)
+}
+_HOPPER_D64_PINS = {"fwd": _HOPPER_FWD_D64, "dq": _HOPPER_DQ_D64, "dkdv": _HOPPER_DKDV_D64}
+
+
+def _pinned_config(
+    kernel: str, q: torch.Tensor, d: int, dv: int, varlen: bool, o: "_Opts", has_alibi: bool,
+    seqlen: int,
+) -> tuple[int, int, int, int] | None:  # fmt: skip
+    """The config of ``kernel`` ("fwd", "dq" or "dkdv") pinned for this call
+    (:data:`_HOPPER_D64_PINS`: Hopper, D = 64, fixed length, no mask or causal, no softcap,
+    ALiBi or dropout, a listed length class), or None to autotune."""
     if d != 64 or dv != 64 or varlen or o.has_left or o.is_softcap or has_alibi:
         return None
     if o.dropout_p > 0 or (o.has_right and o.win_right != 0) or not is_hopper(q.device):
         return None
-    return _HOPPER_FWD_D64[(o.has_right, _length_class(seqlen))]
+    return _HOPPER_D64_PINS[kernel].get((o.has_right, _length_class(seqlen)))
 
 
 _KEY = ["HEAD_DIM", "HEAD_DIM_V", "IS_VARLEN", "HAS_LEFT", "HAS_RIGHT", "HAS_DROPOUT"]
@@ -619,7 +643,7 @@ def _forward_impl(
         _gluon_forward(q, k, v, out, lse, o.qk_scale2, causal=o.has_right)
         return out, lse
     seqlen = max(seqlen_q, seqlen_k)
-    pinned = _pinned_fwd_config(q, d, dv, varlen, o, has_alibi, seqlen)
+    pinned = _pinned_config("fwd", q, d, dv, varlen, o, has_alibi, seqlen)
     kern = _kernel("fwd", max(block_d, block_dv), seqlen, pinned)
     grid = lambda meta: make_grid(cdiv(seqlen_q, meta["BLOCK_M"]), heads, batch)
     # fixed-length inputs go through tensor descriptors (copy-engine loads, zero fill past the
@@ -700,7 +724,9 @@ def _backward_impl(
     k_side = _descriptors(k, v) if use_desc else None
     # dQ first: it computes delta, which dK/dV needs
     q_grid = lambda meta: make_grid(cdiv(seqlen_q, meta["BLOCK_M"]), heads, batch)
-    dq_kernel = _kernel("dq", max(block_d, block_dv), max(seqlen_q, seqlen_k))
+    seqlen = max(seqlen_q, seqlen_k)
+    dq_pin = _pinned_config("dq", q, d, dv_dim, varlen, o, has_alibi, seqlen)
+    dq_kernel = _kernel("dq", max(block_d, block_dv), seqlen, dq_pin)
     fast_launcher(dq_kernel)[q_grid](
         q, k, v, dout, out, lse, delta, dq, cu_q, cu_k, slopes, rng,
         *(k_side if k_side is not None else (k, v)),
@@ -710,7 +736,8 @@ def _backward_impl(
         USE_DESC=k_side is not None,
     )  # fmt: skip
     kv_grid = lambda meta: make_grid(cdiv(seqlen_k, meta["BLOCK_N"]), heads_k, batch)
-    dkdv_kernel = _kernel("dkdv", max(block_d, block_dv), max(seqlen_q, seqlen_k))
+    dkdv_pin = _pinned_config("dkdv", q, d, dv_dim, varlen, o, has_alibi, seqlen)
+    dkdv_kernel = _kernel("dkdv", max(block_d, block_dv), seqlen, dkdv_pin)
     fast_launcher(dkdv_kernel)[kv_grid](
         q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, slopes, rng,
         *(q_side if q_side is not None else (q, dout)),
