@@ -134,6 +134,13 @@ def flash_attn():
     for seqlen, causal in pinned_cases if dev.type == "cuda" else ():
         q, k, v = (rn(1, seqlen, 1, 64, seed=s) for s in (26, 27, 28))
         flash_attn_func(q, k, v, causal=causal)
+    # and each dQ and dK/dV config pinned below 4096 tokens (_HOPPER_DQ_D64, _HOPPER_DKDV_D64)
+    for seqlen, causal in ((1000, False), (2000, False), (1000, True), (1500, True)):
+        if dev.type != "cuda":
+            break
+        q, k, v = (rn(1, seqlen, 1, 64, seed=s).requires_grad_() for s in (29, 30, 31))
+        out = flash_attn_func(q, k, v, causal=causal)
+        out.backward(torch.randn_like(out))
 
 
 def flash_attn_gluon():
