@@ -12,6 +12,12 @@ times apart (the gaps between the leaders are about the size of one timing's noi
 other options restrict the sweep. Prints every timing, then the best config per kernel and
 shape by its median over the rounds, and writes ``sweep_configs.csv`` to
 ``results_dir("flash-attn-tri")``.
+
+``--against-autotune`` times the pinned configs (``attention._HOPPER_D64_PINS``) against the
+autotuner instead: per round and shape, the call as it runs by default, then with the pins
+of the ``--kernel`` kernels off and the autotuner choosing afresh (its picks printed), the
+forward for "fwd" and the Triton backward for "dq" / "dkdv"; then the median of each and
+their ratio (``pins_against_autotune.csv``).
 """
 
 from __future__ import annotations
@@ -147,6 +153,97 @@ def sweep_one(
     return rows
 
 
+@contextlib.contextmanager
+def unpinned(kernels: list[str]) -> Iterator[None]:
+    """Within the block, ``kernels`` autotune (their pins off, the others' kept), and every
+    kernel wrapper is made afresh (so the autotuner chooses again)."""
+    from flash_attn_tri import attention
+
+    saved = attention._pinned_config
+
+    def pins(kernel: str, *args):
+        return None if kernel in kernels else saved(kernel, *args)
+
+    attention._pinned_config = pins
+    attention._kernels.clear()
+    try:
+        yield
+    finally:
+        attention._pinned_config = saved
+        attention._kernels.clear()
+
+
+def autotuner_picks() -> str:
+    """The configs the autotuner chose for the kernel wrappers made so far (pinned ones
+    aside), as ``kernel:BLOCK_MxBLOCK_NxWARPSxSTAGES``."""
+    from flash_attn_tri import attention
+
+    picks = []
+    for (name, _dclass, _length, pinned), kern in attention._kernels.items():
+        cfg = getattr(kern, "best_config", None)
+        if pinned is None and cfg is not None:
+            c = (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages)
+            picks.append(f"{name}:{'x'.join(map(str, c))}")
+    return " ".join(picks)
+
+
+def against_autotune(
+    kernels: list[str], d: int, causal: bool, seqlens: list[int], round_: int
+) -> list[dict]:
+    """Rows of the default call (pins on) and of the same call with ``kernels`` autotuned,
+    at each sequence length: the forward if "fwd" is among them, the backward if "dq" or
+    "dkdv" is."""
+    from flash_attn_tri import attention
+
+    parts = (["fwd"] if "fwd" in kernels else []) + (
+        ["dq"] if {"dq", "dkdv"} & set(kernels) else []
+    )
+    rows = []
+    for s in seqlens:
+        for part in parts:
+            for mode in ("pinned", "autotuned"):
+                ctx = unpinned(kernels) if mode == "autotuned" else unpinned([])
+                with ctx:
+                    what, ms, rate = time_once(part, d, causal, s)
+                    picks = autotuner_picks() if mode == "autotuned" else ""
+                    pinned = sorted(
+                        {f"{key[0]}:{'x'.join(map(str, key[3]))}" for key in attention._kernels
+                         if key[3] is not None}
+                    )  # fmt: skip
+                rows.append(
+                    {"round": round_, "D": d, "causal": causal, "seqlen": s, "what": what,
+                     "mode": mode, "ms": ms, "tflops": rate,
+                     "configs": picks if mode == "autotuned" else " ".join(pinned)}
+                )  # fmt: skip
+                print(
+                    f"[{round_}] D={d:3d} causal={causal!s:5s} S={s:5d} {what:8s} {mode:9s}: "
+                    f"{ms:.3f} ms {rate:.0f} TFLOP/s {rows[-1]['configs']}",
+                    flush=True,
+                )
+    return rows
+
+
+def pinned_over_autotuned(rows: list[dict]) -> list[dict]:
+    """Per (D, causal, seqlen, what): the median TFLOP/s of the pinned and of the autotuned
+    rows over the rounds, their ratio, and the autotuned rows' range."""
+    rates: dict[tuple, dict[str, list[float]]] = {}
+    for r in rows:
+        shape = (r["D"], r["causal"], r["seqlen"], r["what"])
+        rates.setdefault(shape, {"pinned": [], "autotuned": []})[r["mode"]].append(r["tflops"])
+    out = []
+    for (d, causal, seqlen, what), by_mode in rates.items():
+        pinned, tuned = by_mode["pinned"], by_mode["autotuned"]
+        if not pinned or not tuned:
+            continue
+        p, t = statistics.median(pinned), statistics.median(tuned)
+        out.append(
+            {"D": d, "causal": causal, "seqlen": seqlen, "what": what, "pinned_tflops": p,
+             "autotuned_tflops": t, "ratio": p / t, "autotuned_min": min(tuned),
+             "autotuned_max": max(tuned), "rounds": min(len(pinned), len(tuned))}
+        )  # fmt: skip
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--extra", action="store_true")
@@ -157,6 +254,9 @@ def main() -> int:
     mask = parser.add_mutually_exclusive_group()
     mask.add_argument("--causal", action="store_true", help="causal only")
     mask.add_argument("--full", action="store_true", help="non-causal only")
+    parser.add_argument(
+        "--against-autotune", action="store_true", help="the pins against the autotuner"
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: this sweep needs a GPU")
@@ -169,6 +269,16 @@ def main() -> int:
     torch.cuda.synchronize()
     masks = [c for c in (False, True) if not (args.causal and not c) and not (args.full and c)]
     rows = []
+    if args.against_autotune:
+        for round_ in range(1, args.rounds + 1):
+            for d in args.head_dim:
+                for causal in masks:
+                    rows += against_autotune(args.kernel, d, causal, args.seqlen, round_)
+        cols = ["D", "causal", "seqlen", "what", "pinned_tflops", "autotuned_tflops", "ratio",
+                "autotuned_min", "autotuned_max", "rounds"]  # fmt: skip
+        print_table(pinned_over_autotuned(rows), cols, title="pinned against autotuned")
+        write_csv(rows, results_dir("flash-attn-tri") / "pins_against_autotune.csv")
+        return 0
     for round_ in range(1, args.rounds + 1):
         for d in args.head_dim:
             for causal in masks:

@@ -158,6 +158,37 @@ def test_sweep_ranks_configs_by_their_median_over_rounds(sweep_configs):
     assert best[2048]["best"] == "64x64x4x3" and best[2048]["runner_up"] == ""
 
 
+def test_unpinned_turns_off_only_the_named_kernels_pins(monkeypatch, sweep_configs):
+    import torch
+
+    monkeypatch.setattr(attention, "is_hopper", lambda _device: True)
+    q, args = torch.empty(0), (64, 64, False, _opts(), False, 1024)
+    attention._kernels[("dq", 64, 1024, None)] = object()  # a wrapper made earlier
+    with sweep_configs.unpinned(["dq"]):
+        assert not attention._kernels  # the autotuner chooses afresh
+        assert attention._pinned_config("dq", q, *args) is None
+        assert attention._pinned_config("dkdv", q, *args) == attention._HOPPER_DKDV_D64[False, 1024]
+        assert attention._pinned_config("fwd", q, *args) == attention._HOPPER_FWD_D64[False, 1024]
+    assert attention._pinned_config("dq", q, *args) == attention._HOPPER_DQ_D64[False, 1024]
+
+
+def test_pins_against_autotune_summary(sweep_configs):
+    """Medians per mode over the rounds, their ratio and the autotuned range; a shape timed
+    in one mode only is left out."""
+    shape = {"D": 64, "causal": False, "seqlen": 2048, "what": "backward"}
+    rows = [
+        {**shape, "round": r, "mode": m, "tflops": t}
+        for r, m, t in [(1, "pinned", 320.0), (1, "autotuned", 300.0), (2, "pinned", 330.0),
+                        (2, "autotuned", 340.0), (3, "pinned", 325.0), (3, "autotuned", 310.0)]
+    ]  # fmt: skip
+    rows.append({**shape, "seqlen": 1024, "round": 1, "mode": "pinned", "tflops": 290.0})
+    (summary,) = sweep_configs.pinned_over_autotuned(rows)
+    assert summary["seqlen"] == 2048 and summary["rounds"] == 3
+    assert summary["pinned_tflops"] == 325.0 and summary["autotuned_tflops"] == 310.0
+    assert summary["ratio"] == pytest.approx(325.0 / 310.0)
+    assert (summary["autotuned_min"], summary["autotuned_max"]) == (300.0, 340.0)
+
+
 @pytest.mark.parametrize("kernel", ["fwd", "dq", "dkdv"])
 def test_pinned_configs_are_candidates_or_swept(sweep_configs, kernel):
     """Every pinned config is one the sweep timed (a candidate or one of its extras) and the
