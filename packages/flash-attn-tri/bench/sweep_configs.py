@@ -16,8 +16,8 @@ shape by its median over the rounds, and writes ``sweep_configs.csv`` to
 ``--against-autotune`` times the pinned configs (``attention._HOPPER_D64_PINS``) against the
 autotuner instead: per round and shape, the call as it runs by default, then with the pins
 of the ``--kernel`` kernels off and the autotuner choosing afresh (its picks printed), the
-forward for "fwd" and the Triton backward for "dq" / "dkdv"; then the median of each and
-their ratio (``pins_against_autotune.csv``).
+forward for "fwd" and the Triton backward for "dq" / "dkdv", with the configs launched;
+then the median of each and their ratio (``pins_against_autotune.csv``).
 """
 
 from __future__ import annotations
@@ -73,6 +73,11 @@ def forced(kernel: str, cfg: Config) -> Iterator[None]:
         setattr(attention, name, saved)
         attention._pinned_config = saved_pin
         attention._kernels.clear()
+
+
+def config_name(cfg: Config) -> str:
+    """``BLOCK_MxBLOCK_NxWARPSxSTAGES``, as the CSV columns name a config."""
+    return "x".join(map(str, cfg))
 
 
 def candidates(kernel: str, d: int, extra: bool) -> list[Config]:
@@ -140,7 +145,7 @@ def sweep_one(
             except Exception as exc:  # a config that fails to build
                 print(f"{kernel} D={d} causal={causal} {cfg} S={s}: {exc!s:.120}")
                 continue
-            config = "x".join(str(c) for c in cfg)
+            config = config_name(cfg)
             rows.append(
                 {"round": round_, "kernel": kernel, "D": d, "causal": causal, "seqlen": s,
                  "config": config, "what": what, "ms": ms, "tflops": rate}
@@ -173,18 +178,19 @@ def unpinned(kernels: list[str]) -> Iterator[None]:
         attention._kernels.clear()
 
 
-def autotuner_picks() -> str:
-    """The configs the autotuner chose for the kernel wrappers made so far (pinned ones
-    aside), as ``kernel:BLOCK_MxBLOCK_NxWARPSxSTAGES``."""
+def configs_launched() -> str:
+    """The configs of the kernel wrappers made so far, as ``kernel:MxNxWARPSxSTAGES``: the
+    pinned ones and those the autotuner chose."""
     from flash_attn_tri import attention
 
-    picks = []
+    names = []
     for (name, _dclass, _length, pinned), kern in attention._kernels.items():
         cfg = getattr(kern, "best_config", None)
         if pinned is None and cfg is not None:
-            c = (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages)
-            picks.append(f"{name}:{'x'.join(map(str, c))}")
-    return " ".join(picks)
+            pinned = (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages)
+        if pinned is not None:
+            names.append(f"{name}:{config_name(pinned)}")
+    return " ".join(sorted(names))
 
 
 def against_autotune(
@@ -193,8 +199,6 @@ def against_autotune(
     """Rows of the default call (pins on) and of the same call with ``kernels`` autotuned,
     at each sequence length: the forward if "fwd" is among them, the backward if "dq" or
     "dkdv" is."""
-    from flash_attn_tri import attention
-
     parts = (["fwd"] if "fwd" in kernels else []) + (
         ["dq"] if {"dq", "dkdv"} & set(kernels) else []
     )
@@ -202,22 +206,16 @@ def against_autotune(
     for s in seqlens:
         for part in parts:
             for mode in ("pinned", "autotuned"):
-                ctx = unpinned(kernels) if mode == "autotuned" else unpinned([])
-                with ctx:
+                with unpinned(kernels if mode == "autotuned" else []):
                     what, ms, rate = time_once(part, d, causal, s)
-                    picks = autotuner_picks() if mode == "autotuned" else ""
-                    pinned = sorted(
-                        {f"{key[0]}:{'x'.join(map(str, key[3]))}" for key in attention._kernels
-                         if key[3] is not None}
-                    )  # fmt: skip
+                    configs = configs_launched()
                 rows.append(
                     {"round": round_, "D": d, "causal": causal, "seqlen": s, "what": what,
-                     "mode": mode, "ms": ms, "tflops": rate,
-                     "configs": picks if mode == "autotuned" else " ".join(pinned)}
+                     "mode": mode, "ms": ms, "tflops": rate, "configs": configs}
                 )  # fmt: skip
                 print(
                     f"[{round_}] D={d:3d} causal={causal!s:5s} S={s:5d} {what:8s} {mode:9s}: "
-                    f"{ms:.3f} ms {rate:.0f} TFLOP/s {rows[-1]['configs']}",
+                    f"{ms:.3f} ms {rate:.0f} TFLOP/s {configs}",
                     flush=True,
                 )
     return rows
