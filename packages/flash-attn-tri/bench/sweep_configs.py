@@ -63,16 +63,12 @@ def forced(kernel: str, cfg: Config) -> Iterator[None]:
 
     name = f"_{kernel}_candidates"
     saved = getattr(attention, name)
-    saved_pin = attention._pinned_config
     setattr(attention, name, lambda _block_d: [cfg])
-    attention._pinned_config = lambda *_args: None  # (the pins replace the candidates)
-    attention._kernels.clear()
     try:
-        yield
+        with unpinned(list(KERNELS)):  # (the pins replace the candidates)
+            yield
     finally:
         setattr(attention, name, saved)
-        attention._pinned_config = saved_pin
-        attention._kernels.clear()
 
 
 def config_name(cfg: Config) -> str:

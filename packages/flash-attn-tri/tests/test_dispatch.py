@@ -172,6 +172,20 @@ def test_unpinned_turns_off_only_the_named_kernels_pins(monkeypatch, sweep_confi
     assert attention._pinned_config("dq", q, *args) == attention._HOPPER_DQ_D64[False, 1024]
 
 
+def test_forced_gives_one_candidate_and_no_pins(monkeypatch, sweep_configs):
+    import torch
+
+    monkeypatch.setattr(attention, "is_hopper", lambda _device: True)
+    q, args = torch.empty(0), (64, 64, False, _opts(), False, 1024)
+    candidates = attention._dq_candidates
+    with sweep_configs.forced("dq", (1, 2, 3, 4)):
+        assert attention._dq_candidates(64) == [(1, 2, 3, 4)]
+        assert attention._pinned_config("dq", q, *args) is None
+        assert attention._pinned_config("fwd", q, *args) is None
+    assert attention._dq_candidates is candidates
+    assert attention._pinned_config("dq", q, *args) == attention._HOPPER_DQ_D64[False, 1024]
+
+
 def test_pins_against_autotune_summary(sweep_configs):
     """Medians per mode over the rounds, their ratio and the autotuned range; a shape timed
     in one mode only is left out."""
