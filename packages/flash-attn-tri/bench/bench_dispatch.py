@@ -11,7 +11,9 @@ the rounds, its range, and the fastest. Separate bench runs of the whole suite d
   unit a program, persistent), with SDPA's cuDNN backend beside them as the bar;
 - backward alone (``autograd.grad`` with ``retain_graph``, counted as 2.5 forwards): the
   Triton kernels, the split and the fused Gluon kernels (``FLASH_ATTN_TRI_GLUON_BWD=0`` /
-  ``=1`` / ``=fused``) around the rule's boundaries.
+  ``=1`` / ``=fused``; at D = 64 the split kernels also with wider tiles, ``TILES``) around
+  the rule's boundaries, with SDPA's cuDNN backward as the bar. Each alternative's
+  gradients are first checked against the Triton kernels' (``err_vs_triton``).
 
 Run on a Hopper GPU: ``python3 bench_dispatch.py [fwd] [bwd] [--rounds=N]`` (both parts, 3
 rounds by default). Prints a table and writes ``dispatch.csv`` to
@@ -56,7 +58,21 @@ BACKWARD = {
     "triton": (("FLASH_ATTN_TRI_GLUON_BWD", "0"),),
     "split": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     "fused": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
+    # the split kernels at D = 64 with 128-key blocks in dQ, 128-row query blocks in dK/dV
+    # or both (attention._HOPPER_BWD_TILES; see TILES below)
+    "split-wide-dq": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
+    "split-wide-dkdv": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
+    "split-wide": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
+    "cudnn": (),
 }
+# alternatives that run the Gluon backward with other tiles: (kernel, D) -> (BLOCK_M,
+# BLOCK_N, NUM_STAGES) in place of attention._HOPPER_BWD_TILES's
+TILES = {
+    "split-wide-dq": {("dq", 64): (128, 128, 2)},
+    "split-wide-dkdv": {("dkdv", 64): (128, 128, 2)},
+    "split-wide": {("dq", 64): (128, 128, 2), ("dkdv", 64): (128, 128, 2)},
+}
+_BWD_D64 = ("triton", "split", "split-wide-dq", "split-wide-dkdv", "split-wide", "fused", "cudnn")
 # (D, causal, seqlen, alternatives)
 _FWD_ALL = ("triton", "gluon-tiles", "gluon-pairs", "gluon-persistent", "cudnn")
 FORWARD_CASES = [
@@ -64,10 +80,9 @@ FORWARD_CASES = [
       for s in (1024, 2048, 4096, 8192, 16384)),
 ]  # fmt: skip
 BACKWARD_CASES = [
-    *((64, causal, s, ("triton", "fused")) for causal in (False, True)
-      for s in (1024, 2048, 4096, 16384)),
-    *((128, False, s, ("split", "fused")) for s in (1024, 4096, 16384)),
-    *((128, True, s, ("split", "fused")) for s in (1024, 4096, 16384)),
+    *((64, causal, s, _BWD_D64) for causal in (False, True) for s in (1024, 2048, 4096, 16384)),
+    *((128, False, s, ("split", "fused", "cudnn")) for s in (1024, 4096, 16384)),
+    *((128, True, s, ("split", "fused", "cudnn")) for s in (1024, 4096, 16384)),
 ]  # fmt: skip
 
 
@@ -99,12 +114,57 @@ def _forward_call(d: int, causal: bool, s: int, name: str) -> Callable[[], objec
     return lambda: flash_attn_func(q, k, v, causal=causal)
 
 
-def _backward_call(d: int, causal: bool, s: int, _name: str) -> Callable[[], object]:
+def _backward_call(d: int, causal: bool, s: int, name: str) -> Callable[[], object]:
     from flash_attn_tri import flash_attn_func
 
     q, k, v, dout = _inputs(d, s, requires_grad=True)
-    out = flash_attn_func(q, k, v, causal=causal)
+    if name == "cudnn":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.nn.functional import scaled_dot_product_attention
+
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            out = scaled_dot_product_attention(
+                *(t.transpose(1, 2) for t in (q, k, v)), is_causal=causal
+            )
+        dout = dout.transpose(1, 2)
+    else:
+        out = flash_attn_func(q, k, v, causal=causal)
     return lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+
+
+@contextlib.contextmanager
+def _tiles(name: str):
+    """The Gluon backward's tiles of alternative ``name`` (``TILES``) inside the block."""
+    from flash_attn_tri import attention
+
+    saved = dict(attention._HOPPER_BWD_TILES)
+    attention._HOPPER_BWD_TILES.update(TILES.get(name, {}))
+    try:
+        yield
+    finally:
+        attention._HOPPER_BWD_TILES.clear()
+        attention._HOPPER_BWD_TILES.update(saved)
+
+
+def check_backward_alternatives(d: int, causal: bool, s: int, names: tuple[str, ...]) -> dict:
+    """Each Gluon/Triton alternative's gradients against the Triton kernels' (relative
+    error of dq, dk, dv) at one case: the tiles timed are checked before they are timed."""
+    from tri_shared.testing import rel_err
+
+    grads = {}
+    for name in ("triton", *names):
+        if name == "cudnn" or name in grads:
+            continue
+        with contextlib.ExitStack() as stack:
+            for switch in BACKWARD[name]:
+                stack.enter_context(env_set(*switch))
+            stack.enter_context(_tiles(name))
+            grads[name] = _backward_call(d, causal, s, name)()
+    base = grads["triton"]
+    return {
+        name: max(rel_err(a.float(), b.float()) for a, b in zip(g, base, strict=True))
+        for name, g in grads.items()
+    }
 
 
 def _measure(part: str, case: tuple, rounds: int) -> list[dict]:
@@ -114,6 +174,7 @@ def _measure(part: str, case: tuple, rounds: int) -> list[dict]:
         "fwd": (FORWARD, _forward_call, 1.0),
         "bwd": (BACKWARD, _backward_call, 2.5),
     }[part]
+    errors = check_backward_alternatives(d, causal, s, alternatives) if part == "bwd" else {}
     calls = {name: make(d, causal, s, name) for name in alternatives}
     times: dict[str, list[float]] = {name: [] for name in alternatives}
     for _ in range(rounds):
@@ -121,6 +182,7 @@ def _measure(part: str, case: tuple, rounds: int) -> list[dict]:
             with contextlib.ExitStack() as stack:
                 for switch in switches[name]:
                     stack.enter_context(env_set(*switch))
+                stack.enter_context(_tiles(name))
                 times[name].append(time_fn(calls[name]))
     flops = passes * 4 * TOKENS * s * HIDDEN * (0.5 if causal else 1.0)
     medians = {name: statistics.median(t) for name, t in times.items()}
@@ -135,6 +197,8 @@ def _measure(part: str, case: tuple, rounds: int) -> list[dict]:
             # rate over cuDNN's rate (the issue's bar: >= 0.85)
             "vs_cudnn": medians["cudnn"] / ms if "cudnn" in medians else float("nan"),
             "fastest": name == best,
+            # largest relative error of dq, dk, dv against the Triton kernels' (backward)
+            "err_vs_triton": errors.get(name, float("nan")),
         })  # fmt: skip
     summary = ", ".join(
         f"{r['impl']} {r['tflops']:.0f} TFLOP/s ({r['min_ms']:.3f}-{r['max_ms']:.3f} ms)"
@@ -162,7 +226,7 @@ def main() -> int:
         for case in FORWARD_CASES if part == "fwd" else BACKWARD_CASES:
             rows.extend(_measure(part, case, rounds))
     columns = ["part", "D", "causal", "seqlen", "impl", "tflops", "min_ms", "max_ms", "vs_best"]
-    columns.append("vs_cudnn")
+    columns += ["vs_cudnn", "err_vs_triton"]
     print_table(rows, columns, title=f"dispatch choices, {rounds} rounds, bf16, {env}")
     write_csv(rows, results_dir("flash-attn-tri") / "dispatch.csv")
     return 0

@@ -359,6 +359,47 @@ def test_gluon_backward_matches_the_reference(
         assert rel_err(g.float(), g_t.float()) < 1e-2, name
 
 
+@pytest.mark.parametrize(
+    ("kernel", "tiles"),
+    [
+        ("dq", (128, 128, 2)),
+        ("dq", (128, 128, 3)),
+        ("dkdv", (128, 128, 2)),
+        ("fused", (128, 128, 2)),
+    ],
+)
+@pytest.mark.parametrize(
+    ("dtype", "causal", "sq", "sk", "heads", "heads_k"),
+    [
+        (torch.bfloat16, False, 777, 1500, 4, 4),
+        (torch.float16, True, 1500, 777, 4, 1),  # rows that see no key (sq > sk)
+        (torch.bfloat16, True, 1000, 1000, 2, 2),
+    ],
+)
+def test_gluon_backward_other_tiles(
+    monkeypatch, check_grads, kernel, tiles, dtype, causal, sq, sk, heads, heads_k
+):
+    """The Gluon backward kernels at D = 64 with wider tiles than the defaults
+    (``attention._HOPPER_BWD_TILES``: 128-key blocks in dQ, 128-row query blocks in dK/dV),
+    the tiles ``bench/bench_dispatch.py`` times, against the fp64 reference."""
+    from flash_attn_tri import attention
+
+    if not attention.is_hopper(torch.device("cuda")):
+        pytest.skip("the Gluon kernels are for Hopper GPUs")
+    monkeypatch.setitem(attention._HOPPER_BWD_TILES, (kernel, 64), tiles)
+    monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "fused" if kernel == "fused" else "1")
+    calls = _record_calls(monkeypatch, "_gluon_dq", "_gluon_dkdv")
+    q, k, v = _qkv((2, sq, heads, 64), (2, sk, heads_k, 64), 64, dtype, seed=sq + 3 * sk)
+    out = flash_attn_func(q, k, v, causal=causal)
+    ref64, _ = attention_ref(
+        q.double(), k.double(), v.double(), causal=causal, compute_dtype=torch.float64
+    )
+    reflow, _ = attention_ref(q, k, v, causal=causal, compute_dtype=dtype)
+    grad_out = randn(out.shape, seed=13, dtype=dtype, device="cuda")
+    check_grads(out, ref64, reflow, (q, k, v), grad_out)
+    assert calls == (["_gluon_dkdv"] if kernel == "fused" else ["_gluon_dq", "_gluon_dkdv"])
+
+
 def test_deterministic_steps_aside_from_the_fused_gluon_backward(monkeypatch):
     """The fused Gluon backward (``FLASH_ATTN_TRI_GLUON_BWD=fused``) adds dQ up in an order
     that varies run to run; with ``deterministic=True`` the call takes the split kernels

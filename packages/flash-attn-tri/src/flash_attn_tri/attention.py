@@ -554,28 +554,37 @@ def _gluon_fused_backward(
     dq.copy_(dq_accum[:, : q.shape[1]])
 
 
+# The Gluon backward's tiles per (kernel, D): (BLOCK_M, BLOCK_N, NUM_STAGES). dQ: BLOCK_M
+# query rows a program (half for each consumer warpgroup), key blocks of BLOCK_N; dK/dV and
+# fused: BLOCK_N keys a program (half each), query blocks of BLOCK_M; NUM_STAGES slots of
+# the streamed blocks. Shared memory at D = 128: dQ 160 KiB (Q, dO, O and two K, V slots),
+# dK/dV 136 KiB (two Q, dO slots, K, V, and one 8 KiB dSᵀ buffer it leaves unused), fused
+# 192 KiB (four dSᵀ buffers and each consumer's 16 KiB fp32 dQ tile).
+_HOPPER_BWD_TILES: dict[tuple[str, int], tuple[int, int, int]] = {
+    ("dq", 128): (128, 64, 2),
+    ("dkdv", 128): (64, 128, 2),
+    ("fused", 128): (64, 128, 2),
+    ("dq", 64): (128, 64, 3),
+    ("dkdv", 64): (64, 128, 3),
+    ("fused", 64): (64, 128, 3),
+}
+
+
 def _hopper_bwd_launch(
     kernel: str, head_dim: int, causal: bool
 ) -> tuple[Any, dict[str, Any], dict[str, int]]:
     """(kernel, constexprs, launch options) of a Gluon backward kernel: ``kernel`` is
-    ``"dq"`` (128 query rows a program, 64-key blocks), ``"dkdv"`` (128 keys a program,
-    64-row query blocks) or ``"fused"`` (the dK/dV kernel adding dQ too); 64 rows (keys)
-    for each consumer warpgroup."""
+    ``"dq"``, ``"dkdv"`` or ``"fused"`` (the dK/dV kernel adding dQ too), with the tiles of
+    :data:`_HOPPER_BWD_TILES`."""
     from .kernels import attention_hopper_bwd as bwd
 
-    fn, block_m, block_n = {
-        "dq": (bwd.flash_bwd_dq_hopper_kernel, 128, 64),
-        "dkdv": (bwd.flash_bwd_dkdv_hopper_kernel, 64, 128),
-        "fused": (bwd.flash_bwd_dkdv_hopper_kernel, 64, 128),
-    }[kernel]
+    fn = bwd.flash_bwd_dq_hopper_kernel if kernel == "dq" else bwd.flash_bwd_dkdv_hopper_kernel
+    block_m, block_n, num_stages = _HOPPER_BWD_TILES[(kernel, head_dim)]
     constexprs = {
         "HEAD_DIM": head_dim,
         "BLOCK_M": block_m,
         "BLOCK_N": block_n,
-        # shared memory at D = 128: dQ 160 KiB (Q, dO, O and two K, V slots), dK/dV 136 KiB
-        # (two Q, dO slots, K, V, and one 8 KiB dSᵀ buffer it leaves unused), fused 192 KiB
-        # (four dSᵀ buffers and each consumer's 16 KiB fp32 dQ tile)
-        "NUM_STAGES": 2 if head_dim > 64 else 3,
+        "NUM_STAGES": num_stages,
         "CAUSAL": causal,
         "CONSUMER_REGS": 240,
         "PRODUCER_REGS": 24,
