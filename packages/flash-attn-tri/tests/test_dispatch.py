@@ -35,10 +35,13 @@ def test_gluon_forward_wanted(monkeypatch, switch, head_dim, wanted):
         (None, 128, False, 1024, False, "fused"),  # no mask: fused, at every length
         (None, 128, False, 16384, False, "fused"),
         (None, 128, False, 16384, True, "split"),  # fused dQ rounding varies run to run
-        (None, 64, False, 4096, False, "fused"),  # D = 64: fused from 4096 tokens
+        (None, 64, False, 1024, False, "split"),  # D = 64 without a mask: split (wide tiles)
+        (None, 64, False, 16384, False, "split"),
+        (None, 64, False, 16384, True, "split"),  # split repeats bit for bit
+        (None, 64, True, 4096, False, "fused"),  # D = 64 causal: fused from 4096 tokens
         (None, 64, True, 16384, False, "fused"),
         (None, 64, True, 4095, False, None),  # shorter: the Triton kernels
-        (None, 64, False, 16384, True, None),  # deterministic: Triton (split is no faster)
+        (None, 64, True, 16384, True, None),  # deterministic: Triton (split is no faster)
         (None, 96, False, 16384, False, None),  # no Gluon kernel for that head dim
         ("1", 64, True, 100, False, "split"),
         ("1", 128, False, 16384, False, "split"),
@@ -121,7 +124,9 @@ def test_pinned_forward_config(monkeypatch, hopper, d, dv, varlen, opts, has_ali
 @pytest.mark.parametrize(
     ("kernel", "hopper", "opts", "seqlen", "pinned"),
     [
-        ("dq", True, _opts(), 1000, (64, 128, 4, 3)),
+        ("dq", True, _opts(), 2000, (64, 128, 4, 3)),
+        ("dq", True, _opts(), 1000, None),  # dropped: the autotuner's pick ran faster
+        ("dkdv", True, _opts(), 1000, (32, 128, 4, 3)),
         ("dkdv", True, _opts(), 2048, (32, 128, 4, 3)),
         ("dq", True, _opts((-1, 0)), 1024, (64, 64, 4, 3)),
         ("dq", True, _opts((-1, 0)), 1500, (128, 64, 4, 3)),
@@ -162,28 +167,28 @@ def test_unpinned_turns_off_only_the_named_kernels_pins(monkeypatch, sweep_confi
     import torch
 
     monkeypatch.setattr(attention, "is_hopper", lambda _device: True)
-    q, args = torch.empty(0), (64, 64, False, _opts(), False, 1024)
-    attention._kernels[("dq", 64, 1024, None)] = object()  # a wrapper made earlier
+    q, args = torch.empty(0), (64, 64, False, _opts(), False, 2048)
+    attention._kernels[("dq", 64, 2048, None)] = object()  # a wrapper made earlier
     with sweep_configs.unpinned(["dq"]):
         assert not attention._kernels  # the autotuner chooses afresh
         assert attention._pinned_config("dq", q, *args) is None
-        assert attention._pinned_config("dkdv", q, *args) == attention._HOPPER_DKDV_D64[False, 1024]
-        assert attention._pinned_config("fwd", q, *args) == attention._HOPPER_FWD_D64[False, 1024]
-    assert attention._pinned_config("dq", q, *args) == attention._HOPPER_DQ_D64[False, 1024]
+        assert attention._pinned_config("dkdv", q, *args) == attention._HOPPER_DKDV_D64[False, 2048]
+        assert attention._pinned_config("fwd", q, *args) == attention._HOPPER_FWD_D64[False, 2048]
+    assert attention._pinned_config("dq", q, *args) == attention._HOPPER_DQ_D64[False, 2048]
 
 
 def test_forced_gives_one_candidate_and_no_pins(monkeypatch, sweep_configs):
     import torch
 
     monkeypatch.setattr(attention, "is_hopper", lambda _device: True)
-    q, args = torch.empty(0), (64, 64, False, _opts(), False, 1024)
+    q, args = torch.empty(0), (64, 64, False, _opts(), False, 2048)
     candidates = attention._dq_candidates
     with sweep_configs.forced("dq", (1, 2, 3, 4)):
         assert attention._dq_candidates(64) == [(1, 2, 3, 4)]
         assert attention._pinned_config("dq", q, *args) is None
         assert attention._pinned_config("fwd", q, *args) is None
     assert attention._dq_candidates is candidates
-    assert attention._pinned_config("dq", q, *args) == attention._HOPPER_DQ_D64[False, 1024]
+    assert attention._pinned_config("dq", q, *args) == attention._HOPPER_DQ_D64[False, 2048]
 
 
 def test_pins_against_autotune_summary(sweep_configs):

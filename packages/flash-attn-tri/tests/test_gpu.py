@@ -79,14 +79,16 @@ def test_pinned_d64_forward_configs(check_grads, causal, seqlen, config):
 )
 def test_pinned_d64_backward_configs(check_grads, monkeypatch, causal, seqlen):
     """At D = 64 on Hopper below 4096 tokens the Triton backward takes the dQ and dK/dV
-    configs pinned for its length class; each, on lengths that end in a partial block,
-    against the reference."""
+    configs pinned for its length class (where the Gluon backward does not take the call:
+    it is switched off here); each, on lengths that end in a partial block, against the
+    reference. A length class without a pin autotunes."""
     from flash_attn_tri import attention
     from tri_shared.launch import is_hopper
 
     if not is_hopper():
         pytest.skip("the D = 64 backward configs are pinned on Hopper only")
     monkeypatch.setattr(attention, "_kernels", {})
+    monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "0")
     q, k, v = _qkv((1, seqlen, 4, 64), (1, seqlen, 4, 64), 64, torch.bfloat16, seed=seqlen)
     out = flash_attn_func(q, k, v, causal=causal)
     ref64, _ = attention_ref(
@@ -97,7 +99,10 @@ def test_pinned_d64_backward_configs(check_grads, monkeypatch, causal, seqlen):
     check_grads(out, ref64, reflow, (q, k, v), grad_out)
     length_class = attention._length_class(seqlen)
     for kernel, table in (("dq", attention._HOPPER_DQ_D64), ("dkdv", attention._HOPPER_DKDV_D64)):
-        config = table[(causal, length_class)]
+        config = table.get((causal, length_class))
+        assert (kernel, 64, length_class, config) in attention._kernels
+        if config is None:
+            continue
         picked = attention._kernels[(kernel, 64, length_class, config)].best_config
         assert (picked.kwargs["BLOCK_M"], picked.kwargs["BLOCK_N"]) == config[:2]
         assert (picked.num_warps, picked.num_stages) == config[2:]
@@ -430,8 +435,9 @@ def test_default_backward_kinds_and_what_repeats_bitwise(monkeypatch):
     """By default on Hopper a D = 128 call takes the split Gluon backward under a causal mask
     and the fused one without. The split one repeats bit for bit; the fused one repeats dK
     and dV bit for bit and dQ up to the order of its fp32 sums; ``deterministic=True`` takes
-    the split kernels without a mask too, and repeats bit for bit. At D = 64 from 4096
-    tokens: the fused one, and the Triton kernels when ``deterministic``."""
+    the split kernels without a mask too, and repeats bit for bit. At D = 64: the split
+    one without a mask (bit for bit again), and under a causal mask from 4096 tokens the
+    fused one, or the Triton kernels when ``deterministic``."""
     from flash_attn_tri import attention
 
     if not attention.is_hopper(torch.device("cuda")):
@@ -457,13 +463,18 @@ def test_default_backward_kinds_and_what_repeats_bitwise(monkeypatch):
     for name, a, b, f in zip(("dq", "dk", "dv"), *det, full[0], strict=True):
         assert torch.equal(a, b), name
         assert rel_err(a.float(), f.float()) < 1e-2, name
-    # D = 64 from 4096 tokens: fused; deterministic: the Triton kernels
+    # D = 64 without a mask: split, bitwise repeatable
     q, k, v = _qkv((1, 4096, 4, 64), (1, 4096, 4, 64), 64, torch.bfloat16, seed=35)
     dout = randn((1, 4096, 4, 64), seed=36, dtype=torch.bfloat16, device="cuda")
-    full = grads()
-    assert calls[6:] == ["_gluon_fused_backward"], calls
-    det = [grads(deterministic=True) for _ in range(2)]
-    assert calls[7:] == [], calls
-    for name, a, b, f in zip(("dq", "dk", "dv"), *det, full, strict=True):
+    full = [grads() for _ in range(2)]
+    assert calls[6:] == ["_gluon_dq"] * 2, calls
+    for a, b in zip(*full, strict=True):
+        assert torch.equal(a, b)
+    # D = 64 causal from 4096 tokens: fused; deterministic: the Triton kernels
+    causal = grads(causal=True)
+    assert calls[8:] == ["_gluon_fused_backward"], calls
+    det = [grads(causal=True, deterministic=True) for _ in range(2)]
+    assert calls[9:] == [], calls
+    for name, a, b, f in zip(("dq", "dk", "dv"), *det, causal, strict=True):
         assert torch.equal(a, b), name
         assert rel_err(a.float(), f.float()) < 1e-2, name

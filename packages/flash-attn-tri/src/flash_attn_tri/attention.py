@@ -139,9 +139,12 @@ _HOPPER_FWD_D64: dict[tuple[bool, int], tuple[int, int, int, int]] = {
 # kernel autotuned, by the median of two rounds over the candidates and EXTRA, on an H100
 # (sweep_configs.py --extra, BENCHMARKS.md, session 21). The dK/dV configs spread 194-289
 # TFLOP/s at 1024 keys without a mask: an unlucky autotuner pick costs up to a third;
-# dQ's leaders are within 1-2%. Length classes not listed are autotuned.
+# dQ's leaders are within 1-2%. Length classes not listed are autotuned. Timed against the
+# autotuner choosing afresh, on one H100 (sweep_configs.py --against-autotune, 3 rounds,
+# session 22): within 1.5% either way but dQ at 1024 keys without a mask, where the
+# autotuner's 128 x 64 x 8 x 3 ran 5% faster than the pin: that pin was dropped. (Without
+# a mask these kernels now take only the calls the Gluon backward cannot.)
 _HOPPER_DQ_D64: dict[tuple[bool, int], tuple[int, int, int, int]] = {
-    (False, 1024): (64, 128, 4, 3),
     (False, 2048): (64, 128, 4, 3),
     (True, 1024): (64, 64, 4, 3),
     (True, 2048): (128, 64, 4, 3),
@@ -361,11 +364,12 @@ def _gluon_backward_wanted(
 
     - D = 128, causal: ``"split"`` (a dQ kernel beside the dK/dV kernel);
     - D = 128 without a mask: ``"fused"`` (the dK/dV kernel adding dQ up too);
-    - D = 64 from 4096 tokens: ``"fused"``; shorter: None (the Triton kernels).
+    - D = 64 without a mask: ``"split"`` (with its 128 × 128 tiles, at every length);
+    - D = 64, causal: ``"fused"`` from 4096 tokens; shorter: None (the Triton kernels).
 
     ``"fused"`` sums dQ in fp32 in whatever order the copy engine's reductions land, so its
     rounding varies run to run: ``deterministic`` takes ``"split"`` at D = 128 and the Triton
-    kernels at D = 64 instead (where the split kernels are no faster than them).
+    kernels at D = 64 causal instead (where the split kernels are no faster than them).
     ``FLASH_ATTN_TRI_GLUON_BWD=0`` says None always; ``=1`` says ``"split"`` to every call
     it can take (D = 64 or 128); ``=fused`` says ``"fused"`` to those (``"split"`` when
     ``deterministic``)."""
@@ -376,6 +380,8 @@ def _gluon_backward_wanted(
         return "fused" if switch == "fused" and not deterministic else "split"
     if head_dim == 128:
         return "split" if causal or deterministic else "fused"
+    if head_dim == 64 and not causal:
+        return "split"
     if head_dim == 64 and seqlen >= 4096 and not deterministic:
         return "fused"
     return None
@@ -560,12 +566,16 @@ def _gluon_fused_backward(
 # the streamed blocks. Shared memory at D = 128: dQ 160 KiB (Q, dO, O and two K, V slots),
 # dK/dV 136 KiB (two Q, dO slots, K, V, and one 8 KiB dSᵀ buffer it leaves unused), fused
 # 192 KiB (four dSᵀ buffers and each consumer's 16 KiB fp32 dQ tile).
+# At D = 64 the split kernels stream 128-wide blocks (twice the D = 128 tiles' N of the
+# score matmuls): 4-16% faster backward than with 64-wide ones at 1024-16384 tokens without
+# a mask (H100, bench_dispatch.py, BENCHMARKS.md, session 22); the dK/dV kernel spills a
+# few hundred bytes then (offline count), the dQ kernel none.
 _HOPPER_BWD_TILES: dict[tuple[str, int], tuple[int, int, int]] = {
     ("dq", 128): (128, 64, 2),
     ("dkdv", 128): (64, 128, 2),
     ("fused", 128): (64, 128, 2),
-    ("dq", 64): (128, 64, 3),
-    ("dkdv", 64): (64, 128, 3),
+    ("dq", 64): (128, 128, 2),
+    ("dkdv", 64): (128, 128, 2),
     ("fused", 64): (64, 128, 3),
 }
 

@@ -3,9 +3,11 @@ delta), then dK and dV (the split backward); or the dK/dV kernel alone adding dQ
 (the fused backward).
 
 Which one a call takes is ``_gluon_backward_wanted`` in ``attention.py``, as measured
-(BENCHMARKS.md): split at D = 128 causal, fused at D = 128 without a mask and at D = 64 from
-4096 tokens. The fused one's dQ is summed in fp32 in the order the reductions land, so its
-rounding varies run to run and ``deterministic=True`` never takes it.
+(BENCHMARKS.md): split at D = 128 causal and at D = 64 without a mask, fused at D = 128
+without a mask and at D = 64 causal from 4096 tokens. Tile sizes per kernel and head dim:
+``attention._HOPPER_BWD_TILES``. The fused one's dQ is summed in fp32 in the order the
+reductions land, so its rounding varies run to run and ``deterministic=True`` never takes
+it.
 
 What they cover: fixed-length ``[batch, seqlen, heads, D]`` inputs, fp16/bf16,
 D = Dv = 64 or 128, GQA, causal (aligned to the bottom right) or not, a positive softmax
@@ -15,8 +17,9 @@ warpgroups, each a partition of its own: a producer issuing the copy engine's lo
 ring of slots and two consumers.
 
 **dQ** (``flash_bwd_dq_hopper_kernel``), one program per (128 query rows, head, batch),
-64 rows per consumer warpgroup. Each consumer first computes ``delta = rowsum(O · dO)``
-of its rows (stored for the dK/dV kernel), then for each key block j:
+64 rows per consumer warpgroup, key blocks of 64 (D = 128) or 128 (D = 64). Each consumer
+first computes ``delta = rowsum(O · dO)`` of its rows (stored for the dK/dV kernel), then
+for each key block j:
 
     S = Q·K_jᵀ,  dP = dO·V_jᵀ                 (issued together)
     P = exp2(S·scale·log2 e − lse·log2 e),  dS = P ⊙ (dP − delta)
@@ -24,7 +27,7 @@ of its rows (stored for the dK/dV kernel), then for each key block j:
 
 **dK/dV** (``flash_bwd_dkdv_hopper_kernel``), one program per (128 keys, key head, batch),
 64 keys per consumer warpgroup, summing over the group's query heads. On transposed tiles
-(keys as rows), for each query block i:
+(keys as rows), for each query block i (64 rows; 128 at D = 64 in the split backward):
 
     Sᵀ = K·Q_iᵀ,  dPᵀ = V·dO_iᵀ              (issued together)
     Pᵀ = exp2(Sᵀ·scale·log2 e − lse·log2 e)   (under dPᵀ)
