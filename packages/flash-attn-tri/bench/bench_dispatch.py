@@ -15,8 +15,8 @@ the rounds, its range, and the fastest. Separate bench runs of the whole suite d
   the rule's boundaries, with SDPA's cuDNN backward as the bar. Each alternative's
   gradients are first checked against the Triton kernels' (``err_vs_triton``).
 
-Run on a Hopper GPU: ``python3 bench_dispatch.py [fwd] [bwd] [--rounds=N]`` (both parts, 3
-rounds by default). Prints a table and writes ``dispatch.csv`` to
+Run on a Hopper GPU: ``python3 bench_dispatch.py [fwd] [bwd] [--rounds=N] [--head-dim=D]``
+(both parts, 3 rounds, D = 64 and 128 by default). Prints a table and writes ``dispatch.csv`` to
 ``results_dir("flash-attn-tri")``; compare its winners with ``attention._gluon_forward_wanted``
 and ``attention._gluon_backward_wanted``.
 """
@@ -63,6 +63,9 @@ BACKWARD = {
     "split-wide-dq": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     "split-wide-dkdv": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     "split-wide": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
+    # the split kernels at D = 128 with 128-key blocks in dQ (two slots: 224 KiB of shared
+    # memory)
+    "split-wide-dq128": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     "cudnn": (),
 }
 # alternatives that run the Gluon backward with other tiles: (kernel, D) -> (BLOCK_M,
@@ -71,6 +74,7 @@ TILES = {
     "split-wide-dq": {("dq", 64): (128, 128, 2)},
     "split-wide-dkdv": {("dkdv", 64): (128, 128, 2)},
     "split-wide": {("dq", 64): (128, 128, 2), ("dkdv", 64): (128, 128, 2)},
+    "split-wide-dq128": {("dq", 128): (128, 128, 2)},
 }
 _BWD_D64 = ("triton", "split", "split-wide-dq", "split-wide-dkdv", "split-wide", "fused", "cudnn")
 # (D, causal, seqlen, alternatives)
@@ -81,8 +85,10 @@ FORWARD_CASES = [
 ]  # fmt: skip
 BACKWARD_CASES = [
     *((64, causal, s, _BWD_D64) for causal in (False, True) for s in (1024, 2048, 4096, 16384)),
-    *((128, False, s, ("split", "fused", "cudnn")) for s in (1024, 4096, 16384)),
-    *((128, True, s, ("split", "fused", "cudnn")) for s in (1024, 4096, 16384)),
+    *((128, False, s, ("split", "split-wide-dq128", "fused", "cudnn"))
+      for s in (1024, 4096, 16384)),
+    *((128, True, s, ("split", "split-wide-dq128", "fused", "cudnn"))
+      for s in (1024, 2048, 4096, 16384)),
 ]  # fmt: skip
 
 
@@ -214,9 +220,12 @@ def main() -> int:
         return 0
     parts = [a for a in sys.argv[1:] if a in ("fwd", "bwd")] or ["fwd", "bwd"]
     rounds = 3
+    head_dims = (64, 128)
     for arg in sys.argv[1:]:
         if arg.startswith("--rounds="):
             rounds = int(arg.split("=", 1)[1])
+        if arg.startswith("--head-dim="):
+            head_dims = (int(arg.split("=", 1)[1]),)
     if rounds < 1:
         raise SystemExit(f"--rounds: expected at least 1, got {rounds}")
     env = environment()
@@ -224,7 +233,8 @@ def main() -> int:
     rows = []
     for part in parts:
         for case in FORWARD_CASES if part == "fwd" else BACKWARD_CASES:
-            rows.extend(_measure(part, case, rounds))
+            if case[0] in head_dims:
+                rows.extend(_measure(part, case, rounds))
     columns = ["part", "D", "causal", "seqlen", "impl", "tflops", "min_ms", "max_ms", "vs_best"]
     columns += ["vs_cudnn", "err_vs_triton"]
     print_table(rows, columns, title=f"dispatch choices, {rounds} rounds, bf16, {env}")

@@ -365,12 +365,13 @@ def test_gluon_backward_matches_the_reference(
 
 
 @pytest.mark.parametrize(
-    ("kernel", "tiles"),
+    ("kernel", "d", "tiles"),
     [
-        ("dq", (128, 128, 2)),
-        ("dq", (128, 128, 3)),
-        ("dkdv", (128, 128, 2)),
-        ("fused", (128, 128, 2)),
+        ("dq", 64, (128, 64, 3)),  # the D = 64 tiles before session 22
+        ("dkdv", 64, (64, 128, 3)),
+        ("dq", 64, (128, 128, 3)),
+        ("fused", 64, (128, 128, 2)),
+        ("dq", 128, (128, 128, 2)),
     ],
 )
 @pytest.mark.parametrize(
@@ -382,19 +383,19 @@ def test_gluon_backward_matches_the_reference(
     ],
 )
 def test_gluon_backward_other_tiles(
-    monkeypatch, check_grads, kernel, tiles, dtype, causal, sq, sk, heads, heads_k
+    monkeypatch, check_grads, kernel, d, tiles, dtype, causal, sq, sk, heads, heads_k
 ):
-    """The Gluon backward kernels at D = 64 with wider tiles than the defaults
-    (``attention._HOPPER_BWD_TILES``: 128-key blocks in dQ, 128-row query blocks in dK/dV),
-    the tiles ``bench/bench_dispatch.py`` times, against the fp64 reference."""
+    """The Gluon backward kernels with tiles other than the defaults
+    (``attention._HOPPER_BWD_TILES``), those ``bench/bench_dispatch.py`` times, against the
+    fp64 reference."""
     from flash_attn_tri import attention
 
     if not attention.is_hopper(torch.device("cuda")):
         pytest.skip("the Gluon kernels are for Hopper GPUs")
-    monkeypatch.setitem(attention._HOPPER_BWD_TILES, (kernel, 64), tiles)
+    monkeypatch.setitem(attention._HOPPER_BWD_TILES, (kernel, d), tiles)
     monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "fused" if kernel == "fused" else "1")
     calls = _record_calls(monkeypatch, "_gluon_dq", "_gluon_dkdv")
-    q, k, v = _qkv((2, sq, heads, 64), (2, sk, heads_k, 64), 64, dtype, seed=sq + 3 * sk)
+    q, k, v = _qkv((2, sq, heads, d), (2, sk, heads_k, d), d, dtype, seed=sq + 3 * sk)
     out = flash_attn_func(q, k, v, causal=causal)
     ref64, _ = attention_ref(
         q.double(), k.double(), v.double(), causal=causal, compute_dtype=torch.float64
