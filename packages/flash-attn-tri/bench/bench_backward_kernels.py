@@ -3,9 +3,9 @@
 where a backward's time goes, and each kernel's matmul rate against the forward's.
 
 - ``triton``: the Triton dQ kernel (with delta), then the Triton dK/dV kernel;
-- ``split`` (the default at D = 128 causal on Hopper): the Gluon dQ kernel (with delta),
-  then the Gluon dK/dV kernel;
-- ``fused`` (the default at D = 128 without a mask and at D = 64 from 4096 tokens): delta
+- ``split`` (the default at D = 128 causal and at D = 64 without a mask on Hopper): the
+  Gluon dQ kernel (with delta), then the Gluon dK/dV kernel;
+- ``fused`` (the default at D = 128 without a mask and at D = 64 causal from 4096 tokens): delta
   with the accumulator's zeroing, the Gluon dK/dV kernel adding dQ up with the copy
   engine's bulk reductions, and the conversion of the accumulator to dQ.
 

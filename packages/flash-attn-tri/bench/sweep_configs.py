@@ -41,7 +41,8 @@ KERNELS = ("fwd", "dkdv", "dq")
 # head-dim class
 EXTRA: dict[tuple[str, int], list[tuple[int, int, int, int]]] = {
     ("fwd", 64): [(64, 128, 4, 3), (128, 128, 8, 4), (64, 64, 4, 4), (128, 64, 8, 3)],
-    # for the D = 64 backward under 4096 tokens (the Triton kernels there; 0.83-0.88x cuDNN)
+    # for the D = 64 backward under 4096 tokens (the Triton kernels there until session 22;
+    # now only causal calls take them by default)
     ("dkdv", 64): [
         (64, 128, 4, 3),
         (32, 64, 4, 3),

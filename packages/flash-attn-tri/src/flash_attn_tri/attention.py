@@ -133,8 +133,9 @@ _HOPPER_FWD_D64: dict[tuple[bool, int], tuple[int, int, int, int]] = {
 }
 
 
-# Hopper, D = 64 backward (the Triton kernels: below 4096 tokens, where the Gluon backward
-# does not take D = 64 calls, and for deterministic ones): the dQ and dK/dV configs per
+# Hopper, D = 64 backward (the Triton kernels: causal calls below 4096 tokens, where the
+# Gluon backward does not take them, deterministic causal ones, and calls without a mask the
+# Gluon kernels cannot take, such as unaligned strides or fp32): the dQ and dK/dV configs per
 # (causal, length class), the fastest backward with that config forced and the other
 # kernel autotuned, by the median of two rounds over the candidates and EXTRA, on an H100
 # (sweep_configs.py --extra, BENCHMARKS.md, session 21). The dK/dV configs spread 194-289
@@ -1006,8 +1007,8 @@ def flash_attn_func(
     ``[batch, seqlen_q, heads, dv]``, or ``(out, softmax_lse [batch, heads, seqlen_q] fp32,
     None)`` with ``return_attn_probs``. ``deterministic=True`` makes the gradients bitwise
     identical run to run: only the fused backward for Hopper (by default at D = 128 without a
-    mask and at D = 64 from 4096 tokens) sums dQ in an order that varies, and it steps aside
-    for the atomic-free kernels then.
+    mask and at D = 64 causal from 4096 tokens) sums dQ in an order that varies, and it
+    steps aside for the atomic-free kernels then.
     """
     check_tensor("q", q, ndim=4)
     check_tensor("k", k, ndim=4)
