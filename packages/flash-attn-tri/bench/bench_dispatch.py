@@ -63,6 +63,7 @@ BACKWARD = {
     "split-wide-dq": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     "split-wide-dkdv": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     "split-wide": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
+    "split-wide-3": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     # the split kernels at D = 128 with 128-key blocks in dQ (two slots: 224 KiB of shared
     # memory)
     "split-wide-dq128": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
@@ -74,9 +75,13 @@ TILES = {
     "split-wide-dq": {("dq", 64): (128, 128, 2)},
     "split-wide-dkdv": {("dkdv", 64): (128, 128, 2)},
     "split-wide": {("dq", 64): (128, 128, 2), ("dkdv", 64): (128, 128, 2)},
+    "split-wide-3": {("dq", 64): (128, 128, 3), ("dkdv", 64): (128, 128, 3)},  # 3 slots
     "split-wide-dq128": {("dq", 128): (128, 128, 2)},
 }
-_BWD_D64 = ("triton", "split", "split-wide-dq", "split-wide-dkdv", "split-wide", "fused", "cudnn")
+_BWD_D64 = (
+    "triton", "split", "split-wide-dq", "split-wide-dkdv", "split-wide", "split-wide-3", "fused",
+    "cudnn",
+)  # fmt: skip
 # (D, causal, seqlen, alternatives)
 _FWD_ALL = ("triton", "gluon-tiles", "gluon-pairs", "gluon-persistent", "cudnn")
 FORWARD_CASES = [

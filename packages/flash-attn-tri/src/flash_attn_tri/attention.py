@@ -568,7 +568,7 @@ def _gluon_fused_backward(
 # dK/dV 136 KiB (two Q, dO slots, K, V, and one 8 KiB dSᵀ buffer it leaves unused), fused
 # 192 KiB (four dSᵀ buffers and each consumer's 16 KiB fp32 dQ tile).
 # At D = 64 the split kernels stream 128-wide blocks (twice the D = 128 tiles' N of the
-# score matmuls): 4-16% faster backward than with 64-wide ones at 1024-16384 tokens without
+# score matmuls): 6-16% faster backward than with 64-wide ones at 1024-16384 tokens without
 # a mask (H100, bench_dispatch.py, BENCHMARKS.md, session 22); the dK/dV kernel spills a
 # few hundred bytes then (offline count), the dQ kernel none.
 _HOPPER_BWD_TILES: dict[tuple[str, int], tuple[int, int, int]] = {
