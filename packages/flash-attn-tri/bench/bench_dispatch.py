@@ -11,7 +11,7 @@ the rounds, its range, and the fastest. Separate bench runs of the whole suite d
   unit a program, persistent), with SDPA's cuDNN backend beside them as the bar;
 - backward alone (``autograd.grad`` with ``retain_graph``, counted as 2.5 forwards): the
   Triton kernels, the split and the fused Gluon kernels (``FLASH_ATTN_TRI_GLUON_BWD=0`` /
-  ``=1`` / ``=fused``; at D = 64 the split kernels also with wider tiles, ``TILES``) around
+  ``=1`` / ``=fused``; the split kernels also on other tiles, ``TILES``) around
   the rule's boundaries, with SDPA's cuDNN backward as the bar. Each alternative's
   gradients are first checked against the Triton kernels' (``err_vs_triton``).
 
@@ -58,30 +58,23 @@ BACKWARD = {
     "triton": (("FLASH_ATTN_TRI_GLUON_BWD", "0"),),
     "split": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     "fused": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
-    # the split kernels at D = 64 with 128-key blocks in dQ, 128-row query blocks in dK/dV
-    # or both (attention._HOPPER_BWD_TILES; see TILES below)
-    "split-wide-dq": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
-    "split-wide-dkdv": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
-    "split-wide": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
-    "split-wide-3": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
-    # the split kernels at D = 128 with 128-key blocks in dQ (two slots: 224 KiB of shared
-    # memory)
+    # the split kernels on other tiles than attention._HOPPER_BWD_TILES's (TILES below)
+    "split-64": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
+    "split-3slots": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     "split-wide-dq128": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     "cudnn": (),
 }
-# alternatives that run the Gluon backward with other tiles: (kernel, D) -> (BLOCK_M,
-# BLOCK_N, NUM_STAGES) in place of attention._HOPPER_BWD_TILES's
+# alternatives that run the Gluon backward on other tiles: (kernel, D) -> (BLOCK_M, BLOCK_N,
+# NUM_STAGES) in place of attention._HOPPER_BWD_TILES's
 TILES = {
-    "split-wide-dq": {("dq", 64): (128, 128, 2)},
-    "split-wide-dkdv": {("dkdv", 64): (128, 128, 2)},
-    "split-wide": {("dq", 64): (128, 128, 2), ("dkdv", 64): (128, 128, 2)},
-    "split-wide-3": {("dq", 64): (128, 128, 3), ("dkdv", 64): (128, 128, 3)},  # 3 slots
+    # D = 64 on the 64-wide blocks written for D = 128 (the tiles before session 22)
+    "split-64": {("dq", 64): (128, 64, 3), ("dkdv", 64): (64, 128, 3)},
+    # D = 64 on the 128-wide blocks with 3 slots instead of 2
+    "split-3slots": {("dq", 64): (128, 128, 3), ("dkdv", 64): (128, 128, 3)},
+    # D = 128 with 128-key blocks in dQ (two slots: 224 KiB of shared memory)
     "split-wide-dq128": {("dq", 128): (128, 128, 2)},
 }
-_BWD_D64 = (
-    "triton", "split", "split-wide-dq", "split-wide-dkdv", "split-wide", "split-wide-3", "fused",
-    "cudnn",
-)  # fmt: skip
+_BWD_D64 = ("triton", "split", "split-64", "split-3slots", "fused", "cudnn")
 # (D, causal, seqlen, alternatives)
 _FWD_ALL = ("triton", "gluon-tiles", "gluon-pairs", "gluon-persistent", "cudnn")
 FORWARD_CASES = [
