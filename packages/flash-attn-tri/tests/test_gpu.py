@@ -386,8 +386,8 @@ def test_gluon_backward_other_tiles(
     monkeypatch, check_grads, kernel, d, tiles, dtype, causal, sq, sk, heads, heads_k
 ):
     """The Gluon backward kernels with tiles other than the defaults
-    (``attention._HOPPER_BWD_TILES``), those ``bench/bench_dispatch.py`` times, against the
-    fp64 reference."""
+    (``attention._HOPPER_BWD_TILES``), among them those ``bench/bench_dispatch.py`` times,
+    against the fp64 reference."""
     from flash_attn_tri import attention
 
     if not attention.is_hopper(torch.device("cuda")):
