@@ -540,7 +540,7 @@ def _gluon_dq_accumulator(q, out, dout, lse, delta, causal: bool) -> torch.Tenso
     of the dK/dV kernel so that no reduction box of one sequence spills into the next; one
     launch."""
     batch, seqlen_q, heads, d = q.shape
-    block_m = _hopper_bwd_launch("fused", d, causal)[1]["BLOCK_M"]
+    block_m = _HOPPER_BWD_TILES[("fused", d)][0]
     rows = cdiv(seqlen_q, block_m) * block_m
     dq_accum = torch.empty(batch, rows, heads, d, device=q.device, dtype=torch.float32)
     fast_launcher(_k._bwd_preprocess_kernel)[make_grid(rows // block_m, heads, batch)](
