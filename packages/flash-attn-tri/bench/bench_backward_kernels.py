@@ -48,9 +48,9 @@ def _parts(kind: str, q, k, v, out, lse, dout, causal: bool):
             ("dkdv", 4, lambda: fa._gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o, causal)),
         ]
     if kind == "fused":
-        acc = fa._gluon_dq_accumulator(q, out, dout, lse, delta, causal)  # and delta
+        acc = fa._gluon_dq_accumulator(q, out, dout, lse, delta)  # and delta
         return [
-            ("preprocess", 0, lambda: fa._gluon_dq_accumulator(q, out, dout, lse, delta, causal)),
+            ("preprocess", 0, lambda: fa._gluon_dq_accumulator(q, out, dout, lse, delta)),
             ("fused", 5, lambda: fa._gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o, causal, acc)),
             ("dq copy", 0, lambda: dq.copy_(acc[:, : q.shape[1]])),
         ]

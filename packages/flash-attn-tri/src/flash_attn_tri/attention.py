@@ -534,7 +534,7 @@ def _gluon_dkdv(
     )  # fmt: skip
 
 
-def _gluon_dq_accumulator(q, out, dout, lse, delta, causal: bool) -> torch.Tensor:
+def _gluon_dq_accumulator(q, out, dout, lse, delta) -> torch.Tensor:
     """For the fused Gluon backward: ``delta`` = rowsum(O · dO) and a zeroed fp32 dQ
     accumulator ``[batch, rows, heads, D]`` (returned), its rows padded to whole query blocks
     of the dK/dV kernel so that no reduction box of one sequence spills into the next; one
@@ -556,7 +556,7 @@ def _gluon_fused_backward(
 ) -> None:
     """The fused Gluon backward for Hopper: delta and the dQ accumulator, the dK/dV kernel
     adding dQ·scale into it, then dQ in q's dtype."""
-    dq_accum = _gluon_dq_accumulator(q, out, dout, lse, delta, causal)
+    dq_accum = _gluon_dq_accumulator(q, out, dout, lse, delta)
     _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o, causal, dq_accum)
     dq.copy_(dq_accum[:, : q.shape[1]])
 
