@@ -297,9 +297,10 @@ def flash_attention(kernel: str, head_dim: int) -> KernelStats:
 def _compile_gluon_attention(launch, head_dim: int, rows: dict[str, int]) -> KernelStats:
     """Compile a Gluon attention kernel of ``flash_attn_tri`` from its ``(kernel, constexprs,
     options)`` as the package would launch it: bf16, fixed length, descriptors named in
-    ``rows`` with boxes of that many rows (128-byte swizzled), fp32 ``lse_ptr`` /
-    ``delta_ptr``, fp32 scales, i32 sizes and strides; pointers and strides marked
-    divisible by 16 but ``stride_lh`` (heads · seqlen_q fp32 elements in general)."""
+    ``rows`` with boxes of that many rows (128-byte swizzled), fp32 ``lse_ptr`` and
+    ``stats_ptr``, boxes of both row statistics of BLOCK_M rows (unswizzled), fp32 scales,
+    i32 sizes and strides; pointers and strides marked divisible by 16 but ``stride_lh``
+    (heads · seqlen_q fp32 elements in general)."""
     from triton.experimental.gluon import language as gl
 
     fn, constexprs, options = launch
@@ -319,7 +320,10 @@ def _compile_gluon_attention(launch, head_dim: int, rows: dict[str, int]) -> Ker
             signature[name] = "constexpr"
         elif name in rows:
             signature[name] = f"tensordesc<bf16[1, {rows[name]}, {head_dim}],{layout!r}>"
-        elif name in ("lse_ptr", "delta_ptr") or (name == "dq_ptr" and constexprs.get("FUSED_DQ")):
+        elif name == "stats_desc":  # the row statistics: both of a query block
+            plain = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
+            signature[name] = f"tensordesc<fp32[2, {constexprs['BLOCK_M']}],{plain!r}>"
+        elif name in ("lse_ptr", "stats_ptr") or (name == "dq_ptr" and constexprs.get("FUSED_DQ")):
             signature[name] = "*fp32"
         elif name.endswith("_ptr"):
             signature[name] = "*bf16"
@@ -328,7 +332,8 @@ def _compile_gluon_attention(launch, head_dim: int, rows: dict[str, int]) -> Ker
         else:
             signature[name] = "i32"
     divisible = [n for n in fn.arg_names if n.endswith("_ptr") or n.startswith("stride_")]
-    divisible.remove("stride_lh")
+    if "stride_lh" in divisible:
+        divisible.remove("stride_lh")
     return compile_sm90(fn, signature, constexprs, divisible=divisible, **options)
 
 

@@ -143,7 +143,7 @@ def flash_attn_pinned():
         q, k, v = (rn(1, seqlen, 1, 64, seed=s) for s in (26, 27, 28))
         flash_attn_func(q, k, v, causal=causal)
     # and each dQ and dK/dV config pinned below 4096 tokens (_HOPPER_DQ_D64, _HOPPER_DKDV_D64;
-    # the Gluon backward, which takes the calls without a mask, switched off)
+    # the Gluon backward, which takes such calls when it can, switched off)
     with env_set("FLASH_ATTN_TRI_GLUON_BWD", "0"):
         for seqlen, causal in ((1000, False), (2000, False), (1000, True), (1500, True)):
             q, k, v = (rn(1, seqlen, 1, 64, seed=s).requires_grad_() for s in (29, 30, 31))

@@ -3,11 +3,11 @@
 where a backward's time goes, and each kernel's matmul rate against the forward's.
 
 - ``triton``: the Triton dQ kernel (with delta), then the Triton dK/dV kernel;
-- ``split`` (the default at D = 128 causal and at D = 64 without a mask on Hopper): the
-  Gluon dQ kernel (with delta), then the Gluon dK/dV kernel;
-- ``fused`` (the default at D = 128 without a mask and at D = 64 causal from 4096 tokens): delta
-  with the accumulator's zeroing, the Gluon dK/dV kernel adding dQ up with the copy
-  engine's bulk reductions, and the conversion of the accumulator to dQ.
+- ``split`` (the default at D = 64 and at D = 128 causal on Hopper): the Gluon dQ kernel
+  (with the row statistics lse·log2 e and delta), then the Gluon dK/dV kernel;
+- ``fused`` (the default at D = 128 without a mask): the row statistics with the
+  accumulator's zeroing, the Gluon dK/dV kernel adding dQ up with the copy engine's bulk
+  reductions, and the conversion of the accumulator to dQ.
 
 Each part is timed alone (``triton.testing.do_bench`` median, L2 flushed between calls) with
 its inputs from one forward; a row also gives the sum of its parts and the whole backward as
@@ -40,18 +40,17 @@ def _parts(kind: str, q, k, v, out, lse, dout, causal: bool):
     d = q.shape[-1]
     o = fa._Opts(d, d**-0.5, -1, 0 if causal else -1, 0.0, 0.0)
     dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
-    delta = torch.empty_like(lse)
     if kind == "split":
-        fa._gluon_dq(q, k, v, dout, out, lse, delta, dq, o, causal)  # delta for dK/dV
+        stats = fa._gluon_dq(q, k, v, dout, out, lse, dq, o, causal)  # for dK/dV
         return [
-            ("dq", 3, lambda: fa._gluon_dq(q, k, v, dout, out, lse, delta, dq, o, causal)),
-            ("dkdv", 4, lambda: fa._gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o, causal)),
+            ("dq", 3, lambda: fa._gluon_dq(q, k, v, dout, out, lse, dq, o, causal)),
+            ("dkdv", 4, lambda: fa._gluon_dkdv(q, k, v, dout, stats, dk, dv, o, causal)),
         ]
     if kind == "fused":
-        acc = fa._gluon_dq_accumulator(q, out, dout, lse, delta)  # and delta
+        acc, stats = fa._gluon_dq_accumulator(q, out, dout, lse)
         return [
-            ("preprocess", 0, lambda: fa._gluon_dq_accumulator(q, out, dout, lse, delta)),
-            ("fused", 5, lambda: fa._gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o, causal, acc)),
+            ("preprocess", 0, lambda: fa._gluon_dq_accumulator(q, out, dout, lse)),
+            ("fused", 5, lambda: fa._gluon_dkdv(q, k, v, dout, stats, dk, dv, o, causal, acc)),
             ("dq copy", 0, lambda: dq.copy_(acc[:, : q.shape[1]])),
         ]
     # the Triton kernels: the whole backward with the Gluon kernels off (two launches)

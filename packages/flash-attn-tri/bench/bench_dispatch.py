@@ -15,8 +15,9 @@ the rounds, its range, and the fastest. Separate bench runs of the whole suite d
   the rule's boundaries, with SDPA's cuDNN backward as the bar. Each alternative's
   gradients are first checked against the Triton kernels' (``err_vs_triton``).
 
-Run on a Hopper GPU: ``python3 bench_dispatch.py [fwd] [bwd] [--rounds=N] [--head-dim=D]``
-(both parts, 3 rounds, D = 64 and 128 by default). Prints a table and writes ``dispatch.csv`` to
+Run on a Hopper GPU: ``python3 bench_dispatch.py [fwd] [bwd] [--rounds=N] [--head-dim=D]
+[--other-tiles]`` (both parts, 3 rounds, D = 64 and 128 by default; ``--other-tiles`` adds
+the ``TILES`` alternatives to the backward cases). Prints a table and writes ``dispatch.csv`` to
 ``results_dir("flash-attn-tri")``; compare its winners with ``attention._gluon_forward_wanted``
 and ``attention._gluon_backward_wanted``.
 """
@@ -74,7 +75,7 @@ TILES = {
     # D = 128 with 128-key blocks in dQ (two slots: 224 KiB of shared memory)
     "split-wide-dq128": {("dq", 128): (128, 128, 2)},
 }
-_BWD_D64 = ("triton", "split", "split-64", "split-3slots", "fused", "cudnn")
+_BWD_D64 = ("triton", "split", "fused", "cudnn")
 # (D, causal, seqlen, alternatives)
 _FWD_ALL = ("triton", "gluon-tiles", "gluon-pairs", "gluon-persistent", "cudnn")
 FORWARD_CASES = [
@@ -82,12 +83,13 @@ FORWARD_CASES = [
       for s in (1024, 2048, 4096, 8192, 16384)),
 ]  # fmt: skip
 BACKWARD_CASES = [
-    *((64, causal, s, _BWD_D64) for causal in (False, True) for s in (1024, 2048, 4096, 16384)),
-    *((128, False, s, ("split", "split-wide-dq128", "fused", "cudnn"))
-      for s in (1024, 4096, 16384)),
-    *((128, True, s, ("split", "split-wide-dq128", "fused", "cudnn"))
+    *((64, causal, s, _BWD_D64) for causal in (False, True)
+      for s in (1024, 2048, 4096, 8192, 16384)),
+    *((128, causal, s, ("split", "fused", "cudnn")) for causal in (False, True)
       for s in (1024, 2048, 4096, 16384)),
 ]  # fmt: skip
+# --other-tiles: the TILES alternatives of each head dim join its backward cases
+_OTHER_TILES = {64: ("split-64", "split-3slots"), 128: ("split-wide-dq128",)}
 
 
 def _inputs(d: int, s: int, requires_grad: bool) -> list[torch.Tensor]:
@@ -224,6 +226,7 @@ def main() -> int:
             rounds = int(arg.split("=", 1)[1])
         if arg.startswith("--head-dim="):
             head_dims = (int(arg.split("=", 1)[1]),)
+    other_tiles = "--other-tiles" in sys.argv[1:]
     if rounds < 1:
         raise SystemExit(f"--rounds: expected at least 1, got {rounds}")
     env = environment()
@@ -232,6 +235,9 @@ def main() -> int:
     for part in parts:
         for case in FORWARD_CASES if part == "fwd" else BACKWARD_CASES:
             if case[0] in head_dims:
+                if part == "bwd" and other_tiles:
+                    d, causal, s, names = case
+                    case = (d, causal, s, (*names[:-1], *_OTHER_TILES[d], names[-1]))
                 rows.extend(_measure(part, case, rounds))
     columns = ["part", "D", "causal", "seqlen", "impl", "tflops", "min_ms", "max_ms", "vs_best"]
     columns += ["vs_cudnn", "err_vs_triton"]

@@ -15,7 +15,14 @@ from triton.experimental.gluon.language._core import builtin
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import tma
 
-__all__ = ["block_barrier", "cp_async_load", "tma_load", "tma_reduce_add", "tma_store_wait"]
+__all__ = [
+    "block_barrier",
+    "cp_async_load",
+    "smem_reinterpret",
+    "tma_load",
+    "tma_reduce_add",
+    "tma_store_wait",
+]
 
 # a barrier across the warps of the running partition (or the whole program)
 block_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
@@ -41,3 +48,11 @@ def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
 
 
 tma_reduce_add = getattr(tma, "async_atomic_add", None) or _tma_reduce_add
+
+
+@builtin
+def smem_reinterpret(smem, dtype, shape, layout, _semantic=None):
+    """The shared memory ``smem`` seen as another ``dtype``, ``shape`` and ``layout`` (the
+    same bytes): ``_reinterpret`` in Triton 3.6, ``reinterpret`` later."""
+    view = getattr(type(smem), "reinterpret", None) or type(smem)._reinterpret
+    return view(smem, dtype, shape, layout, _semantic=_semantic)

@@ -133,9 +133,9 @@ _HOPPER_FWD_D64: dict[tuple[bool, int], tuple[int, int, int, int]] = {
 }
 
 
-# Hopper, D = 64 backward (the Triton kernels: causal calls below 4096 tokens, where the
-# Gluon backward does not take them, deterministic causal ones, and calls without a mask the
-# Gluon kernels cannot take, such as unaligned strides or fp32): the dQ and dK/dV configs per
+# Hopper, D = 64 backward (the Triton kernels: since session 23 only calls the Gluon
+# backward cannot take, such as unaligned strides or fp32; before, also causal calls below
+# 4096 tokens): the dQ and dK/dV configs per
 # (causal, length class), the fastest backward with that config forced and the other
 # kernel autotuned, by the median of two rounds over the candidates and EXTRA, on an H100
 # (sweep_configs.py --extra, BENCHMARKS.md, session 21). The dK/dV configs spread 194-289
@@ -365,12 +365,11 @@ def _gluon_backward_wanted(
 
     - D = 128, causal: ``"split"`` (a dQ kernel beside the dK/dV kernel);
     - D = 128 without a mask: ``"fused"`` (the dK/dV kernel adding dQ up too);
-    - D = 64 without a mask: ``"split"`` (with its 128 × 128 tiles, at every length);
-    - D = 64, causal: ``"fused"`` from 4096 tokens; shorter: None (the Triton kernels).
+    - D = 64: ``"split"``, causal or not, at every length (the fused one measured within
+      1-2% of it from 4096 tokens and slower below).
 
     ``"fused"`` sums dQ in fp32 in whatever order the copy engine's reductions land, so its
-    rounding varies run to run: ``deterministic`` takes ``"split"`` at D = 128 and the Triton
-    kernels at D = 64 causal instead (where the split kernels are no faster than them).
+    rounding varies run to run: ``deterministic`` takes ``"split"`` instead.
     ``FLASH_ATTN_TRI_GLUON_BWD=0`` says None always; ``=1`` says ``"split"`` to every call
     it can take (D = 64 or 128); ``=fused`` says ``"fused"`` to those (``"split"`` when
     ``deterministic``)."""
@@ -381,10 +380,8 @@ def _gluon_backward_wanted(
         return "fused" if switch == "fused" and not deterministic else "split"
     if head_dim == 128:
         return "split" if causal or deterministic else "fused"
-    if head_dim == 64 and not causal:
+    if head_dim == 64:
         return "split"
-    if head_dim == 64 and seqlen >= 4096 and not deterministic:
-        return "fused"
     return None
 
 
@@ -486,78 +483,110 @@ def _gluon_forward(q, k, v, out, lse, qk_scale2: float, causal: bool) -> None:
     )  # fmt: skip
 
 
-def _gluon_dq(
-    q, k, v, dout, out, lse, delta, dq, o: _Opts, causal: bool, made: dict | None = None
-) -> None:
-    """Launch the Gluon dQ kernel for Hopper into ``dq`` (laid out like ``q``) and ``delta``
-    = rowsum(O · dO) (shaped like ``lse``); ``made`` as for :func:`_box_descriptor`."""
-    batch, seqlen_q, heads, d = q.shape
-    seqlen_k, heads_k = k.shape[1], k.shape[2]
-    fn, constexprs, options = _hopper_bwd_launch("dq", d, causal)
-    rows_q, rows_k = constexprs["BLOCK_M"] // 2, constexprs["BLOCK_N"]
-    grid = make_grid(cdiv(seqlen_q, constexprs["BLOCK_M"]), heads, batch)
-    fast_launcher(fn)[grid](
-        _box_descriptor(q, rows_q, made), _box_descriptor(k, rows_k, made),
-        _box_descriptor(v, rows_k, made), _box_descriptor(dout, rows_q, made),
-        _box_descriptor(out, rows_q, made), dq, lse, delta,
-        seqlen_q, seqlen_k, heads // heads_k, o.qk_scale2, o.sm_scale, dq.stride(0),
-        dq.stride(1), dq.stride(2), lse.stride(0), lse.stride(1), **constexprs, **options,
+def _gluon_row_stats(q: torch.Tensor, block_m: int) -> torch.Tensor:
+    """The Gluon backward's row statistics ``[batch, heads, 2, rows]`` fp32 (uninitialised):
+    lse·log2 e and delta = rowsum(O · dO) of each query row, ``rows`` the query length
+    padded to whole blocks of ``block_m`` rows (the writing kernel's; the padding holds
+    +inf and 0). The dK/dV kernel reads them with the copy engine, beside Q and dO."""
+    batch, seqlen_q, heads, _ = q.shape
+    rows = cdiv(seqlen_q, block_m) * block_m
+    return torch.empty(batch, heads, 2, rows, device=q.device, dtype=torch.float32)
+
+
+@functools.cache
+def _plain_layout(element_bits: int, rank: int):
+    """The unswizzled shared-memory layout of copy-engine boxes (made once)."""
+    from triton.experimental.gluon import language as gl
+
+    return gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=element_bits, rank=rank)
+
+
+def _row_stats_descriptor(stats: torch.Tensor, block_m: int):
+    """A copy-engine descriptor over the row statistics (:func:`_gluon_row_stats`) seen as
+    ``[batch · heads · 2, rows]``, with boxes of both statistics of ``block_m`` rows."""
+    batch, heads, _, rows = stats.shape
+    return make_descriptor(
+        _box_descriptor_class(), stats, [batch * heads * 2, rows], [rows, 1], [2, block_m],
+        layout=_plain_layout(32, 2),
     )  # fmt: skip
 
 
+def _gluon_dq(
+    q, k, v, dout, out, lse, dq, o: _Opts, causal: bool, made: dict | None = None
+) -> torch.Tensor:
+    """Launch the Gluon dQ kernel for Hopper into ``dq`` (laid out like ``q``); returns the
+    row statistics it stores for the dK/dV kernel (:func:`_gluon_row_stats`). ``made`` as
+    for :func:`_box_descriptor`."""
+    batch, seqlen_q, heads, d = q.shape
+    seqlen_k, heads_k = k.shape[1], k.shape[2]
+    fn, constexprs, options = _hopper_bwd_launch("dq", d, causal)
+    block_m = constexprs["BLOCK_M"]
+    rows_q, rows_k = block_m // 2, constexprs["BLOCK_N"]
+    stats = _gluon_row_stats(q, block_m)
+    grid = make_grid(cdiv(seqlen_q, block_m), heads, batch)
+    fast_launcher(fn)[grid](
+        _box_descriptor(q, rows_q, made), _box_descriptor(k, rows_k, made),
+        _box_descriptor(v, rows_k, made), _box_descriptor(dout, rows_q, made),
+        _box_descriptor(out, rows_q, made), dq, lse, stats,
+        seqlen_q, seqlen_k, heads // heads_k, o.qk_scale2, o.sm_scale, dq.stride(0),
+        dq.stride(1), dq.stride(2), lse.stride(0), lse.stride(1), **constexprs, **options,
+    )  # fmt: skip
+    return stats
+
+
 def _gluon_dkdv(
-    q, k, v, dout, lse, delta, dk, dv, o: _Opts, causal: bool, dq_accum=None,
+    q, k, v, dout, stats, dk, dv, o: _Opts, causal: bool, dq_accum=None,
     made: dict | None = None,
 ) -> None:  # fmt: skip
     """Launch the Gluon dK/dV kernel for Hopper into ``dk`` and ``dv`` (laid out like
-    ``k``); ``delta`` = rowsum(O · dO), shaped like ``lse``. With ``dq_accum`` (fp32, laid
-    out like ``q`` with rows padded to whole query blocks, zeroed) the kernel also adds
-    dQ·scale into it, as bulk reductions of the copy engine. ``made`` as for
-    :func:`_box_descriptor`."""
+    ``k``); ``stats``: the row statistics (:func:`_gluon_row_stats`, padded to whole query
+    blocks of this kernel). With ``dq_accum`` (fp32, laid out like ``q`` with rows padded
+    to whole query blocks, zeroed) the kernel also adds dQ·scale into it, as bulk
+    reductions of the copy engine. ``made`` as for :func:`_box_descriptor`."""
     batch, seqlen_q, heads, d = q.shape
     seqlen_k, heads_k = k.shape[1], k.shape[2]
     fused = dq_accum is not None
     fn, constexprs, options = _hopper_bwd_launch("fused" if fused else "dkdv", d, causal)
     acc = dq_accum if fused else dk  # (not read without FUSED_DQ)
     rows_q, rows_k = constexprs["BLOCK_M"], constexprs["BLOCK_N"] // 2
+    if stats.shape[-1] % rows_q:
+        raise ValueError(f"stats: expected rows padded to whole {rows_q}, got {stats.shape}")
     acc_desc = None
     if fused and constexprs["DQ_VIA_TMA"]:
         acc_desc = _accumulator_descriptor(dq_accum, rows_q)
     grid = make_grid(cdiv(seqlen_k, constexprs["BLOCK_N"]), heads_k, batch)
     fast_launcher(fn)[grid](
         _box_descriptor(q, rows_q, made), _box_descriptor(k, rows_k, made),
-        _box_descriptor(v, rows_k, made), _box_descriptor(dout, rows_q, made), dk, dv, acc,
-        acc_desc, lse, delta, seqlen_q, seqlen_k, heads // heads_k, o.qk_scale2, o.sm_scale,
-        dk.stride(0), dk.stride(1), dk.stride(2),
-        acc.stride(0), acc.stride(1), acc.stride(2), lse.stride(0), lse.stride(1),
-        **constexprs, **options,
+        _box_descriptor(v, rows_k, made), _box_descriptor(dout, rows_q, made),
+        _row_stats_descriptor(stats, rows_q), dk, dv, acc, acc_desc, seqlen_q, seqlen_k,
+        heads // heads_k, o.qk_scale2, o.sm_scale, dk.stride(0), dk.stride(1), dk.stride(2),
+        acc.stride(0), acc.stride(1), acc.stride(2), **constexprs, **options,
     )  # fmt: skip
 
 
-def _gluon_dq_accumulator(q, out, dout, lse, delta) -> torch.Tensor:
-    """For the fused Gluon backward: ``delta`` = rowsum(O · dO) and a zeroed fp32 dQ
-    accumulator ``[batch, rows, heads, D]`` (returned), its rows padded to whole query blocks
-    of the dK/dV kernel so that no reduction box of one sequence spills into the next; one
-    launch."""
+def _gluon_dq_accumulator(q, out, dout, lse) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the fused Gluon backward: a zeroed fp32 dQ accumulator ``[batch, rows, heads,
+    D]`` and the row statistics (:func:`_gluon_row_stats`), both with rows padded to whole
+    query blocks of the dK/dV kernel (so that no reduction box of one sequence spills into
+    the next); one launch."""
     batch, seqlen_q, heads, d = q.shape
     block_m = _HOPPER_BWD_TILES[("fused", d)][0]
-    rows = cdiv(seqlen_q, block_m) * block_m
+    stats = _gluon_row_stats(q, block_m)
+    rows = stats.shape[-1]
     dq_accum = torch.empty(batch, rows, heads, d, device=q.device, dtype=torch.float32)
     fast_launcher(_k._bwd_preprocess_kernel)[make_grid(rows // block_m, heads, batch)](
-        out, dout, delta, dq_accum, seqlen_q, *_strides3(out, False), *_strides3(dout, False),
-        *_lse_strides(lse, False), *_strides3(dq_accum, False), HEAD_DIM=d, BLOCK_M=block_m,
-        num_warps=4,
+        out, dout, lse, stats, dq_accum, seqlen_q, *_strides3(out, False),
+        *_strides3(dout, False), *_lse_strides(lse, False), *_strides3(dq_accum, False),
+        HEAD_DIM=d, BLOCK_M=block_m, num_warps=4,
     )  # fmt: skip
-    return dq_accum
+    return dq_accum, stats
 
 
-def _gluon_fused_backward(
-    q, k, v, dout, out, lse, delta, dq, dk, dv, o: _Opts, causal: bool
-) -> None:
-    """The fused Gluon backward for Hopper: delta and the dQ accumulator, the dK/dV kernel
-    adding dQ·scale into it, then dQ in q's dtype."""
-    dq_accum = _gluon_dq_accumulator(q, out, dout, lse, delta)
-    _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o, causal, dq_accum)
+def _gluon_fused_backward(q, k, v, dout, out, lse, dq, dk, dv, o: _Opts, causal: bool) -> None:
+    """The fused Gluon backward for Hopper: the row statistics and the dQ accumulator, the
+    dK/dV kernel adding dQ·scale into it, then dQ in q's dtype."""
+    dq_accum, stats = _gluon_dq_accumulator(q, out, dout, lse)
+    _gluon_dkdv(q, k, v, dout, stats, dk, dv, o, causal, dq_accum)
     dq.copy_(dq_accum[:, : q.shape[1]])
 
 
@@ -712,20 +741,20 @@ def _backward_impl(
     rng = rng_state if has_dropout else q
     cu_q = cu_seqlens_q if varlen else q
     cu_k = cu_seqlens_k if varlen else q
-    # rowsum(O · dO) per query row: written by the dQ kernel, read by the dK/dV kernel
-    delta = torch.empty_like(lse)
     # (the Gluon kernels first: they need none of the Triton kernels' arguments below)
     gluon = _gluon_backward_kind(
         q, k, v, dout, out, varlen, o, has_alibi, deterministic, max(seqlen_q, seqlen_k)
     )
     if gluon == "fused":
-        _gluon_fused_backward(q, k, v, dout, out, lse, delta, dq, dk, dv, o, o.has_right)
+        _gluon_fused_backward(q, k, v, dout, out, lse, dq, dk, dv, o, o.has_right)
         return dq, dk, dv
     if gluon == "split":
         made = {}  # both kernels take q, k, v and dO in boxes of 64 rows
-        _gluon_dq(q, k, v, dout, out, lse, delta, dq, o, o.has_right, made)
-        _gluon_dkdv(q, k, v, dout, lse, delta, dk, dv, o, o.has_right, made=made)
+        stats = _gluon_dq(q, k, v, dout, out, lse, dq, o, o.has_right, made)
+        _gluon_dkdv(q, k, v, dout, stats, dk, dv, o, o.has_right, made=made)
         return dq, dk, dv
+    # rowsum(O · dO) per query row: written by the dQ kernel, read by the dK/dV kernel
+    delta = torch.empty_like(lse)
     common = (
         *_lse_strides(lse, varlen), s_ab, s_ah, seqlen_q, seqlen_k, heads, heads // heads_k,
         o.sm_scale, o.qk_scale2, o.softcap_in, o.softcap_out2, o.win_left, o.win_right,
@@ -1007,8 +1036,8 @@ def flash_attn_func(
     ``[batch, seqlen_q, heads, dv]``, or ``(out, softmax_lse [batch, heads, seqlen_q] fp32,
     None)`` with ``return_attn_probs``. ``deterministic=True`` makes the gradients bitwise
     identical run to run: only the fused backward for Hopper (by default at D = 128 without a
-    mask and at D = 64 causal from 4096 tokens) sums dQ in an order that varies, and it
-    steps aside for the atomic-free kernels then.
+    mask) sums dQ in an order that varies, and it steps aside for the atomic-free kernels
+    then.
     """
     check_tensor("q", q, ndim=4)
     check_tensor("k", k, ndim=4)

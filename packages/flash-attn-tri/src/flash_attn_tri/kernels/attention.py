@@ -996,7 +996,8 @@ def _bwd_dq_kernel(
 def _bwd_preprocess_kernel(
     OUT,
     DOUT,
-    DELTA,
+    LSE,
+    ROW_STATS,
     DQ_ACC,
     seqlen_q,
     stride_ob,
@@ -1013,12 +1014,14 @@ def _bwd_preprocess_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
-    """For a backward whose dK/dV kernel also adds up dQ (with atomics): delta =
-    rowsum(O · dO) in fp32 for BLOCK_M rows of one head of fixed-length ``OUT`` and ``DOUT``
-    ``[batch, seqlen_q, heads, HEAD_DIM]`` (unit stride along the head dim), into ``DELTA``
-    ``[batch, heads, seqlen_q]`` (unit stride along the rows), and zeros into the same rows
-    of the fp32 dQ accumulator ``DQ_ACC`` ``[batch, rows, heads, HEAD_DIM]``,
-    whose ``rows`` is a multiple of BLOCK_M (every row of the block is stored)."""
+    """For the fused backward (its dK/dV kernel also adds up dQ), BLOCK_M rows of one head
+    of fixed-length ``OUT`` and ``DOUT`` ``[batch, seqlen_q, heads, HEAD_DIM]`` (unit
+    stride along the head dim): the row statistics lse·log2 e (``LSE`` ``[batch, heads,
+    seqlen_q]``, natural log, unit stride along the rows; +inf past the sequence) and delta
+    = rowsum(O · dO) in fp32 (0 past it) into ``ROW_STATS`` ``[batch, heads, 2, rows]``,
+    contiguous, and zeros into the same rows of the fp32 dQ accumulator ``DQ_ACC``
+    ``[batch, rows, heads, HEAD_DIM]``; ``rows`` is the programs' rows (a multiple of
+    BLOCK_M: every row of the block is stored)."""
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
@@ -1037,7 +1040,13 @@ def _bwd_preprocess_kernel(
         other=0.0,
     )
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
-    tl.store(DELTA + wide(b) * stride_lb + wide(h) * stride_lh + offs_m, delta, mask=row_ok)
+    lse = tl.load(
+        LSE + wide(b) * stride_lb + wide(h) * stride_lh + offs_m, mask=row_ok, other=float("inf")
+    )
+    padded = tl.num_programs(0) * BLOCK_M
+    stats = ROW_STATS + wide(2 * (b * tl.num_programs(1) + h)) * padded + offs_m
+    tl.store(stats, lse * LOG2E)
+    tl.store(stats + padded, delta)
     acc = DQ_ACC + wide(b) * stride_ab + wide(h) * stride_ah + rows * stride_as
     tl.store(acc + offs_d[None, :], tl.zeros([BLOCK_M, HEAD_DIM], tl.float32))
 

@@ -3,8 +3,8 @@ delta), then dK and dV (the split backward); or the dK/dV kernel alone adding dQ
 (the fused backward).
 
 Which one a call takes is ``_gluon_backward_wanted`` in ``attention.py``, as measured
-(BENCHMARKS.md): split at D = 128 causal and at D = 64 without a mask, fused at D = 128
-without a mask and at D = 64 causal from 4096 tokens. Tile sizes per kernel and head dim:
+(BENCHMARKS.md): split at D = 64 and at D = 128 causal, fused at D = 128 without a mask.
+Tile sizes per kernel and head dim:
 ``attention._HOPPER_BWD_TILES``. The fused one's dQ is summed in fp32 in the order the
 reductions land, so its rounding varies run to run and ``deterministic=True`` never takes
 it.
@@ -18,8 +18,8 @@ ring of slots and two consumers.
 
 **dQ** (``flash_bwd_dq_hopper_kernel``), one program per (128 query rows, head, batch),
 64 rows per consumer warpgroup, key blocks of 64 (D = 128) or 128 (D = 64). Each consumer
-first computes ``delta = rowsum(O · dO)`` of its rows (stored for the dK/dV kernel), then
-for each key block j:
+first stores its rows' statistics for the dK/dV kernel, ``lse·log2 e`` and ``delta =
+rowsum(O · dO)``, then for each key block j:
 
     S = Q·K_jᵀ,  dP = dO·V_jᵀ                 (issued together)
     P = exp2(S·scale·log2 e − lse·log2 e),  dS = P ⊙ (dP − delta)
@@ -33,17 +33,22 @@ for each key block j:
     Pᵀ = exp2(Sᵀ·scale·log2 e − lse·log2 e)   (under dPᵀ)
     dV += Pᵀ·dO_i,  dSᵀ = Pᵀ ⊙ (dPᵀ − delta),  dK += dSᵀ·Q_i   (from registers)
 
-then stores ``dK·scale`` and dV. Fused (``FUSED_DQ``): dSᵀ goes through shared memory
-instead of registers, and once both warpgroups' dSᵀ of the block are in, each warpgroup
+with block i's statistics brought by the copy engine beside Q_i and dO_i and read from
+shared memory straight into the columns of the score tiles (loaded from global memory and
+spread with layout conversions instead, each step took four warpgroup barriers and the
+registers the conversions hold: up to 612 B of spills, 1-18% slower backward), then stores
+``dK·scale`` and dV. Fused (``FUSED_DQ``): dSᵀ goes through shared memory instead of
+registers, and once both warpgroups' dSᵀ of the block are in, each warpgroup
 computes ``dQ_i = dS_i·K`` over the program's 128 keys for half of D's columns, stores
 ``dQ_i·scale`` to shared memory and has the copy engine add that tile into an fp32
 accumulator (one bulk reduction, ``DQ_VIA_TMA``; relaxed atomics from registers without it,
 kept for comparison: slower at every shape measured). ``_gluon_fused_backward`` zeroes the
-accumulator beside delta beforehand and converts it to dQ afterwards.
+accumulator beside the row statistics beforehand and converts it to dQ afterwards.
 
 Rows past the sequences need little masking: Q, dO and O past seqlen_q arrive as zeros
-and their lse reads as +inf (so their P is 0); in the dK/dV kernel keys past seqlen_k only
-produce rows that are not stored, while the dQ kernel masks them like the forward.
+and their lse·log2 e in the row statistics is +inf (so their P is 0); in the dK/dV kernel
+keys past seqlen_k only produce rows that are not stored, while the dQ kernel masks them
+like the forward.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from tri_shared.gluon import block_barrier as _block_barrier
+from tri_shared.gluon import smem_reinterpret as _smem_reinterpret
 from tri_shared.gluon import tma_load as _tma_load
 from tri_shared.gluon import tma_reduce_add as _tma_reduce_add
 from tri_shared.gluon import tma_store_wait as _tma_store_wait
@@ -84,14 +90,14 @@ def _query_blocks(seqlen_q, start_n, diag, BLOCK_M: gl.constexpr, CAUSAL: gl.con
 
 @gluon.jit
 def _producer(
-    q_desc, k_desc, v_desc, do_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, qd_full,
-    qd_empty, b, hk, start_n, seqlen_q, diag, group, HEAD_DIM: gl.constexpr,
-    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
-    CAUSAL: gl.constexpr,
+    q_desc, k_desc, v_desc, do_desc, stats_desc, q_smem, do_smem, stats_smem, k_smem,
+    v_smem, kv_bar, qd_full, qd_empty, b, hk, start_n, seqlen_q, diag, group,
+    HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+    NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
 ):  # fmt: skip
-    """K and V (a 64-key half per consumer warpgroup), then Q and dO of every query block of
-    every query head of the group, in the order the consumers take them; a slot is refilled
-    once both consumers have released it."""
+    """K and V (a 64-key half per consumer warpgroup), then Q, dO and the row statistics
+    (lse·log2 e, delta) of every query block of every query head of the group, in the order
+    the consumers take them; a slot is refilled once both consumers have released it."""
     HALF: gl.constexpr = BLOCK_N // 2
     mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes + 2 * v_desc.block_type.nbytes)
     col_kv = hk * HEAD_DIM
@@ -100,17 +106,24 @@ def _producer(
         _tma_load(v_desc, [b, start_n + w * HALF, col_kv], kv_bar, v_smem.index(w))
     first, n_q = _query_blocks(seqlen_q, start_n, diag, BLOCK_M, CAUSAL)
     n_steps = n_q - first
+    heads = gl.num_programs(1) * group
+    nbytes: gl.constexpr = (
+        q_desc.block_type.nbytes + do_desc.block_type.nbytes + stats_desc.block_type.nbytes
+    )
     for g in range(group):
-        col_q = (hk * group + g) * HEAD_DIM
+        h = hk * group + g
+        col_q = h * HEAD_DIM
         for i in range(first, n_q):
             t = g * n_steps + (i - first)
             slot = t % NUM_STAGES
             mbarrier.wait(qd_empty.index(slot), ((t // NUM_STAGES) & 1) ^ 1)
-            mbarrier.expect(
-                qd_full.index(slot), q_desc.block_type.nbytes + do_desc.block_type.nbytes
-            )
+            mbarrier.expect(qd_full.index(slot), nbytes)
             _tma_load(q_desc, [b, i * BLOCK_M, col_q], qd_full.index(slot), q_smem.index(slot))
             _tma_load(do_desc, [b, i * BLOCK_M, col_q], qd_full.index(slot), do_smem.index(slot))
+            _tma_load(
+                stats_desc, [2 * (b * heads + h), i * BLOCK_M], qd_full.index(slot),
+                stats_smem.index(slot),
+            )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------
@@ -119,13 +132,12 @@ def _producer(
 
 @gluon.jit
 def _step(
-    dk, dv, k_tile, v_tile, q_smem, do_smem, qd_full, qd_empty, zero_s, t, i, lse_row,
-    delta_row, offs_n, seqlen_q, diag, qk_scale2, k_smem, ds_smem, ds_ready, dq_row,
-    stride_as, sm_scale, dq_desc, dq_smem, dq_box_row, dq_box_col, WG: gl.constexpr,
-    BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
-    S_LAYOUT: gl.constexpr, P_LAYOUT: gl.constexpr, VEC_LAYOUT: gl.constexpr,
-    DTYPE: gl.constexpr, MASKED: gl.constexpr, FUSED_DQ: gl.constexpr,
-    DQ_VIA_TMA: gl.constexpr,
+    dk, dv, k_tile, v_tile, q_smem, do_smem, stats_rows, qd_full, qd_empty, zero_s, t, i,
+    offs_n, diag, qk_scale2, k_smem, ds_smem, ds_ready, dq_row, stride_as, sm_scale,
+    dq_desc, dq_smem, dq_box_row, dq_box_col, WG: gl.constexpr, BLOCK_M: gl.constexpr,
+    HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, S_LAYOUT: gl.constexpr,
+    P_LAYOUT: gl.constexpr, DTYPE: gl.constexpr, MASKED: gl.constexpr,
+    FUSED_DQ: gl.constexpr, DQ_VIA_TMA: gl.constexpr,
 ):  # fmt: skip
     """Query block i (ring step t): add its share to dK and dV of this warpgroup's keys and,
     when FUSED_DQ, to dQ of the block's rows (``dq_row``: the fp32 accumulator of the query
@@ -135,28 +147,24 @@ def _step(
     # The previous step's slot: its matmuls completed at that step's last wait. Released
     # here, before waiting for this step's (which may need the producer to refill it).
     mbarrier.arrive(qd_empty.index((t + NUM_STAGES - 1) % NUM_STAGES), pred=t > 0)
-    # The block's rows' base-2 log-sum-exp (+inf past the sequence makes their P 0) and
-    # delta, loaded one element a thread and then spread to the columns of the score
-    # tiles: loaded in that layout directly, each thread would hold 16 addresses a vector.
-    COLUMNS: gl.constexpr = gl.SliceLayout(0, S_LAYOUT)
-    offs_c = i * BLOCK_M + gl.arange(0, BLOCK_M, layout=VEC_LAYOUT)
-    in_q = offs_c < seqlen_q
-    lse2 = gl.load(lse_row + offs_c, mask=in_q, other=float("inf")) * _LOG2E
-    delta = gl.load(delta_row + offs_c, mask=in_q, other=0.0)
     mbarrier.wait(qd_full.index(slot), (t // NUM_STAGES) & 1)
     q_tile = _tile(q_smem, slot, BLOCK_M, HEAD_DIM)
     do_tile = _tile(do_smem, slot, BLOCK_M, HEAD_DIM)
     s = warpgroup_mma(k_tile, q_tile.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     dp = warpgroup_mma(v_tile, do_tile.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    # The block's rows' statistics came with Q and dO, read from shared memory straight into
+    # the columns of the score tiles (each thread reads the few columns it holds).
+    COLUMNS: gl.constexpr = gl.SliceLayout(0, S_LAYOUT)
+    lse2 = stats_rows.index(2 * slot).load(COLUMNS)
     s = warpgroup_mma_wait(1, deps=[s])
-    p = gl.exp2(s * qk_scale2 - gl.convert_layout(lse2, COLUMNS)[None, :])
+    p = gl.exp2(s * qk_scale2 - lse2[None, :])
     if MASKED:
         offs_m = i * BLOCK_M + gl.arange(0, BLOCK_M, layout=COLUMNS)
         p = gl.where(offs_n[:, None] <= offs_m[None, :] + diag, p, 0.0)
     p_op = gl.convert_layout(p.to(DTYPE), P_LAYOUT)
     dv = warpgroup_mma(p_op, do_tile, dv, is_async=True)
     dp, p_op = warpgroup_mma_wait(1, deps=[dp, p_op])
-    ds = p * (dp - gl.convert_layout(delta, COLUMNS)[None, :])
+    ds = p * (dp - stats_rows.index(2 * slot + 1).load(COLUMNS)[None, :])
     if FUSED_DQ:
         # dSᵀ goes through shared memory: it is dK's operand there, and, transposed, dQ's.
         buf = t % 2
@@ -212,12 +220,12 @@ def _step(
 
 @gluon.jit
 def _consumer(
-    q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, qd_full, qd_empty, ds_ready,
-    dk_ptr, dv_ptr, dq_ptr, dq_desc, lse_ptr, delta_ptr, b, hk, start_n, seqlen_q, seqlen_k,
+    q_smem, do_smem, stats_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, qd_full,
+    qd_empty, ds_ready, dk_ptr, dv_ptr, dq_ptr, dq_desc, b, hk, start_n, seqlen_q, seqlen_k,
     diag, group, qk_scale2, sm_scale, stride_kb, stride_ks, stride_kh, stride_ab, stride_as,
-    stride_ah, stride_lb, stride_lh, WG: gl.constexpr, HEAD_DIM: gl.constexpr,
-    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
-    CAUSAL: gl.constexpr, FUSED_DQ: gl.constexpr, DQ_VIA_TMA: gl.constexpr,
+    stride_ah, WG: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
+    BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+    FUSED_DQ: gl.constexpr, DQ_VIA_TMA: gl.constexpr,
 ):  # fmt: skip
     """One consumer warpgroup (4 warps, 64 keys): dK and dV of its keys over every query
     block and query head that sees them; stores dK·scale and dV, laid out like k
@@ -231,7 +239,6 @@ def _consumer(
         version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HEAD_DIM, 16]
     )
     P_LAYOUT: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_LAYOUT, k_width=2)
-    VEC_LAYOUT: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
     DTYPE: gl.constexpr = q_smem.dtype
     key0 = start_n + WG * HALF
     offs_n = key0 + gl.arange(0, HALF, layout=gl.SliceLayout(1, S_LAYOUT))
@@ -253,28 +260,31 @@ def _consumer(
     else:
         dq_own = dq_smem  # (not used)
     dq_rows = b * (gl.cdiv(seqlen_q, BLOCK_M) * BLOCK_M)
+    # the ring of statistics boxes [NUM_STAGES, 2, BLOCK_M] seen as its rows (unswizzled: the
+    # same bytes), so that a statistic reads as a vector
+    stats_rows = _smem_reinterpret(
+        stats_smem, gl.float32, [NUM_STAGES * 2, BLOCK_M], gl.SwizzledSharedLayout(1, 1, 1, [0])
+    )
     mbarrier.wait(kv_bar, 0)
     for g in range(group):
         h = hk * group + g
         dq_col = h * HEAD_DIM + WG * (HEAD_DIM // 2)
-        lse_row = lse_ptr + b.to(gl.int64) * stride_lb + h.to(gl.int64) * stride_lh
-        delta_row = delta_ptr + b.to(gl.int64) * stride_lb + h.to(gl.int64) * stride_lh
         dq_row = dq_ptr + b.to(gl.int64) * stride_ab + h.to(gl.int64) * stride_ah
         for i in range(first, n_masked):
             dk, dv = _step(
-                dk, dv, k_tile, v_tile, q_smem, do_smem, qd_full, qd_empty, zero_s,
-                g * n_steps + (i - first), i, lse_row, delta_row, offs_n, seqlen_q, diag,
-                qk_scale2, k_smem, ds_smem, ds_ready, dq_row, stride_as, sm_scale, dq_desc,
-                dq_own, dq_rows, dq_col, WG, BLOCK_M, HEAD_DIM, NUM_STAGES, S_LAYOUT,
-                P_LAYOUT, VEC_LAYOUT, DTYPE, True, FUSED_DQ, DQ_VIA_TMA,
+                dk, dv, k_tile, v_tile, q_smem, do_smem, stats_rows, qd_full, qd_empty,
+                zero_s, g * n_steps + (i - first), i, offs_n, diag, qk_scale2, k_smem,
+                ds_smem, ds_ready, dq_row, stride_as, sm_scale, dq_desc, dq_own, dq_rows,
+                dq_col, WG, BLOCK_M, HEAD_DIM, NUM_STAGES, S_LAYOUT, P_LAYOUT, DTYPE,
+                True, FUSED_DQ, DQ_VIA_TMA,
             )  # fmt: skip
         for i in range(n_masked, n_q):
             dk, dv = _step(
-                dk, dv, k_tile, v_tile, q_smem, do_smem, qd_full, qd_empty, zero_s,
-                g * n_steps + (i - first), i, lse_row, delta_row, offs_n, seqlen_q, diag,
-                qk_scale2, k_smem, ds_smem, ds_ready, dq_row, stride_as, sm_scale, dq_desc,
-                dq_own, dq_rows, dq_col, WG, BLOCK_M, HEAD_DIM, NUM_STAGES, S_LAYOUT,
-                P_LAYOUT, VEC_LAYOUT, DTYPE, False, FUSED_DQ, DQ_VIA_TMA,
+                dk, dv, k_tile, v_tile, q_smem, do_smem, stats_rows, qd_full, qd_empty,
+                zero_s, g * n_steps + (i - first), i, offs_n, diag, qk_scale2, k_smem,
+                ds_smem, ds_ready, dq_row, stride_as, sm_scale, dq_desc, dq_own, dq_rows,
+                dq_col, WG, BLOCK_M, HEAD_DIM, NUM_STAGES, S_LAYOUT, P_LAYOUT, DTYPE,
+                False, FUSED_DQ, DQ_VIA_TMA,
             )  # fmt: skip
     total = group * n_steps
     last = total - 1
@@ -301,24 +311,27 @@ def _consumer(
 
 @gluon.jit
 def flash_bwd_dkdv_hopper_kernel(
-    q_desc, k_desc, v_desc, do_desc, dk_ptr, dv_ptr, dq_ptr, dq_desc, lse_ptr, delta_ptr,
-    seqlen_q, seqlen_k, group, qk_scale2, sm_scale, stride_kb, stride_ks, stride_kh,
-    stride_ab, stride_as, stride_ah, stride_lb, stride_lh, HEAD_DIM: gl.constexpr,
-    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
-    CAUSAL: gl.constexpr, FUSED_DQ: gl.constexpr, DQ_VIA_TMA: gl.constexpr,
-    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
+    q_desc, k_desc, v_desc, do_desc, stats_desc, dk_ptr, dv_ptr, dq_ptr, dq_desc, seqlen_q,
+    seqlen_k, group, qk_scale2, sm_scale, stride_kb, stride_ks, stride_kh, stride_ab,
+    stride_as, stride_ah, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
+    BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+    FUSED_DQ: gl.constexpr, DQ_VIA_TMA: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+    PRODUCER_REGS: gl.constexpr,
 ):  # fmt: skip
     """dK and dV of BLOCK_N keys of one key head. ``q_desc``, ``do_desc``: copy-engine
     descriptors over q and dout ``[batch, seqlen_q, heads · D]`` with boxes
     ``[1, BLOCK_M, D]``; ``k_desc``, ``v_desc`` over k and v ``[batch, seqlen_k,
     heads_k · D]`` with boxes ``[1, BLOCK_N / 2, D]`` (rows past a sequence arrive as
     zeros); ``dk_ptr``, ``dv_ptr`` ``[batch, seqlen_k, heads_k, D]`` with the strides given
-    (unit stride along D); ``lse_ptr``, ``delta_ptr`` ``[batch, heads, seqlen_q]`` fp32
-    (unit stride along the rows). FUSED_DQ: also adds dQ·scale into ``dq_ptr``, an fp32
-    ``[batch, cdiv(seqlen_q, BLOCK_M) · BLOCK_M, heads, D]`` accumulator with strides
-    ``stride_a*`` (unit stride along D): with DQ_VIA_TMA through ``dq_desc``, a copy-engine
-    descriptor over it seen as ``[batch · rows, heads · D]`` with boxes ``[BLOCK_M, D / 2]``
-    (bulk reductions), else with atomics; otherwise neither is used."""
+    (unit stride along D); ``stats_desc`` a copy-engine descriptor over the row statistics
+    ``[batch · heads · 2, padded rows]`` fp32 (row 2·(b·heads + h): lse·log2 e of query head
+    h, +inf past the sequence; the next row: delta, 0 past it; the padded rows a multiple
+    of BLOCK_M) with boxes ``[2, BLOCK_M]``, unswizzled. FUSED_DQ: also adds dQ·scale
+    into ``dq_ptr``, an fp32 ``[batch, cdiv(seqlen_q, BLOCK_M) · BLOCK_M, heads, D]``
+    accumulator with strides ``stride_a*`` (unit stride along D): with DQ_VIA_TMA through
+    ``dq_desc``, a copy-engine descriptor over it seen as ``[batch · rows, heads · D]``
+    with boxes ``[BLOCK_M, D / 2]`` (bulk reductions), else with atomics; otherwise neither
+    is used."""
     # (under a causal mask the first key blocks are seen by the most query rows; programs
     # start in order of their index, so those go first as they are)
     pid_n = gl.program_id(0)
@@ -331,6 +344,7 @@ def flash_bwd_dkdv_hopper_kernel(
     HALF: gl.constexpr = BLOCK_N // 2
     q_smem = gl.allocate_shared_memory(dtype, [NUM_STAGES, 1, BLOCK_M, HEAD_DIM], q_desc.layout)
     do_smem = gl.allocate_shared_memory(dtype, [NUM_STAGES, 1, BLOCK_M, HEAD_DIM], do_desc.layout)
+    stats_smem = gl.allocate_shared_memory(gl.float32, [NUM_STAGES, 2, BLOCK_M], stats_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [2, 1, HALF, HEAD_DIM], k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [2, 1, HALF, HEAD_DIM], v_desc.layout)
     # FUSED_DQ: dSᵀ of both warpgroups, twice (steps alternate between the two buffers)
@@ -361,25 +375,23 @@ def flash_bwd_dkdv_hopper_kernel(
     gl.warp_specialize(
         [
             (_consumer, (
-                q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, qd_full,
-                qd_empty, ds_ready, dk_ptr, dv_ptr, dq_ptr, dq_desc, lse_ptr, delta_ptr, b,
-                hk, start_n, seqlen_q, seqlen_k, diag, group, qk_scale2, sm_scale,
-                stride_kb, stride_ks, stride_kh, stride_ab, stride_as, stride_ah, stride_lb,
-                stride_lh, 0, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, FUSED_DQ,
-                DQ_VIA_TMA,
+                q_smem, do_smem, stats_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar,
+                qd_full, qd_empty, ds_ready, dk_ptr, dv_ptr, dq_ptr, dq_desc, b, hk, start_n,
+                seqlen_q, seqlen_k, diag, group, qk_scale2, sm_scale, stride_kb, stride_ks,
+                stride_kh, stride_ab, stride_as, stride_ah, 0, HEAD_DIM, BLOCK_M, BLOCK_N,
+                NUM_STAGES, CAUSAL, FUSED_DQ, DQ_VIA_TMA,
             )),
             (_consumer, (
-                q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, qd_full,
-                qd_empty, ds_ready, dk_ptr, dv_ptr, dq_ptr, dq_desc, lse_ptr, delta_ptr, b,
-                hk, start_n, seqlen_q, seqlen_k, diag, group, qk_scale2, sm_scale,
-                stride_kb, stride_ks, stride_kh, stride_ab, stride_as, stride_ah, stride_lb,
-                stride_lh, 1, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, FUSED_DQ,
-                DQ_VIA_TMA,
+                q_smem, do_smem, stats_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar,
+                qd_full, qd_empty, ds_ready, dk_ptr, dv_ptr, dq_ptr, dq_desc, b, hk, start_n,
+                seqlen_q, seqlen_k, diag, group, qk_scale2, sm_scale, stride_kb, stride_ks,
+                stride_kh, stride_ab, stride_as, stride_ah, 1, HEAD_DIM, BLOCK_M, BLOCK_N,
+                NUM_STAGES, CAUSAL, FUSED_DQ, DQ_VIA_TMA,
             )),
             (_producer, (
-                q_desc, k_desc, v_desc, do_desc, q_smem, do_smem, k_smem, v_smem, kv_bar,
-                qd_full, qd_empty, b, hk, start_n, seqlen_q, diag, group, HEAD_DIM,
-                BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL,
+                q_desc, k_desc, v_desc, do_desc, stats_desc, q_smem, do_smem, stats_smem,
+                k_smem, v_smem, kv_bar, qd_full, qd_empty, b, hk, start_n, seqlen_q, diag,
+                group, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL,
             )),
         ],
         [4, 4],
@@ -449,14 +461,14 @@ def _dq_step(
 @gluon.jit
 def _dq_consumer(
     q_smem, do_smem, o_smem, k_smem, v_smem, q_bar, kv_full, kv_empty, dq_ptr, lse_ptr,
-    delta_ptr, b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks, qk_scale2, sm_scale,
+    stats_ptr, b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks, qk_scale2, sm_scale,
     stride_qb, stride_qs, stride_qh, stride_lb, stride_lh, WG: gl.constexpr,
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
     NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
 ):  # fmt: skip
-    """One consumer warpgroup (4 warps, 64 query rows): delta = rowsum(O·dO) of its rows
-    (stored for the dK/dV kernel), then dQ over every key block its rows see; stores
-    dQ·scale. dQ is laid out like q (``stride_q*``)."""
+    """One consumer warpgroup (4 warps, 64 query rows): the row statistics lse·log2 e and
+    delta = rowsum(O·dO) of its rows (stored for the dK/dV kernel), then dQ over every key
+    block its rows see; stores dQ·scale. dQ is laid out like q (``stride_q*``)."""
     HALF: gl.constexpr = BLOCK_M // 2
     S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16]
@@ -471,9 +483,14 @@ def _dq_consumer(
     offs_m = row0 + gl.arange(0, HALF, layout=ROWS)
     in_q = offs_m < seqlen_q
     lse_row = lse_ptr + b.to(gl.int64) * stride_lb + h.to(gl.int64) * stride_lh
-    delta_row = delta_ptr + b.to(gl.int64) * stride_lb + h.to(gl.int64) * stride_lh
     # base-2 log-sum-exp; +inf past the sequence (and for rows that see no key) makes P 0
     lse2 = gl.load(lse_row + offs_m, mask=in_q, other=float("inf")) * _LOG2E
+    # the statistics of (batch b, head h): rows 2·(b·heads + h) and the next one of
+    # [batch · heads · 2, padded rows], the padded rows being the programs' rows (every row
+    # is stored, +inf and 0 past the sequence)
+    padded = gl.num_programs(0) * BLOCK_M
+    stats_row = stats_ptr + (2 * (b * gl.num_programs(1) + h)).to(gl.int64) * padded
+    gl.store(stats_row + offs_m, lse2)
     q_tile = _tile(q_smem, WG, HALF, HEAD_DIM)
     do_tile = _tile(do_smem, WG, HALF, HEAD_DIM)
 
@@ -483,7 +500,7 @@ def _dq_consumer(
     o = _tile(o_smem, WG, HALF, HEAD_DIM).load(O_LAYOUT).to(gl.float32)
     delta_o = gl.sum(o * do_tile.load(O_LAYOUT).to(gl.float32), axis=1)
     delta = gl.convert_layout(delta_o, ROWS)
-    gl.store(delta_row + offs_m, delta, mask=in_q)
+    gl.store(stats_row + padded + offs_m, delta)
 
     zero_s = gl.zeros([HALF, BLOCK_N], gl.float32, S_LAYOUT)
     dq = gl.zeros([HALF, HEAD_DIM], gl.float32, O_LAYOUT)
@@ -522,7 +539,7 @@ def _dq_consumer(
 
 @gluon.jit
 def flash_bwd_dq_hopper_kernel(
-    q_desc, k_desc, v_desc, do_desc, o_desc, dq_ptr, lse_ptr, delta_ptr, seqlen_q, seqlen_k,
+    q_desc, k_desc, v_desc, do_desc, o_desc, dq_ptr, lse_ptr, stats_ptr, seqlen_q, seqlen_k,
     group, qk_scale2, sm_scale, stride_qb, stride_qs, stride_qh, stride_lb, stride_lh,
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
     NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, CONSUMER_REGS: gl.constexpr,
@@ -533,7 +550,9 @@ def flash_bwd_dq_hopper_kernel(
     ``[batch, seqlen_q, heads · D]`` with boxes ``[1, BLOCK_M / 2, D]``; ``k_desc``,
     ``v_desc`` over k and v ``[batch, seqlen_k, heads_k · D]`` with boxes
     ``[1, BLOCK_N, D]``; ``dq_ptr`` ``[batch, seqlen_q, heads, D]`` with the strides given
-    (unit stride along D); ``lse_ptr``, ``delta_ptr`` ``[batch, heads, seqlen_q]`` fp32."""
+    (unit stride along D); ``lse_ptr`` ``[batch, heads, seqlen_q]`` fp32 (the forward's,
+    natural log); ``stats_ptr`` ``[batch, heads, 2, cdiv(seqlen_q, BLOCK_M) · BLOCK_M]``
+    fp32, contiguous, where the row statistics lse·log2 e and delta go."""
     pid_m = gl.program_id(0)
     if CAUSAL:
         pid_m = gl.num_programs(0) - 1 - pid_m  # the longest rows first
@@ -566,13 +585,13 @@ def flash_bwd_dq_hopper_kernel(
         [
             (_dq_consumer, (
                 q_smem, do_smem, o_smem, k_smem, v_smem, q_bar, kv_full, kv_empty, dq_ptr,
-                lse_ptr, delta_ptr, b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks,
+                lse_ptr, stats_ptr, b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks,
                 qk_scale2, sm_scale, stride_qb, stride_qs, stride_qh, stride_lb, stride_lh,
                 0, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL,
             )),
             (_dq_consumer, (
                 q_smem, do_smem, o_smem, k_smem, v_smem, q_bar, kv_full, kv_empty, dq_ptr,
-                lse_ptr, delta_ptr, b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks,
+                lse_ptr, stats_ptr, b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks,
                 qk_scale2, sm_scale, stride_qb, stride_qs, stride_qh, stride_lb, stride_lh,
                 1, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL,
             )),
