@@ -135,16 +135,15 @@ _HOPPER_FWD_D64: dict[tuple[bool, int], tuple[int, int, int, int]] = {
 
 # Hopper, D = 64 backward (the Triton kernels: since session 23 only calls the Gluon
 # backward cannot take, such as unaligned strides or fp32; before, also causal calls below
-# 4096 tokens): the dQ and dK/dV configs per
-# (causal, length class), the fastest backward with that config forced and the other
-# kernel autotuned, by the median of two rounds over the candidates and EXTRA, on an H100
-# (sweep_configs.py --extra, BENCHMARKS.md, session 21). The dK/dV configs spread 194-289
-# TFLOP/s at 1024 keys without a mask: an unlucky autotuner pick costs up to a third;
-# dQ's leaders are within 1-2%. Length classes not listed are autotuned. Timed against the
-# autotuner choosing afresh, on one H100 (sweep_configs.py --against-autotune, 3 rounds,
-# session 22): within 1.5% either way but dQ at 1024 keys without a mask, where the
-# autotuner's 128 x 64 x 8 x 3 ran 5% faster than the pin: that pin was dropped. (Without
-# a mask these kernels now take only the calls the Gluon backward cannot.)
+# 4096 tokens): the dQ and dK/dV configs per (causal, length class), the fastest backward
+# with that config forced and the other kernel autotuned, by the median of two rounds over
+# the candidates and EXTRA, on an H100 (sweep_configs.py --extra, BENCHMARKS.md, session
+# 21). The dK/dV configs spread 194-289 TFLOP/s at 1024 keys without a mask: an unlucky
+# autotuner pick costs up to a third; dQ's leaders are within 1-2%. Length classes not
+# listed are autotuned. Timed against the autotuner choosing afresh, on one H100
+# (sweep_configs.py --against-autotune, 3 rounds, session 22): within 1.5% either way but dQ
+# at 1024 keys without a mask, where the autotuner's 128 x 64 x 8 x 3 ran 5% faster than the
+# pin: that pin was dropped.
 _HOPPER_DQ_D64: dict[tuple[bool, int], tuple[int, int, int, int]] = {
     (False, 2048): (64, 128, 4, 3),
     (True, 1024): (64, 64, 4, 3),

@@ -1,13 +1,12 @@
 """The attention backward for Hopper (sm_90), written in Gluon, warp-specialised: dQ (with
-delta), then dK and dV (the split backward); or the dK/dV kernel alone adding dQ up too
-(the fused backward).
+the row statistics lse·log2 e and delta), then dK and dV (the split backward); or the dK/dV
+kernel alone adding dQ up too (the fused backward).
 
 Which one a call takes is ``_gluon_backward_wanted`` in ``attention.py``, as measured
 (BENCHMARKS.md): split at D = 64 and at D = 128 causal, fused at D = 128 without a mask.
-Tile sizes per kernel and head dim:
-``attention._HOPPER_BWD_TILES``. The fused one's dQ is summed in fp32 in the order the
-reductions land, so its rounding varies run to run and ``deterministic=True`` never takes
-it.
+Tile sizes per kernel and head dim: ``attention._HOPPER_BWD_TILES``. The fused one's dQ
+is summed in fp32 in the order the reductions land, so its rounding varies run to run and
+``deterministic=True`` never takes it.
 
 What they cover: fixed-length ``[batch, seqlen, heads, D]`` inputs, fp16/bf16,
 D = Dv = 64 or 128, GQA, causal (aligned to the bottom right) or not, a positive softmax
