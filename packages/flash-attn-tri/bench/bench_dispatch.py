@@ -63,6 +63,7 @@ BACKWARD = {
     "split-64": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     "split-3slots": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     "split-wide-dq128": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
+    "fused-128rows": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
     "cudnn": (),
 }
 # alternatives that run the Gluon backward on other tiles: (kernel, D) -> (BLOCK_M, BLOCK_N,
@@ -74,6 +75,9 @@ TILES = {
     "split-3slots": {("dq", 64): (128, 128, 3), ("dkdv", 64): (128, 128, 3)},
     # D = 128 with 128-key blocks in dQ (two slots: 224 KiB of shared memory)
     "split-wide-dq128": {("dq", 128): (128, 128, 2)},
+    # the fused kernel at D = 64 on 128-row query blocks (spills 352-544 B offline, triton
+    # 3.6, since the row statistics come through the copy engine; 1.1-2.3 KB before)
+    "fused-128rows": {("fused", 64): (128, 128, 2)},
 }
 _BWD_D64 = ("triton", "split", "fused", "cudnn")
 # (D, causal, seqlen, alternatives)
@@ -89,7 +93,7 @@ BACKWARD_CASES = [
       for s in (1024, 2048, 4096, 16384)),
 ]  # fmt: skip
 # --other-tiles: the TILES alternatives of each head dim join its backward cases
-_OTHER_TILES = {64: ("split-64", "split-3slots"), 128: ("split-wide-dq128",)}
+_OTHER_TILES = {64: ("split-64", "split-3slots", "fused-128rows"), 128: ("split-wide-dq128",)}
 
 
 def _inputs(d: int, s: int, requires_grad: bool) -> list[torch.Tensor]:
