@@ -11,6 +11,7 @@ os.environ.setdefault("FLASH_ATTN_TRI_AUTOTUNE", "0")
 import pytest
 import torch
 
+from flash_attn_tri.reference import attention_ref
 from tri_shared.testing import assert_close, rel_err
 
 # Floors under the FlashAttention rule, for cases where PyTorch in the input dtype happens to
@@ -49,6 +50,24 @@ def check_grads():
         for n, g, r, lo in zip(names, grads, g64, glow, strict=True):
             _check(n, g, r, lo, 3.0)
         return grads
+
+    return run
+
+
+@pytest.fixture
+def check_against_reference(check_grads):
+    """``check_against_reference(out, q, k, v, grad_out, inputs=None, names=..., **opts)``:
+    the reference from q, k, v (``attention_ref`` with ``opts``) in fp64 and in q's dtype,
+    then :func:`check_grads` of ``out`` and of the gradients of ``inputs`` (q, k, v unless
+    given) under ``grad_out``; returns the gradients."""
+
+    def run(out, q, k, v, grad_out, inputs=None, names=("dq", "dk", "dv"), **opts):
+        ref64, _ = attention_ref(
+            q.double(), k.double(), v.double(), compute_dtype=torch.float64, **opts
+        )
+        reflow, _ = attention_ref(q, k, v, compute_dtype=q.dtype, **opts)
+        inputs = (q, k, v) if inputs is None else inputs
+        return check_grads(out, ref64, reflow, inputs, grad_out, names=names)
 
     return run
 

@@ -31,15 +31,11 @@ def _qkv(shape_q, shape_k, dv, dtype, seed):
         (torch.bfloat16, 128, 128, False, 1100, 900, 4, 2),
     ],
 )
-def test_large(check_grads, dtype, d, dv, causal, sq, sk, heads, heads_k):
+def test_large(check_against_reference, dtype, d, dv, causal, sq, sk, heads, heads_k):
     q, k, v = _qkv((2, sq, heads, d), (2, sk, heads_k, d), dv, dtype, seed=d + sq)
     out = flash_attn_func(q, k, v, causal=causal)
-    ref64, _ = attention_ref(
-        q.double(), k.double(), v.double(), causal=causal, compute_dtype=torch.float64
-    )
-    reflow, _ = attention_ref(q, k, v, causal=causal, compute_dtype=dtype)
     grad_out = randn(out.shape, seed=5, dtype=dtype, device="cuda")
-    check_grads(out, ref64, reflow, (q, k, v), grad_out)
+    check_against_reference(out, q, k, v, grad_out, causal=causal)
 
 
 @pytest.mark.parametrize(
@@ -52,7 +48,7 @@ def test_large(check_grads, dtype, d, dv, causal, sq, sk, heads, heads_k):
         (True, 5000, (128, 64, 4, 4)),
     ],
 )
-def test_pinned_d64_forward_configs(check_grads, causal, seqlen, config):
+def test_pinned_d64_forward_configs(check_against_reference, causal, seqlen, config):
     """At D = 64 on Hopper the forward takes the config pinned for its length class; each
     distinct one, on lengths that end in a partial block, against the reference."""
     from flash_attn_tri import attention
@@ -66,18 +62,14 @@ def test_pinned_d64_forward_configs(check_grads, causal, seqlen, config):
     picked = kern.best_config
     assert (picked.kwargs["BLOCK_M"], picked.kwargs["BLOCK_N"]) == config[:2]
     assert (picked.num_warps, picked.num_stages) == config[2:]
-    ref64, _ = attention_ref(
-        q.double(), k.double(), v.double(), causal=causal, compute_dtype=torch.float64
-    )
-    reflow, _ = attention_ref(q, k, v, causal=causal, compute_dtype=torch.bfloat16)
     grad_out = randn(out.shape, seed=7, dtype=torch.bfloat16, device="cuda")
-    check_grads(out, ref64, reflow, (q, k, v), grad_out)
+    check_against_reference(out, q, k, v, grad_out, causal=causal)
 
 
 @pytest.mark.parametrize(
     ("causal", "seqlen"), [(False, 1000), (False, 2000), (True, 1000), (True, 1500)]
 )
-def test_pinned_d64_backward_configs(check_grads, monkeypatch, causal, seqlen):
+def test_pinned_d64_backward_configs(check_against_reference, monkeypatch, causal, seqlen):
     """At D = 64 on Hopper below 4096 tokens the Triton backward takes the dQ and dK/dV
     configs pinned for its length class (where the Gluon backward does not take the call,
     e.g. unaligned strides: it is switched off here); each, on lengths that end in a
@@ -91,12 +83,8 @@ def test_pinned_d64_backward_configs(check_grads, monkeypatch, causal, seqlen):
     monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "0")
     q, k, v = _qkv((1, seqlen, 4, 64), (1, seqlen, 4, 64), 64, torch.bfloat16, seed=seqlen)
     out = flash_attn_func(q, k, v, causal=causal)
-    ref64, _ = attention_ref(
-        q.double(), k.double(), v.double(), causal=causal, compute_dtype=torch.float64
-    )
-    reflow, _ = attention_ref(q, k, v, causal=causal, compute_dtype=torch.bfloat16)
     grad_out = randn(out.shape, seed=8, dtype=torch.bfloat16, device="cuda")
-    check_grads(out, ref64, reflow, (q, k, v), grad_out)
+    check_against_reference(out, q, k, v, grad_out, causal=causal)
     length_class = attention._length_class(seqlen)
     for kernel, table in (("dq", attention._HOPPER_DQ_D64), ("dkdv", attention._HOPPER_DKDV_D64)):
         config = table.get((causal, length_class))
@@ -108,17 +96,13 @@ def test_pinned_d64_backward_configs(check_grads, monkeypatch, causal, seqlen):
         assert (picked.num_warps, picked.num_stages) == config[2:]
 
 
-def test_options_bf16(check_grads):
+def test_options_bf16(check_against_reference):
     q, k, v = _qkv((2, 700, 8, 64), (2, 900, 2, 64), 64, torch.bfloat16, seed=3)
     slopes = torch.rand(2, 8, device="cuda") * 0.1
     opts = {"causal": True, "window_size": (256, -1), "softcap": 20.0, "alibi_slopes": slopes}
     out = flash_attn_func(q, k, v, **opts)
-    ref64, _ = attention_ref(
-        q.double(), k.double(), v.double(), compute_dtype=torch.float64, **opts
-    )
-    reflow, _ = attention_ref(q, k, v, compute_dtype=torch.bfloat16, **opts)
     grad_out = randn(out.shape, seed=6, dtype=torch.bfloat16, device="cuda")
-    check_grads(out, ref64, reflow, (q, k, v), grad_out)
+    check_against_reference(out, q, k, v, grad_out, **opts)
 
 
 def test_cpu_tensor_rejected():
@@ -141,7 +125,7 @@ def test_deterministic_gradients():
 
 @pytest.mark.parametrize("d", [64, 96, 128])
 @pytest.mark.parametrize("kernel", ["dkdv", "dq"])
-def test_every_backward_config(check_grads, monkeypatch, sweep_configs, kernel, d):
+def test_every_backward_config(check_against_reference, monkeypatch, sweep_configs, kernel, d):
     """Each dK/dV and dQ launch config autotuning may pick, and each extra one
     ``bench/sweep_configs.py`` times (which a pin may take): exact gradients, causal and not,
     that repeat bitwise (the tests otherwise run the first config only). The Triton
@@ -161,11 +145,7 @@ def test_every_backward_config(check_grads, monkeypatch, sweep_configs, kernel, 
             q, k, v = _qkv((2, 777, 8, d), (2, 1023, 2, d), d, torch.bfloat16, seed=d)
             dout = randn((2, 777, 8, d), seed=7, dtype=torch.bfloat16, device="cuda")
             out = flash_attn_func(q, k, v, causal=causal)
-            ref64, _ = attention_ref(
-                q.double(), k.double(), v.double(), causal=causal, compute_dtype=torch.float64
-            )
-            reflow, _ = attention_ref(q, k, v, causal=causal, compute_dtype=torch.bfloat16)
-            grads = check_grads(out, ref64, reflow, (q, k, v), dout)
+            grads = check_against_reference(out, q, k, v, dout, causal=causal)
             again = torch.autograd.grad(flash_attn_func(q, k, v, causal=causal), (q, k, v), dout)
             for a, b in zip(grads, again, strict=True):
                 assert torch.equal(a, b), (
@@ -173,7 +153,7 @@ def test_every_backward_config(check_grads, monkeypatch, sweep_configs, kernel, 
                 )
 
 
-def test_dropout_statistics_and_consistency(check_grads):
+def test_dropout_statistics_and_consistency(check_against_reference):
     p = 0.2
     batch, sq, sk, heads, d = 2, 512, 768, 4, 64
     mask = _dropout_mask(_draw_rng_state(torch.device("cuda")), batch, heads, sq, sk, p)
@@ -185,12 +165,8 @@ def test_dropout_statistics_and_consistency(check_grads):
     torch.manual_seed(77)
     out = flash_attn_func(q, k, v, dropout_p=p, causal=True)
     opts = {"causal": True, "dropout_p": p, "dropout_mask": mask}
-    ref64, _ = attention_ref(
-        q.double(), k.double(), v.double(), compute_dtype=torch.float64, **opts
-    )
-    reflow, _ = attention_ref(q, k, v, compute_dtype=torch.bfloat16, **opts)
     grad_out = randn(out.shape, seed=8, dtype=torch.bfloat16, device="cuda")
-    check_grads(out, ref64, reflow, (q, k, v), grad_out)
+    check_against_reference(out, q, k, v, grad_out, **opts)
 
 
 def test_varlen_bf16(check_grads):
@@ -264,7 +240,7 @@ def _gluon_calls(monkeypatch):
 )
 @pytest.mark.parametrize("schedule", ["tiles", "pairs", "persistent"])
 def test_gluon_forward_matches_the_reference(
-    monkeypatch, check_grads, schedule, dtype, d, causal, sq, sk, heads, heads_k
+    monkeypatch, check_against_reference, schedule, dtype, d, causal, sq, sk, heads, heads_k
 ):
     """The Gluon forward for Hopper against the fp64 reference (FlashAttention error rule,
     output and, through the Triton backward it feeds, gradients) and the Triton forward's
@@ -280,12 +256,8 @@ def test_gluon_forward_matches_the_reference(
     q, k, v = _qkv((2, sq, heads, d), (2, sk, heads_k, d), d, dtype, seed=d + sq + sk)
     out, lse, _ = flash_attn_func(q, k, v, causal=causal, return_attn_probs=True)
     assert calls, "the Gluon forward did not run"
-    ref64, _ = attention_ref(
-        q.double(), k.double(), v.double(), causal=causal, compute_dtype=torch.float64
-    )
-    reflow, _ = attention_ref(q, k, v, causal=causal, compute_dtype=dtype)
     grad_out = randn(out.shape, seed=9, dtype=dtype, device="cuda")
-    check_grads(out, ref64, reflow, (q, k, v), grad_out)
+    check_against_reference(out, q, k, v, grad_out, causal=causal)
     monkeypatch.setenv("FLASH_ATTN_TRI_GLUON", "0")
     out_t, lse_t, _ = flash_attn_func(q, k, v, causal=causal, return_attn_probs=True)
     assert len(calls) == 1
@@ -332,7 +304,7 @@ def test_gluon_forward_schedules_agree_bitwise(monkeypatch, d, causal):
     ],
 )
 def test_gluon_backward_matches_the_reference(
-    monkeypatch, check_grads, kind, dtype, d, causal, sq, sk, heads, heads_k
+    monkeypatch, check_against_reference, kind, dtype, d, causal, sq, sk, heads, heads_k
 ):
     """The Gluon backward kernels for Hopper, ``fused`` (dK/dV adding dQ up with the copy
     engine's reductions) and ``split`` (dQ with delta, then dK/dV), against the fp64
@@ -345,12 +317,8 @@ def test_gluon_backward_matches_the_reference(
     monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "fused" if kind == "fused" else "1")
     q, k, v = _qkv((2, sq, heads, d), (2, sk, heads_k, d), d, dtype, seed=d + sq + 2 * sk)
     out = flash_attn_func(q, k, v, causal=causal)
-    ref64, _ = attention_ref(
-        q.double(), k.double(), v.double(), causal=causal, compute_dtype=torch.float64
-    )
-    reflow, _ = attention_ref(q, k, v, causal=causal, compute_dtype=dtype)
     grad_out = randn(out.shape, seed=11, dtype=dtype, device="cuda")
-    grads = check_grads(out, ref64, reflow, (q, k, v), grad_out)
+    grads = check_against_reference(out, q, k, v, grad_out, causal=causal)
     expected = {
         "fused": ["_gluon_fused_backward", "_gluon_dkdv"],
         "split": ["_gluon_dq", "_gluon_dkdv"],
@@ -383,7 +351,7 @@ def test_gluon_backward_matches_the_reference(
     ],
 )
 def test_gluon_backward_other_tiles(
-    monkeypatch, check_grads, kernel, d, tiles, dtype, causal, sq, sk, heads, heads_k
+    monkeypatch, check_against_reference, kernel, d, tiles, dtype, causal, sq, sk, heads, heads_k
 ):
     """The Gluon backward kernels with tiles other than the defaults
     (``attention._HOPPER_BWD_TILES``), among them those ``bench/bench_dispatch.py`` times,
@@ -397,12 +365,8 @@ def test_gluon_backward_other_tiles(
     calls = _record_calls(monkeypatch, "_gluon_dq", "_gluon_dkdv")
     q, k, v = _qkv((2, sq, heads, d), (2, sk, heads_k, d), d, dtype, seed=sq + 3 * sk)
     out = flash_attn_func(q, k, v, causal=causal)
-    ref64, _ = attention_ref(
-        q.double(), k.double(), v.double(), causal=causal, compute_dtype=torch.float64
-    )
-    reflow, _ = attention_ref(q, k, v, causal=causal, compute_dtype=dtype)
     grad_out = randn(out.shape, seed=13, dtype=dtype, device="cuda")
-    check_grads(out, ref64, reflow, (q, k, v), grad_out)
+    check_against_reference(out, q, k, v, grad_out, causal=causal)
     assert calls == (["_gluon_dkdv"] if kernel == "fused" else ["_gluon_dq", "_gluon_dkdv"])
 
 
