@@ -62,6 +62,12 @@ class KernelStats:
         """Occurrences of a PTX opcode (e.g. ``mul.lo.s64``) in the whole kernel."""
         return len(re.findall(rf"^\s*{re.escape(opcode)}\b", self.ptx, flags=re.MULTILINE))
 
+    def opcodes(self) -> collections.Counter:
+        """SASS opcode counts over the whole kernel, loops or not (``UTMASTG``, ``STG``:
+        the opcode without its modifiers, predicates dropped)."""
+        pattern = r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)"
+        return collections.Counter(re.findall(pattern, self.sass, re.MULTILINE))
+
 
 def compile_sm90(
     fn,
@@ -337,14 +343,18 @@ def _compile_gluon_attention(launch, head_dim: int, rows: dict[str, int]) -> Ker
     return compile_sm90(fn, signature, constexprs, divisible=divisible, **options)
 
 
-def flash_attention_hopper(head_dim: int, causal: bool = True) -> KernelStats:
+def flash_attention_hopper(head_dim: int, causal: bool = True, o_via_tma: bool | None = None):
     """The Gluon (sm_90) attention forward as ``flash_attn_tri`` would launch it (under a
-    causal mask, on units of two query blocks)."""
+    causal mask, on units of two query blocks); ``o_via_tma``: the output path in place of
+    the default (``attention._HOPPER_FWD_O_VIA_TMA``)."""
     from flash_attn_tri import attention
 
     launch = attention._hopper_fwd_launch(head_dim, causal, pair=causal)
+    if o_via_tma is not None:
+        launch = (launch[0], {**launch[1], "O_VIA_TMA": o_via_tma}, launch[2])
     constexprs = launch[1]
-    rows = {"q_desc": constexprs["BLOCK_M"] // 2}  # half the rows for each consumer
+    # half the rows for each consumer warpgroup
+    rows = {"q_desc": constexprs["BLOCK_M"] // 2, "o_desc": constexprs["BLOCK_M"] // 2}
     rows |= {"k_desc": constexprs["BLOCK_N"], "v_desc": constexprs["BLOCK_N"]}
     return _compile_gluon_attention(launch, head_dim, rows)
 
@@ -374,6 +384,7 @@ RECIPES = {
     "sparse-indexer-loss-hopper-wide-keys": lambda: sparse_indexer_forward_hopper(wide_keys=True),
     "flash-attn-fwd-hopper-d64": lambda: flash_attention_hopper(64),
     "flash-attn-fwd-hopper-d128": lambda: flash_attention_hopper(128),
+    "flash-attn-fwd-hopper-d128-o-tma": lambda: flash_attention_hopper(128, o_via_tma=True),
     **{
         f"flash-attn-{kernel}-hopper-d{d}": (
             lambda kernel=kernel, d=d: flash_attention_bwd_hopper(kernel, d)
@@ -413,6 +424,7 @@ def main() -> int:
                 "innermost": st.innermost,
                 "wgmma_a_in_registers": st.wgmma_a_in_registers,
                 "setmaxnreg": st.setmaxnreg,
+                "opcodes": dict(st.opcodes()),
             }
             print(json.dumps(record))
             continue

@@ -156,28 +156,32 @@ def flash_attn_gluon():
     ``FLASH_ATTN_TRI_GLUON=1``) with partial blocks at both ends, GQA, causal with rows that
     see no key (sq > sk), a single key block, persistent programs of many tiles; and the
     backward kernels, fused and split."""
-    from flash_attn_tri import flash_attn_func
+    from flash_attn_tri import attention, flash_attn_func
     from tri_shared.bench import env_set
 
-    with env_set("FLASH_ATTN_TRI_GLUON", "1"):
-        for d, causal, sq, sk in ((128, True, 300, 203), (64, False, 113, 203), (128, False, 5, 9)):
-            q = rn(2, sq, 4, d, seed=40)
-            k, v = rn(2, sk, 2, d, seed=41), rn(2, sk, 2, d, seed=42)
-            flash_attn_func(q, k, v, causal=causal)
-        # persistent programs taking many units each (the GPU taken as 3 multiprocessors):
-        # pairs of causal tiles, an odd block count, rows that see no key
-        from flash_attn_tri import attention
-
-        sms = attention.num_sms
-        attention.num_sms = lambda index=None: 3
-        try:
-            shapes = ((128, True, 1100, 1100), (64, True, 300, 203), (128, False, 300, 203))
+    o_via_tma, sms = attention._HOPPER_FWD_O_VIA_TMA, attention.num_sms
+    # the output written with plain stores and through the copy engine
+    for output_path in (False, True):
+        attention._HOPPER_FWD_O_VIA_TMA = output_path
+        with env_set("FLASH_ATTN_TRI_GLUON", "1"):
+            shapes = ((128, True, 300, 203), (64, False, 113, 203), (128, False, 5, 9))
             for d, causal, sq, sk in shapes:
-                q = rn(2, sq, 4, d, seed=46)
-                k, v = rn(2, sk, 2, d, seed=47), rn(2, sk, 2, d, seed=48)
+                q = rn(2, sq, 4, d, seed=40)
+                k, v = rn(2, sk, 2, d, seed=41), rn(2, sk, 2, d, seed=42)
                 flash_attn_func(q, k, v, causal=causal)
-        finally:
-            attention.num_sms = sms
+            # persistent programs taking many units each (the GPU taken as 3
+            # multiprocessors): pairs of causal tiles, an odd block count, rows that see no
+            # key
+            attention.num_sms = lambda index=None: 3
+            try:
+                shapes = ((128, True, 1100, 1100), (64, True, 300, 203), (128, False, 300, 203))
+                for d, causal, sq, sk in shapes:
+                    q = rn(2, sq, 4, d, seed=46)
+                    k, v = rn(2, sk, 2, d, seed=47), rn(2, sk, 2, d, seed=48)
+                    flash_attn_func(q, k, v, causal=causal)
+            finally:
+                attention.num_sms = sms
+    attention._HOPPER_FWD_O_VIA_TMA = o_via_tma
     # the backward kernels, forced on for D = 64 and short causal too: GQA, partial blocks
     for kind in ("1", "fused"):
         with env_set("FLASH_ATTN_TRI_GLUON_BWD", kind):

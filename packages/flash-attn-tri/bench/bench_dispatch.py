@@ -53,6 +53,10 @@ FORWARD = {
         )
         for schedule in ("tiles", "pairs", "persistent")
     },
+    # the Gluon forward under its own schedule rule; "-o-tma": its output written through
+    # the copy engine instead of with plain stores from registers (SETTINGS)
+    "gluon": (("FLASH_ATTN_TRI_GLUON", "1"),),
+    "gluon-o-tma": (("FLASH_ATTN_TRI_GLUON", "1"),),
     "cudnn": (),
 }  # fmt: skip
 BACKWARD = {
@@ -79,6 +83,9 @@ TILES = {
     # 3.6, since the row statistics come through the copy engine; 1.1-2.3 KB before)
     "fused-128rows": {("fused", 64): (128, 128, 2)},
 }
+# alternatives that change a module-level setting of flash_attn_tri.attention: name ->
+# {attribute: value}
+SETTINGS = {"gluon-o-tma": {"_HOPPER_FWD_O_VIA_TMA": True}}
 _BWD_D64 = ("triton", "split", "fused", "cudnn")
 # (D, causal, seqlen, alternatives)
 _FWD_ALL = ("triton", "gluon-tiles", "gluon-pairs", "gluon-persistent", "cudnn")
@@ -144,16 +151,23 @@ def _backward_call(d: int, causal: bool, s: int, name: str) -> Callable[[], obje
 
 @contextlib.contextmanager
 def _tiles(name: str):
-    """The Gluon backward's tiles of alternative ``name`` (``TILES``) inside the block."""
+    """The Gluon backward's tiles (``TILES``) and the settings (``SETTINGS``) of alternative
+    ``name`` inside the block."""
     from flash_attn_tri import attention
 
     saved = dict(attention._HOPPER_BWD_TILES)
     attention._HOPPER_BWD_TILES.update(TILES.get(name, {}))
+    settings = SETTINGS.get(name, {})
+    saved_settings = {attr: getattr(attention, attr) for attr in settings}
+    for attr, value in settings.items():
+        setattr(attention, attr, value)
     try:
         yield
     finally:
         attention._HOPPER_BWD_TILES.clear()
         attention._HOPPER_BWD_TILES.update(saved)
+        for attr, value in saved_settings.items():
+            setattr(attention, attr, value)
 
 
 def check_backward_alternatives(d: int, causal: bool, s: int, names: tuple[str, ...]) -> dict:

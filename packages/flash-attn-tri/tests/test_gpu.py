@@ -239,17 +239,21 @@ def _gluon_calls(monkeypatch):
     ],
 )
 @pytest.mark.parametrize("schedule", ["tiles", "pairs", "persistent"])
+@pytest.mark.parametrize("o_via_tma", [False, True])
 def test_gluon_forward_matches_the_reference(
-    monkeypatch, check_against_reference, schedule, dtype, d, causal, sq, sk, heads, heads_k
-):
+    monkeypatch, check_against_reference, o_via_tma, schedule, dtype, d, causal, sq, sk, heads,
+    heads_k,
+):  # fmt: skip
     """The Gluon forward for Hopper against the fp64 reference (FlashAttention error rule,
     output and, through the Triton backward it feeds, gradients) and the Triton forward's
     log-sum-exp; rows past the diagonal with no key give output 0 and lse +inf. Under
     each schedule, with the GPU taken as 5 multiprocessors: causal tiles go in pairs
     (but under ``tiles``), and persistent programs take many units each, so the rings
-    and turns carry over from tile to tile."""
+    and turns carry over from tile to tile; the output written with plain stores or
+    through the copy engine (``O_VIA_TMA``, rows past the sequence left alone)."""
     from flash_attn_tri import attention
 
+    monkeypatch.setattr(attention, "_HOPPER_FWD_O_VIA_TMA", o_via_tma)
     monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_SCHEDULE", schedule)
     monkeypatch.setattr(attention, "num_sms", lambda index=None: 5)
     calls = _gluon_calls(monkeypatch)
@@ -287,6 +291,23 @@ def test_gluon_forward_schedules_agree_bitwise(monkeypatch, d, causal):
     for schedule, (out, lse) in results.items():
         assert torch.equal(out, out_t), schedule
         assert torch.equal(lse, lse_t), schedule
+
+
+@pytest.mark.parametrize(("d", "causal"), [(128, True), (128, False), (64, True)])
+def test_gluon_forward_output_paths_agree_bitwise(monkeypatch, d, causal):
+    """The output through the copy engine (``O_VIA_TMA``) holds the same bits as the one
+    written with plain stores, at full size (2048 tiles, persistent programs)."""
+    from flash_attn_tri import attention
+
+    calls = _gluon_calls(monkeypatch)
+    q, k, v = _qkv((8, 2048, 2048 // d, d), (8, 2048, 2048 // d, d), d, torch.bfloat16, seed=4)
+    results = []
+    for o_via_tma in (False, True):
+        monkeypatch.setattr(attention, "_HOPPER_FWD_O_VIA_TMA", o_via_tma)
+        results.append(flash_attn_func(q, k, v, causal=causal, return_attn_probs=True)[:2])
+    assert len(calls) == 2
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
 
 
 @pytest.mark.parametrize("kind", ["fused", "split"])

@@ -21,6 +21,7 @@ __all__ = [
     "smem_reinterpret",
     "tma_load",
     "tma_reduce_add",
+    "tma_store",
     "tma_store_wait",
 ]
 
@@ -30,6 +31,9 @@ block_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 # a cp.async gather of a tensor of pointers into shared memory
 cp_async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+# a copy-engine (TMA) store of a tile in shared memory into one box of a tensor descriptor
+# (asynchronous: ``tma_store_wait`` before the tile is written again)
+tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 # wait until at most ``pendings`` of this thread's copy-engine stores (and reductions) are
 # still reading their shared memory
 tma_store_wait = tma.store_wait

@@ -474,11 +474,15 @@ def _gluon_forward(q, k, v, out, lse, qk_scale2: float, causal: bool) -> None:
     fn, constexprs, options = _hopper_fwd_launch(d, causal, pair)
     n_units = (cdiv(n_m, 2) if pair else n_m) * heads * batch
     grid = make_grid(min(n_units, sms) if persistent else n_units)
+    rows_wg = constexprs["BLOCK_M"] // 2
+    q_desc = _box_descriptor(q, rows_wg)
+    # the output's descriptor, where it goes out through the copy engine (else any one)
+    o_desc = _box_descriptor(out, rows_wg) if constexprs["O_VIA_TMA"] else q_desc
+    k_desc, v_desc = (_box_descriptor(t, constexprs["BLOCK_N"]) for t in (k, v))
     fast_launcher(fn)[grid](
-        _box_descriptor(q, constexprs["BLOCK_M"] // 2), _box_descriptor(k, constexprs["BLOCK_N"]),
-        _box_descriptor(v, constexprs["BLOCK_N"]), out, lse, seqlen_q, seqlen_k, heads,
-        heads // heads_k, n_units, qk_scale2, out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1), **constexprs, **options,
+        q_desc, k_desc, v_desc, o_desc, out, lse, seqlen_q, seqlen_k, heads, heads // heads_k,
+        n_units, qk_scale2, out.stride(0), out.stride(1), out.stride(2), lse.stride(0),
+        lse.stride(1), **constexprs, **options,
     )  # fmt: skip
 
 
@@ -639,6 +643,9 @@ def _hopper_bwd_launch(
 
 # query rows of a Gluon forward tile: 64 for each of the two consumer warpgroups
 _HOPPER_FWD_BLOCK_M = 128
+# whether the Gluon forward writes its output through the copy engine (from the tile's
+# query buffer) instead of with plain stores from registers (bench_dispatch "gluon-o-tma")
+_HOPPER_FWD_O_VIA_TMA = False
 
 
 def _hopper_fwd_launch(
@@ -652,11 +659,13 @@ def _hopper_fwd_launch(
         "HEAD_DIM": head_dim,
         "BLOCK_M": _HOPPER_FWD_BLOCK_M,
         "BLOCK_N": 128,
-        # shared memory: the query tiles and NUM_STAGES K and V tiles (160 KiB at D = 128)
+        # shared memory: two query tiles of each consumer warpgroup and NUM_STAGES K and
+        # V tiles (192 KiB at D = 128)
         "NUM_STAGES": 2 if head_dim > 64 else 3,
         "CAUSAL": causal,
         "PINGPONG": True,
         "PAIR": pair,
+        "O_VIA_TMA": _HOPPER_FWD_O_VIA_TMA,
         "CONSUMER_REGS": 240,
         "PRODUCER_REGS": 24,
     }

@@ -16,8 +16,9 @@ finishes (at 1024 keys a tile is only 8 key blocks, and its start and end cost a
 of them). A program has three warpgroups, each a partition of its own:
 
 - a **producer** warpgroup issues the copy engine's loads (TMA): the two 64-row query
-  tiles, then each key block's K and V tiles into a ring of NUM_STAGES slots (the rings
-  run on from tile to tile). K and V have barriers of their own both ways: a block's
+  tiles (two buffers for each consumer warpgroup, taken in turn from tile to tile), then
+  each key block's K and V tiles into a ring of NUM_STAGES slots (the rings run on from
+  tile to tile). K and V have barriers of their own both ways: a block's
   scores can start before its V has landed, and a K slot is handed back as soon as its
   scores are done, a whole step before its V. With two slots at D = 128, releasing K and
   V together left every step waiting for the copy of the next K (BENCHMARKS.md: 440 →
@@ -26,7 +27,10 @@ of them). A program has three warpgroups, each a partition of its own:
   softmax. Step j issues ``S_{j+1} = Q·K_{j+1}ᵀ`` and ``O += P_j·V_j`` back to back, waits
   for the scores, runs their softmax, then waits for ``P·V`` and rescales O. The two
   warpgroups take turns at issuing (``PINGPONG``), so that one's softmax runs while the
-  other's matmuls occupy the tensor cores.
+  other's matmuls occupy the tensor cores. The output goes to global memory with plain
+  stores from registers, or (``O_VIA_TMA``) through the tile's query buffer, its scores
+  done, and one copy-engine store that runs while the warpgroup starts its next tile
+  (the buffer is handed back once that store has read it).
 
 The scale is folded into the exponent: the row maximum is taken on the raw scores and
 ``p = exp2(s · scale·log2(e) − m)`` is one multiply-add per score. A row that sees no key
@@ -46,6 +50,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from tri_shared.gluon import block_barrier as _block_barrier
 from tri_shared.gluon import tma_load as _tma_load
+from tri_shared.gluon import tma_store as _tma_store
+from tri_shared.gluon import tma_store_wait as _tma_store_wait
 
 _LN2: gl.constexpr = gl.constexpr(0.6931471805599453)
 
@@ -103,11 +109,11 @@ def _producer(
     NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, PAIR: gl.constexpr,
 ):  # fmt: skip
     """Tile after tile of the program: the first key block's K, the two query tiles (one
-    per consumer warpgroup, each loaded once that warpgroup is done with its previous
-    one), then V and K of every key block the rows can see, in order. The K and V rings
-    run on across tiles: a K (V) slot is refilled once both consumers have released it,
-    K right after its scores, V after its ``P·V``; so the next tile's first keys and
-    queries arrive while the consumers finish the current one."""
+    per consumer warpgroup, into the buffer that warpgroup used two tiles before, once it
+    has handed it back), then V and K of every key block the rows can see, in order. The
+    K and V rings run on across tiles: a K (V) slot is refilled once both consumers have
+    released it, K right after its scores, V after its ``P·V``; so the next tile's first
+    keys and queries arrive while the consumers finish the current one."""
     ROWS_WG: gl.constexpr = BLOCK_M // 2
     diag = seqlen_k - seqlen_q
     ring = 0  # key blocks loaded so far, over all the program's tiles
@@ -125,11 +131,12 @@ def _producer(
                 _tma_load(k_desc, [b, j * BLOCK_N, col_kv], k_full.index(slot), k_smem.index(slot))
                 if j == 0:
                     for wg in gl.static_range(2):
-                        mbarrier.wait(q_empty.index(wg), (tile & 1) ^ 1)
-                        mbarrier.expect(q_full.index(wg), q_desc.block_type.nbytes)
+                        buf = 2 * wg + tile % 2
+                        mbarrier.wait(q_empty.index(buf), ((tile // 2) & 1) ^ 1)
+                        mbarrier.expect(q_full.index(buf), q_desc.block_type.nbytes)
                         _tma_load(
-                            q_desc, [b, start_m + wg * ROWS_WG, h * HEAD_DIM], q_full.index(wg),
-                            q_smem.index(wg),
+                            q_desc, [b, start_m + wg * ROWS_WG, h * HEAD_DIM], q_full.index(buf),
+                            q_smem.index(buf),
                         )  # fmt: skip
                 mbarrier.wait(v_empty.index(slot), phase)
                 mbarrier.expect(v_full.index(slot), v_desc.block_type.nbytes)
@@ -227,11 +234,12 @@ def _pipelined_step(
 
 @gluon.jit
 def _attend(
-    q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, k_empty, v_empty, turn, out_ptr,
-    lse_ptr, b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks, ring, tile, qk_scale2,
+    q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, k_empty, v_empty, turn, o_desc,
+    out_ptr, lse_ptr, b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks, ring, tile, qk_scale2,
     stride_ob, stride_os, stride_oh, stride_lb, stride_lh, WG: gl.constexpr,
     ROWS_WG: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
     NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr,
+    O_VIA_TMA: gl.constexpr,
 ):  # fmt: skip
     """One consumer warpgroup's share of one tile (ROWS_WG = 64 query rows of head ``h``
     from ``start_m + WG · ROWS_WG``): scores, softmax, ``P·V`` over ``n_blocks`` key
@@ -254,7 +262,8 @@ def _attend(
     acc = gl.zeros([ROWS_WG, HEAD_DIM], gl.float32, O_LAYOUT)
     m_i = gl.full([ROWS_WG], float("-inf"), gl.float32, ROWS)
     l_i = gl.zeros([ROWS_WG], gl.float32, ROWS)
-    q = _tile(q_smem, WG, ROWS_WG, HEAD_DIM)
+    q_buf = 2 * WG + tile % 2
+    q = _tile(q_smem, q_buf, ROWS_WG, HEAD_DIM)
     # blocks before n_full are visible whole to every row of this warpgroup
     n_full = seqlen_k // BLOCK_N
     if CAUSAL:
@@ -262,7 +271,7 @@ def _attend(
     # every tile before this one took n_blocks - 1 pipelined steps: the turns taken so far
     step = ring - tile
 
-    mbarrier.wait(q_full.index(WG), tile & 1)
+    mbarrier.wait(q_full.index(q_buf), (tile // 2) & 1)
     mbarrier.wait(k_full.index(ring % NUM_STAGES), (ring // NUM_STAGES) & 1)
     s = warpgroup_mma(
         q, _tile(k_smem, ring % NUM_STAGES, BLOCK_N, HEAD_DIM).permute((1, 0)), zero_s,
@@ -278,6 +287,11 @@ def _attend(
             s, m_i, l_i, 0, offs_m, offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N, CAUSAL, True
         )
     p = gl.convert_layout(p.to(DTYPE), P_LAYOUT)
+    if O_VIA_TMA:
+        # the previous tile's output has left its query buffer (below): hand it back
+        _tma_store_wait(0)
+        _block_barrier()
+        mbarrier.arrive(q_empty.index(2 * WG + (tile + 1) % 2), pred=tile > 0)
     # step j multiplies block j and scores block j + 1: unmasked while j + 1 < n_full
     n_pipe = n_blocks - 1
     n_plain = gl.minimum(gl.maximum(n_full - 1, 0), n_pipe)
@@ -293,26 +307,37 @@ def _attend(
             ring + j, step + j, offs_m, offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N, HEAD_DIM,
             NUM_STAGES, CAUSAL, O_LAYOUT, P_LAYOUT, DTYPE, WG, PINGPONG, True,
         )  # fmt: skip
-    # every score of the tile is in: the query tile may take the next tile's rows
-    mbarrier.arrive(q_empty.index(WG))
+    if not O_VIA_TMA:
+        # every score of the tile is in: the query tile may take the next tile's rows
+        mbarrier.arrive(q_empty.index(q_buf))
     last = ring + n_blocks - 1
     slot = last % NUM_STAGES
+    # V of the block before the last: its P·V completed in the last pipelined step
+    mbarrier.arrive(v_empty.index((last + NUM_STAGES - 1) % NUM_STAGES), pred=n_blocks > 1)
     mbarrier.wait(v_full.index(slot), (last // NUM_STAGES) & 1)
     acc = warpgroup_mma(p, _tile(v_smem, slot, BLOCK_N, HEAD_DIM), acc)
-    mbarrier.arrive(v_empty.index((last + NUM_STAGES - 1) % NUM_STAGES), pred=n_blocks > 1)
     mbarrier.arrive(v_empty.index(slot))
 
     # A row that saw no key: l = 0, output 0 and lse = +inf (so the backward's p is 0).
     l_o = gl.convert_layout(l_i, gl.SliceLayout(1, O_LAYOUT))
     out = acc * gl.where(l_o > 0.0, 1.0 / l_o, 0.0)[:, None]
-    offs_mo = row0 + gl.arange(0, ROWS_WG, layout=gl.SliceLayout(1, O_LAYOUT))
-    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, O_LAYOUT))
-    o_rows = out_ptr + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh
-    gl.store(
-        o_rows + offs_mo.to(gl.int64)[:, None] * stride_os + offs_d[None, :],
-        out.to(out_ptr.dtype.element_ty),
-        mask=(offs_mo < seqlen_q)[:, None],
-    )
+    if O_VIA_TMA:
+        # the output leaves through the copy engine from this tile's query buffer (its
+        # scores are all done), while the warpgroup goes on to the next tile; rows past
+        # the sequence are not written
+        q.store(out.to(DTYPE))
+        fence_async_shared()
+        _block_barrier()
+        _tma_store(o_desc, [b, row0, h * HEAD_DIM], q_smem.index(q_buf))
+    else:
+        offs_mo = row0 + gl.arange(0, ROWS_WG, layout=gl.SliceLayout(1, O_LAYOUT))
+        offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, O_LAYOUT))
+        o_rows = out_ptr + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh
+        gl.store(
+            o_rows + offs_mo.to(gl.int64)[:, None] * stride_os + offs_d[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=(offs_mo < seqlen_q)[:, None],
+        )
     lse = gl.where(l_i > 0.0, (m_i + gl.log2(l_i)) * _LN2, float("inf"))
     lse_row = lse_ptr + b.to(gl.int64) * stride_lb + h.to(gl.int64) * stride_lh
     gl.store(lse_row + offs_m, lse, mask=offs_m < seqlen_q)
@@ -320,11 +345,12 @@ def _attend(
 
 @gluon.jit
 def _consumer(
-    q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, k_empty, v_empty, turn, out_ptr,
-    lse_ptr, seqlen_q, seqlen_k, heads, n_m, units_per_head, n_units, qk_scale2, stride_ob,
+    q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, k_empty, v_empty, turn, o_desc,
+    out_ptr, lse_ptr, seqlen_q, seqlen_k, heads, n_m, units_per_head, n_units, qk_scale2, stride_ob,
     stride_os, stride_oh, stride_lb, stride_lh, WG: gl.constexpr, BLOCK_M: gl.constexpr,
     BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
     CAUSAL: gl.constexpr, PINGPONG: gl.constexpr, PAIR: gl.constexpr,
+    O_VIA_TMA: gl.constexpr,
 ):  # fmt: skip
     """One consumer warpgroup (4 warps, 64 query rows of every tile): the program's tiles
     in the producer's order. Each warpgroup is a partition of its own, so that waiting
@@ -339,12 +365,15 @@ def _consumer(
             n_blocks = _key_blocks(start_m, seqlen_k, diag, BLOCK_M, BLOCK_N, CAUSAL)
             _attend(
                 q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, k_empty, v_empty,
-                turn, out_ptr, lse_ptr, b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks,
-                ring, tile, qk_scale2, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
-                WG, BLOCK_M // 2, BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG,
+                turn, o_desc, out_ptr, lse_ptr, b, h, start_m, seqlen_q, seqlen_k, diag,
+                n_blocks, ring, tile, qk_scale2, stride_ob, stride_os, stride_oh, stride_lb,
+                stride_lh, WG, BLOCK_M // 2, BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG,
+                O_VIA_TMA,
             )  # fmt: skip
             ring += n_blocks
             tile += 1
+    if O_VIA_TMA:
+        _tma_store_wait(0)  # the last output has left shared memory before the program ends
 
 
 # ---------------------------------------------------------------------------------------
@@ -353,11 +382,12 @@ def _consumer(
 
 @gluon.jit
 def flash_fwd_hopper_kernel(
-    q_desc, k_desc, v_desc, out_ptr, lse_ptr, seqlen_q, seqlen_k, heads, group, n_units,
+    q_desc, k_desc, v_desc, o_desc, out_ptr, lse_ptr, seqlen_q, seqlen_k, heads, group, n_units,
     qk_scale2, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, HEAD_DIM: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
     CAUSAL: gl.constexpr, PINGPONG: gl.constexpr, PAIR: gl.constexpr,
-    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
+    O_VIA_TMA: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+    PRODUCER_REGS: gl.constexpr,
 ):  # fmt: skip
     """Output and log-sum-exp of every (BLOCK_M query rows, head, batch) tile, ``n_units``
     units of one tile (two query blocks when PAIR, see ``_tile_of``) shared out over the
@@ -366,9 +396,10 @@ def flash_fwd_hopper_kernel(
     program loading the next tile while it finishes the current one).
     ``q_desc``, ``k_desc``, ``v_desc``: copy-engine descriptors over q ``[batch, seqlen_q,
     heads · D]`` and k, v ``[batch, seqlen_k, heads_k · D]`` with boxes ``[1, BLOCK_M / 2
-    or BLOCK_N, D]`` (rows past a sequence arrive as zeros); ``out_ptr`` ``[batch,
-    seqlen_q, heads, D]`` (unit stride along D), ``lse_ptr`` ``[batch, heads, seqlen_q]``
-    fp32 (unit stride along the rows); ``group`` = heads / heads_k."""
+    or BLOCK_N, D]`` (rows past a sequence arrive as zeros); ``o_desc`` one like q's over
+    the output, written when O_VIA_TMA, else ``out_ptr`` ``[batch, seqlen_q, heads, D]``
+    (unit stride along D) is; ``lse_ptr`` ``[batch, heads, seqlen_q]`` fp32 (unit stride
+    along the rows); ``group`` = heads / heads_k."""
     n_m = gl.cdiv(seqlen_q, BLOCK_M)
     if PAIR:
         units_per_head = gl.cdiv(n_m, 2)
@@ -377,17 +408,18 @@ def flash_fwd_hopper_kernel(
 
     dtype: gl.constexpr = q_desc.dtype
     ROWS_WG: gl.constexpr = BLOCK_M // 2
-    q_smem = gl.allocate_shared_memory(dtype, [2, 1, ROWS_WG, HEAD_DIM], q_desc.layout)
+    # two query buffers for each consumer warpgroup: buffer 2 · wg + tile % 2
+    q_smem = gl.allocate_shared_memory(dtype, [4, 1, ROWS_WG, HEAD_DIM], q_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [NUM_STAGES, 1, BLOCK_N, HEAD_DIM], k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [NUM_STAGES, 1, BLOCK_N, HEAD_DIM], v_desc.layout)
-    q_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    q_full = gl.allocate_shared_memory(gl.int64, [4, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [4, 1], mbarrier.MBarrierLayout())
     k_full = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     v_full = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):
+    for i in gl.static_range(4):
         mbarrier.init(q_full.index(i), count=1)
         mbarrier.init(q_empty.index(i), count=1)  # released by its own warpgroup
     for i in gl.static_range(NUM_STAGES):
@@ -411,15 +443,15 @@ def flash_fwd_hopper_kernel(
         [
             (_consumer, (
                 q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, k_empty, v_empty, turn,
-                out_ptr, lse_ptr, seqlen_q, seqlen_k, heads, n_m, units_per_head, n_units,
+                o_desc, out_ptr, lse_ptr, seqlen_q, seqlen_k, heads, n_m, units_per_head, n_units,
                 qk_scale2, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, 0, BLOCK_M,
-                BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG, PAIR,
+                BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG, PAIR, O_VIA_TMA,
             )),
             (_consumer, (
                 q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, k_empty, v_empty, turn,
-                out_ptr, lse_ptr, seqlen_q, seqlen_k, heads, n_m, units_per_head, n_units,
+                o_desc, out_ptr, lse_ptr, seqlen_q, seqlen_k, heads, n_m, units_per_head, n_units,
                 qk_scale2, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, 1, BLOCK_M,
-                BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG, PAIR,
+                BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG, PAIR, O_VIA_TMA,
             )),
             (_producer, (
                 q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full,
