@@ -72,12 +72,23 @@ def check_against_reference(check_grads):
     return run
 
 
+def _bench_module(name: str):
+    """The module ``bench/<name>.py``, imported from its file."""
+    path = Path(__file__).parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def sweep_configs():
     """The module ``bench/sweep_configs.py`` (which configs the sweep times beyond the
     candidate lists, how it ranks them)."""
-    path = Path(__file__).parents[1] / "bench" / "sweep_configs.py"
-    spec = importlib.util.spec_from_file_location("sweep_configs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _bench_module("sweep_configs")
+
+
+@pytest.fixture(scope="session")
+def trace_forward():
+    """The module ``bench/trace_forward.py`` (the Gluon forward with clock marks)."""
+    return _bench_module("trace_forward")

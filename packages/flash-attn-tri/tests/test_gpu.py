@@ -239,7 +239,7 @@ def _gluon_calls(monkeypatch):
     ],
 )
 @pytest.mark.parametrize("schedule", ["tiles", "pairs", "persistent"])
-@pytest.mark.parametrize("o_via_tma", [False, True])
+@pytest.mark.parametrize("o_via_tma", [False, True], ids=["o_stores", "o_tma"])
 def test_gluon_forward_matches_the_reference(
     monkeypatch, check_against_reference, o_via_tma, schedule, dtype, d, causal, sq, sk, heads,
     heads_k,
