@@ -396,10 +396,10 @@ def flash_fwd_hopper_kernel(
     program loading the next tile while it finishes the current one).
     ``q_desc``, ``k_desc``, ``v_desc``: copy-engine descriptors over q ``[batch, seqlen_q,
     heads · D]`` and k, v ``[batch, seqlen_k, heads_k · D]`` with boxes ``[1, BLOCK_M / 2
-    or BLOCK_N, D]`` (rows past a sequence arrive as zeros); ``o_desc`` one like q's over
-    the output, written when O_VIA_TMA, else ``out_ptr`` ``[batch, seqlen_q, heads, D]``
-    (unit stride along D) is; ``lse_ptr`` ``[batch, heads, seqlen_q]`` fp32 (unit stride
-    along the rows); ``group`` = heads / heads_k."""
+    or BLOCK_N, D]`` (rows past a sequence arrive as zeros); the output is written through
+    ``o_desc`` (a descriptor like q's over it) when O_VIA_TMA, else through ``out_ptr``
+    ``[batch, seqlen_q, heads, D]`` (unit stride along D); ``lse_ptr`` ``[batch, heads,
+    seqlen_q]`` fp32 (unit stride along the rows); ``group`` = heads / heads_k."""
     n_m = gl.cdiv(seqlen_q, BLOCK_M)
     if PAIR:
         units_per_head = gl.cdiv(n_m, 2)
