@@ -16,8 +16,11 @@ the rounds, its range, and the fastest. Separate bench runs of the whole suite d
   gradients are first checked against the Triton kernels' (``err_vs_triton``).
 
 Run on a Hopper GPU: ``python3 bench_dispatch.py [fwd] [bwd] [--rounds=N] [--head-dim=D]
-[--other-tiles]`` (both parts, 3 rounds, D = 64 and 128 by default; ``--other-tiles`` adds
-the ``TILES`` alternatives to the backward cases). Prints a table and writes ``dispatch.csv`` to
+[--seqlen=S,...] [--causal=yes|no|both] [--alternatives=NAME,...] [--other-tiles]`` (both
+parts, 3 rounds, every case of ``FORWARD_CASES`` / ``BACKWARD_CASES`` by default;
+``--seqlen``, ``--head-dim`` and ``--causal`` keep the cases that match, ``--alternatives``
+times those alternatives in every case kept, ``--other-tiles`` adds the ``TILES``
+alternatives to the backward cases). Prints a table and writes ``dispatch.csv`` to
 ``results_dir("flash-attn-tri")``; compare its winners with ``attention._gluon_forward_wanted``
 and ``attention._gluon_backward_wanted``.
 """
@@ -232,31 +235,80 @@ def _measure(part: str, case: tuple, rounds: int) -> list[dict]:
     return rows
 
 
+def parse_args(argv: list[str]) -> dict:
+    """The command line's options (see the module docstring); SystemExit naming the
+    argument on anything else."""
+    options = {
+        "parts": [], "rounds": 3, "head_dims": (64, 128), "seqlens": None,
+        "causal": (False, True), "alternatives": None, "other_tiles": False,
+    }  # fmt: skip
+    causal_values = {"yes": (True,), "no": (False,), "both": (False, True)}
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        try:
+            if arg in ("fwd", "bwd"):
+                options["parts"].append(arg)
+            elif key == "--rounds" and int(value) >= 1:
+                options["rounds"] = int(value)
+            elif key == "--head-dim":
+                options["head_dims"] = (int(value),)
+            elif key == "--seqlen":
+                options["seqlens"] = tuple(int(x) for x in value.split(","))
+            elif key == "--causal" and value in causal_values:
+                options["causal"] = causal_values[value]
+            elif key == "--alternatives" and value:
+                options["alternatives"] = tuple(value.split(","))
+            elif arg == "--other-tiles":
+                options["other_tiles"] = True
+            else:
+                raise ValueError
+        except ValueError:
+            raise SystemExit(
+                f"bench_dispatch: unexpected argument {arg!r} (expected fwd, bwd, --rounds=N "
+                "with N >= 1, --head-dim=D, --seqlen=S,..., --causal=yes|no|both, "
+                "--alternatives=NAME,..., --other-tiles)"
+            ) from None
+    options["parts"] = options["parts"] or ["fwd", "bwd"]
+    for part in options["parts"]:
+        known = FORWARD if part == "fwd" else BACKWARD
+        unknown = [n for n in options["alternatives"] or () if n not in known]
+        if unknown:
+            raise SystemExit(
+                f"bench_dispatch: --alternatives: expected {part} alternatives among "
+                f"{sorted(known)}, got {unknown}"
+            )
+    return options
+
+
+def select_cases(part: str, options: dict) -> list[tuple]:
+    """The cases of ``part`` (``"fwd"`` or ``"bwd"``) that ``options`` keep, each with the
+    alternatives it times."""
+    cases = []
+    for d, causal, s, names in FORWARD_CASES if part == "fwd" else BACKWARD_CASES:
+        if d not in options["head_dims"] or causal not in options["causal"]:
+            continue
+        if options["seqlens"] is not None and s not in options["seqlens"]:
+            continue
+        if options["alternatives"] is not None:
+            names = options["alternatives"]
+        elif part == "bwd" and options["other_tiles"]:
+            names = (*names[:-1], *_OTHER_TILES[d], names[-1])
+        cases.append((d, causal, s, names))
+    return cases
+
+
 def main() -> int:
+    options = parse_args(sys.argv[1:])
     if not torch.cuda.is_available():
         print("no CUDA device: this benchmark needs a GPU")
         return 0
-    parts = [a for a in sys.argv[1:] if a in ("fwd", "bwd")] or ["fwd", "bwd"]
-    rounds = 3
-    head_dims = (64, 128)
-    for arg in sys.argv[1:]:
-        if arg.startswith("--rounds="):
-            rounds = int(arg.split("=", 1)[1])
-        if arg.startswith("--head-dim="):
-            head_dims = (int(arg.split("=", 1)[1]),)
-    other_tiles = "--other-tiles" in sys.argv[1:]
-    if rounds < 1:
-        raise SystemExit(f"--rounds: expected at least 1, got {rounds}")
+    rounds = options["rounds"]
     env = environment()
     print(env)
     rows = []
-    for part in parts:
-        for case in FORWARD_CASES if part == "fwd" else BACKWARD_CASES:
-            if case[0] in head_dims:
-                if part == "bwd" and other_tiles:
-                    d, causal, s, names = case
-                    case = (d, causal, s, (*names[:-1], *_OTHER_TILES[d], names[-1]))
-                rows.extend(_measure(part, case, rounds))
+    for part in options["parts"]:
+        for case in select_cases(part, options):
+            rows.extend(_measure(part, case, rounds))
     columns = ["part", "D", "causal", "seqlen", "impl", "tflops", "min_ms", "max_ms", "vs_best"]
     columns += ["vs_cudnn", "err_vs_triton"]
     print_table(rows, columns, title=f"dispatch choices, {rounds} rounds, bf16, {env}")

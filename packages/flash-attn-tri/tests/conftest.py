@@ -89,6 +89,12 @@ def sweep_configs():
 
 
 @pytest.fixture(scope="session")
+def bench_dispatch():
+    """The module ``bench/bench_dispatch.py`` (its command line and cases)."""
+    return _bench_module("bench_dispatch")
+
+
+@pytest.fixture(scope="session")
 def trace_forward():
     """The module ``bench/trace_forward.py`` (the Gluon forward with clock marks)."""
     return _bench_module("trace_forward")

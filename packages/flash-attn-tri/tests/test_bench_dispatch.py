@@ -1,0 +1,52 @@
+"""bench/bench_dispatch.py's command line: which cases and alternatives it would time
+(checked without a GPU)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+
+def test_defaults_time_every_case(bench_dispatch):
+    options = bench_dispatch.parse_args([])
+    assert options["parts"] == ["fwd", "bwd"]
+    assert bench_dispatch.select_cases("fwd", options) == bench_dispatch.FORWARD_CASES
+    assert bench_dispatch.select_cases("bwd", options) == bench_dispatch.BACKWARD_CASES
+
+
+def test_filters_and_alternatives(bench_dispatch):
+    argv = ["fwd", "--head-dim=128", "--seqlen=1024,16384", "--causal=yes"]
+    options = bench_dispatch.parse_args([*argv, "--alternatives=gluon,gluon-o-tma,cudnn"])
+    cases = bench_dispatch.select_cases("fwd", options)
+    assert cases == [
+        (128, True, 1024, ("gluon", "gluon-o-tma", "cudnn")),
+        (128, True, 16384, ("gluon", "gluon-o-tma", "cudnn")),
+    ]
+    # without --alternatives each case keeps its own
+    own = bench_dispatch.select_cases("fwd", bench_dispatch.parse_args(argv))
+    assert [c[:3] for c in own] == [c[:3] for c in cases]
+    assert own[0][3] == bench_dispatch._FWD_ALL
+
+
+def test_other_tiles_join_the_backward_cases(bench_dispatch):
+    options = bench_dispatch.parse_args(["bwd", "--head-dim=64", "--other-tiles"])
+    for d, _, _, names in bench_dispatch.select_cases("bwd", options):
+        assert d == 64
+        assert set(bench_dispatch._OTHER_TILES[64]) <= set(names)
+        assert names[-1] == "cudnn"
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--rounds=0"], "--rounds=0"),
+        (["--causal=maybe"], "--causal=maybe"),
+        (["--seqlen=1k"], "--seqlen=1k"),
+        (["--frobnicate"], "--frobnicate"),
+        (["fwd", "--alternatives=split"], "['split']"),
+    ],
+)
+def test_bad_arguments_are_named(bench_dispatch, argv, named):
+    with pytest.raises(SystemExit, match=re.escape(named)):
+        bench_dispatch.parse_args(argv)
