@@ -229,16 +229,22 @@ def main() -> int:
     seqlens, head_dim, causals, o_via_tma = [1024], 128, [True, False], False
     for arg in sys.argv[1:]:
         key, _, value = arg.partition("=")
-        if key == "--seqlen":
-            seqlens = [int(x) for x in value.split(",")]
-        elif key == "--head-dim":
-            head_dim = int(value)
-        elif key == "--causal" and value in ("yes", "no", "both"):
-            causals = {"yes": [True], "no": [False], "both": [True, False]}[value]
-        elif key == "--o-via-tma":
-            o_via_tma = True
-        else:
-            raise SystemExit(f"trace_forward: unknown argument {arg!r}")
+        try:
+            if key == "--seqlen":
+                seqlens = [int(x) for x in value.split(",")]
+            elif key == "--head-dim" and int(value) in (64, 128):
+                head_dim = int(value)
+            elif key == "--causal" and value in ("yes", "no", "both"):
+                causals = {"yes": [True], "no": [False], "both": [True, False]}[value]
+            elif arg == "--o-via-tma":
+                o_via_tma = True
+            else:
+                raise ValueError
+        except ValueError:
+            raise SystemExit(
+                f"trace_forward: unexpected argument {arg!r} (expected --seqlen=S,..., "
+                "--head-dim=64|128, --causal=yes|no|both, --o-via-tma)"
+            ) from None
     from tri_shared.bench import print_table
 
     with tempfile.TemporaryDirectory() as folder:
