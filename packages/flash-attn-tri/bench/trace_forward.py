@@ -223,9 +223,6 @@ def summarise(marks: torch.Tensor, pair: bool) -> list[dict]:
 
 
 def main() -> int:
-    if not torch.cuda.is_available():
-        print("no CUDA device: this diagnostic needs a Hopper GPU")
-        return 0
     seqlens, head_dim, causals, o_via_tma = [1024], 128, [True, False], False
     for arg in sys.argv[1:]:
         key, _, value = arg.partition("=")
@@ -245,6 +242,9 @@ def main() -> int:
                 f"trace_forward: unexpected argument {arg!r} (expected --seqlen=S,..., "
                 "--head-dim=64|128, --causal=yes|no|both, --o-via-tma)"
             ) from None
+    if not torch.cuda.is_available():
+        print("no CUDA device: this diagnostic needs a Hopper GPU")
+        return 0
     from tri_shared.bench import print_table
 
     with tempfile.TemporaryDirectory() as folder:
