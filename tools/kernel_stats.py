@@ -343,7 +343,9 @@ def _compile_gluon_attention(launch, head_dim: int, rows: dict[str, int]) -> Ker
     return compile_sm90(fn, signature, constexprs, divisible=divisible, **options)
 
 
-def flash_attention_hopper(head_dim: int, causal: bool = True, o_via_tma: bool | None = None):
+def flash_attention_hopper(
+    head_dim: int, causal: bool = True, o_via_tma: bool | None = None
+) -> KernelStats:
     """The Gluon (sm_90) attention forward as ``flash_attn_tri`` would launch it (under a
     causal mask, on units of two query blocks); ``o_via_tma``: the output path in place of
     the default (``attention._HOPPER_FWD_O_VIA_TMA``)."""
