@@ -4,10 +4,11 @@ A copy of ``kernels/attention_hopper.py`` that reads the multiprocessor's clock
 (``clock64``) at each phase of a tile is written to a temporary folder and launched as
 ``flash_attn_tri`` launches the forward, at the setup of ``bench_flash_attn.py`` (16384
 tokens, hidden 2048, bf16). For the first 16 tiles of every program it records, for each
-consumer warpgroup: the wait for the query tile, the wait for the first K, the first
-block's scores and softmax ("prologue"), the pipelined loop over the other key blocks,
-the wait for the last V, the last ``P·V``, the output and log-sum-exp stores ("epilogue")
-and the gap to the next tile; and the producer's waits for free slots. It prints the
+consumer warpgroup: the first block's scores and softmax with the waits for the query
+tile and the first K ("prologue"), the pipelined loop over the other key blocks, the last
+``P·V`` with the wait for its V, the output and log-sum-exp stores ("epilogue") and the
+gap to the next tile; and the producer's waits for free slots. With ``--chain`` (tiles
+chained, ``CHAIN``) the next tile's prologue runs inside this tile's "last P·V". It prints the
 median cycles of each phase (for causal pairs, long and short tiles apart), so that the
 time a tile spends outside its loop shows (BENCHMARKS.md, session 24). The marks cost a few
 percent of the kernel's rate; the output is checked against the library's.
@@ -16,7 +17,7 @@ The copy is made by inserting the marks at fixed places of the kernel's source: 
 kernel changes, ``instrumented_source`` says which place no longer matches.
 
 Run on a Hopper GPU: ``python3 trace_forward.py [--seqlen=S,...] [--head-dim=D]
-[--causal=yes|no|both] [--o-via-tma]``.
+[--causal=yes|no|both] [--o-via-tma] [--chain]``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ import torch
 TOKENS = 16384
 HIDDEN = 2048
 TILES = 16  # tiles traced per program
-PHASES = ["wait Q", "wait K0", "prologue", "loop", "wait last V", "last P·V", "epilogue"]
+# a consumer tile's phases; "prologue": its first block's scores and softmax (waits
+# included), or with CHAIN only the hand-back of the previous output buffer; "last P·V":
+# the last block's, or with CHAIN the step that also opens the next tile
+PHASES = ["prologue", "loop", "last P·V", "epilogue"]
 
 
 def _kernel_path() -> Path:
@@ -62,12 +66,12 @@ _KEY_LOOP = (
     "                mbarrier.wait(k_empty.index(slot), phase)\n"
 )
 _V_WAIT = "                mbarrier.wait(v_empty.index(slot), phase)\n"
-_Q_WAIT = "    mbarrier.wait(q_full.index(q_buf), (tile // 2) & 1)\n"
-_K0_WAIT = "    mbarrier.wait(k_full.index(ring % NUM_STAGES), (ring // NUM_STAGES) & 1)\n"
-_LAST_PV = "    acc = warpgroup_mma(p, _tile(v_smem, slot, BLOCK_N, HEAD_DIM), acc)\n"
-_LSE = "    gl.store(lse_row + offs_m, lse, mask=offs_m < seqlen_q)\n"
-_P0 = "    p = gl.convert_layout(p.to(DTYPE), P_LAYOUT)\n"
-_LAST = "    last = ring + n_blocks - 1\n"
+# the consumer's tile loop: its start, the pipelined steps, the last block, the output
+_TILE_START = "            if CHAIN:\n                step = ring\n"
+_STEPS = "            p, acc, m_i, l_i = _run_tile(\n"
+_LAST = "            last = ring + n_blocks - 1\n"
+_CLOSE = "            _close_tile(\n"
+_NEXT = "            if CHAIN:\n                p, m_i, l_i = p_next, m_next, l_next\n"
 
 
 def _at(role: str, event: int, indent: int = 4) -> str:
@@ -91,7 +95,6 @@ _EDITS = [
         (f"def {name}(\n    {first},", f"def {name}(\n    trace_ptr, {first},", 1)
         for name, first in (
             ("_producer", "q_desc"),
-            ("_attend", "q_smem"),
             ("_consumer", "q_smem"),
             ("flash_fwd_hopper_kernel", "q_desc"),
         )
@@ -99,7 +102,6 @@ _EDITS = [
     *(
         (f"{call}(\n{' ' * 16}{first},", f"{call}(\n{' ' * 16}trace_ptr, {first},", count)
         for call, first, count in (
-            ("            _attend", "q_smem", 1),
             ("            (_consumer, ", "q_smem", 2),
             ("            (_producer, ", "q_desc", 1),
         )
@@ -112,12 +114,12 @@ _EDITS = [
         "                ring += 1\n" + _at("2", 4, 12) + "            tile += 1",
         1,
     ),
-    # consumers: the ends of the phases of PHASES, in order
-    (_Q_WAIT + _K0_WAIT, _at("WG", 0) + _Q_WAIT + _at("WG", 1) + _K0_WAIT + _at("WG", 2), 1),
-    (_P0, _P0 + _at("WG", 3), 1),
-    (_LAST, _at("WG", 4) + _LAST, 1),
-    (_LAST_PV, _at("WG", 5) + _LAST_PV + _at("WG", 6), 1),
-    (_LSE, _LSE + _at("WG", 7), 1),
+    # consumers: the starts of the phases of PHASES, in order, and the end of the last
+    (_TILE_START, _at("WG", 0, 12) + _TILE_START, 1),
+    (_STEPS, _at("WG", 1, 12) + _STEPS, 1),
+    (_LAST, _at("WG", 2, 12) + _LAST, 1),
+    (_CLOSE, _at("WG", 3, 12) + _CLOSE, 1),
+    (_NEXT, _at("WG", 4, 12) + _NEXT, 1),
 ]
 
 
@@ -149,7 +151,7 @@ def _load_instrumented(folder: str):
 
 
 def trace(
-    module, d: int, s: int, causal: bool, o_via_tma: bool
+    module, d: int, s: int, causal: bool, o_via_tma: bool, chain: bool
 ) -> tuple[torch.Tensor, float, bool]:
     """Launch the instrumented forward at the bench setup: (clock marks ``[programs, 3,
     TILES, 8]``, ms a call, whether causal tiles went in pairs)."""
@@ -169,7 +171,7 @@ def trace(
     sms = attention.num_sms(q.device.index)
     pair, persistent = attention._gluon_forward_schedule(n_m * heads * batch, causal, s, sms)
     _, constexprs, options = attention._hopper_fwd_launch(d, causal, pair)
-    constexprs = {**constexprs, "O_VIA_TMA": o_via_tma}
+    constexprs = {**constexprs, "O_VIA_TMA": o_via_tma, "CHAIN": chain}
     n_units = (triton.cdiv(n_m, 2) if pair else n_m) * heads * batch
     programs = min(n_units, sms) if persistent else n_units
     marks = torch.zeros(programs, 3, TILES, 8, device="cuda", dtype=torch.int64)
@@ -211,7 +213,8 @@ def summarise(marks: torch.Tensor, pair: bool) -> list[dict]:
                     e, nxt = marks[p, wg, tile], marks[p, wg, tile + 1, 0]
                     if bool((e == 0).any()) or int(nxt) == 0:
                         continue  # the program had fewer tiles
-                    spans.append([int(e[i + 1] - e[i]) for i in range(7)] + [int(nxt - e[7])])
+                    n = len(PHASES)
+                    spans.append([int(e[i + 1] - e[i]) for i in range(n)] + [int(nxt - e[n])])
             if not spans:
                 continue
             row = {"warpgroup": wg, "tiles": kind, "n": len(spans)}
@@ -223,7 +226,7 @@ def summarise(marks: torch.Tensor, pair: bool) -> list[dict]:
 
 
 def main() -> int:
-    seqlens, head_dim, causals, o_via_tma = [1024], 128, [True, False], False
+    seqlens, head_dim, causals, o_via_tma, chain = [1024], 128, [True, False], False, False
     for arg in sys.argv[1:]:
         key, _, value = arg.partition("=")
         try:
@@ -235,12 +238,14 @@ def main() -> int:
                 causals = {"yes": [True], "no": [False], "both": [True, False]}[value]
             elif arg == "--o-via-tma":
                 o_via_tma = True
+            elif arg == "--chain":
+                chain = True
             else:
                 raise ValueError
         except ValueError:
             raise SystemExit(
                 f"trace_forward: unexpected argument {arg!r} (expected --seqlen=S,..., "
-                "--head-dim=64|128, --causal=yes|no|both, --o-via-tma)"
+                "--head-dim=64|128, --causal=yes|no|both, --o-via-tma, --chain)"
             ) from None
     if not torch.cuda.is_available():
         print("no CUDA device: this diagnostic needs a Hopper GPU")
@@ -251,10 +256,10 @@ def main() -> int:
         module = _load_instrumented(folder)
         for s in seqlens:
             for causal in causals:
-                marks, ms, pair = trace(module, head_dim, s, causal, o_via_tma)
+                marks, ms, pair = trace(module, head_dim, s, causal, o_via_tma, chain)
                 flops = 4 * TOKENS * s * HIDDEN * (0.5 if causal else 1.0)
                 title = (
-                    f"D={head_dim} S={s} causal={causal} o_via_tma={o_via_tma}: "
+                    f"D={head_dim} S={s} causal={causal} o_via_tma={o_via_tma} chain={chain}: "
                     f"{flops / ms / 1e9:.0f} TFLOP/s traced, median cycles"
                 )
                 rows = summarise(marks, pair)

@@ -30,7 +30,10 @@ of them). A program has three warpgroups, each a partition of its own:
   other's matmuls occupy the tensor cores. The output goes to global memory with plain
   stores from registers, or (``O_VIA_TMA``) through the tile's query buffer, its scores
   done, and one copy-engine store that runs while the warpgroup starts its next tile
-  (the buffer is handed back once that store has read it).
+  (the buffer is handed back once that store has read it). With ``CHAIN`` a program's
+  tiles run into each other: the next tile's first scores are issued beside the current
+  tile's last ``P·V``, in one more turn, so that a tile boundary costs the other
+  warpgroup's matmuls no more than the output's stores.
 
 The scale is folded into the exponent: the row maximum is taken on the raw scores and
 ``p = exp2(s · scale·log2(e) − m)`` is one multiply-add per score. A row that sees no key
@@ -232,52 +235,52 @@ def _pipelined_step(
     return gl.convert_layout(p_next.to(DTYPE), P_LAYOUT), acc, m_i, l_i
 
 
+@gluon.constexpr_function
+def _scores_layout(block_n):
+    """Layout of a consumer warpgroup's ``[64, BLOCK_N]`` scores (wgmma's accumulator)."""
+    return gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, block_n, 16]
+    )
+
+
+@gluon.constexpr_function
+def _out_layout(head_dim):
+    """Layout of a consumer warpgroup's ``[64, D]`` output accumulator."""
+    return gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, head_dim, 16]
+    )
+
+
+@gluon.constexpr_function
+def _probs_layout(head_dim):
+    """Layout of the probabilities as the first operand of ``P·V`` (from registers)."""
+    return gl.DotOperandLayout(operand_index=0, parent=_out_layout(head_dim), k_width=2)
+
+
 @gluon.jit
-def _attend(
-    q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, k_empty, v_empty, turn, o_desc,
-    out_ptr, lse_ptr, b, h, start_m, seqlen_q, seqlen_k, diag, n_blocks, ring, tile, qk_scale2,
-    stride_ob, stride_os, stride_oh, stride_lb, stride_lh, WG: gl.constexpr,
-    ROWS_WG: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-    NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr,
-    O_VIA_TMA: gl.constexpr,
-):  # fmt: skip
-    """One consumer warpgroup's share of one tile (ROWS_WG = 64 query rows of head ``h``
-    from ``start_m + WG · ROWS_WG``): scores, softmax, ``P·V`` over ``n_blocks`` key
-    blocks, and the output and log-sum-exp of its rows. ``ring``: the program's key
-    blocks before this tile (places in the K/V rings); ``tile``: its tiles before this
-    one."""
-    S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16]
-    )
-    O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HEAD_DIM, 16]
-    )
-    P_LAYOUT: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_LAYOUT, k_width=2)
-    DTYPE: gl.constexpr = q_smem.dtype
-    ROWS: gl.constexpr = gl.SliceLayout(1, S_LAYOUT)
+def _rows(start_m, seqlen_k, diag, WG: gl.constexpr, ROWS_WG: gl.constexpr,
+          BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, CAUSAL: gl.constexpr):  # fmt: skip
+    """The query rows of warpgroup WG in the tile from ``start_m`` (layout of the scores'
+    rows) and how many leading key blocks every one of them sees whole."""
+    S_LAYOUT: gl.constexpr = _scores_layout(BLOCK_N)
     row0 = start_m + WG * ROWS_WG
-    offs_m = row0 + gl.arange(0, ROWS_WG, layout=ROWS)
-    offs_n0 = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_LAYOUT))
-    zero_s = gl.zeros([ROWS_WG, BLOCK_N], gl.float32, S_LAYOUT)
-    acc = gl.zeros([ROWS_WG, HEAD_DIM], gl.float32, O_LAYOUT)
-    m_i = gl.full([ROWS_WG], float("-inf"), gl.float32, ROWS)
-    l_i = gl.zeros([ROWS_WG], gl.float32, ROWS)
-    q_buf = 2 * WG + tile % 2
-    q = _tile(q_smem, q_buf, ROWS_WG, HEAD_DIM)
-    # blocks before n_full are visible whole to every row of this warpgroup
+    offs_m = row0 + gl.arange(0, ROWS_WG, layout=gl.SliceLayout(1, S_LAYOUT))
     n_full = seqlen_k // BLOCK_N
     if CAUSAL:
         n_full = gl.minimum(n_full, gl.maximum(row0 + diag + 1, 0) // BLOCK_N)
-    # every tile before this one took n_blocks - 1 pipelined steps: the turns taken so far
-    step = ring - tile
+    return offs_m, n_full
 
-    mbarrier.wait(q_full.index(q_buf), (tile // 2) & 1)
-    mbarrier.wait(k_full.index(ring % NUM_STAGES), (ring // NUM_STAGES) & 1)
-    s = warpgroup_mma(
-        q, _tile(k_smem, ring % NUM_STAGES, BLOCK_N, HEAD_DIM).permute((1, 0)), zero_s,
-        use_acc=False,
-    )  # fmt: skip
-    mbarrier.arrive(k_empty.index(ring % NUM_STAGES))
+
+@gluon.jit
+def _first_softmax(s, offs_m, n_full, seqlen_k, diag, qk_scale2, BLOCK_N: gl.constexpr,
+                   HEAD_DIM: gl.constexpr, CAUSAL: gl.constexpr):  # fmt: skip
+    """A tile's first block: the running maximum and sum and the probabilities (fp32) of its
+    scores ``s``, masked unless every row sees the whole block."""
+    S_LAYOUT: gl.constexpr = _scores_layout(BLOCK_N)
+    ROWS_WG: gl.constexpr = s.shape[0]
+    offs_n0 = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_LAYOUT))
+    m_i = gl.full([ROWS_WG], float("-inf"), gl.float32, gl.SliceLayout(1, S_LAYOUT))
+    l_i = gl.zeros([ROWS_WG], gl.float32, gl.SliceLayout(1, S_LAYOUT))
     if n_full > 0:
         m_i, l_i, p, _ = _softmax_step(
             s, m_i, l_i, 0, offs_m, offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N, CAUSAL, False
@@ -286,12 +289,56 @@ def _attend(
         m_i, l_i, p, _ = _softmax_step(
             s, m_i, l_i, 0, offs_m, offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N, CAUSAL, True
         )
-    p = gl.convert_layout(p.to(DTYPE), P_LAYOUT)
-    if O_VIA_TMA:
-        # the previous tile's output has left its query buffer (below): hand it back
-        _tma_store_wait(0)
-        _block_barrier()
-        mbarrier.arrive(q_empty.index(2 * WG + (tile + 1) % 2), pred=tile > 0)
+    return p, m_i, l_i
+
+
+@gluon.jit
+def _open_tile(
+    q_smem, k_smem, q_full, k_full, k_empty, start_m, seqlen_k, diag, ring, tile, qk_scale2,
+    WG: gl.constexpr, ROWS_WG: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+    NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+):  # fmt: skip
+    """The tile's first block on its own: wait for its query tile and first K, the scores
+    (waited for) and their softmax. Returns the probabilities (operand layout), the running
+    maximum and sum."""
+    S_LAYOUT: gl.constexpr = _scores_layout(BLOCK_N)
+    P_LAYOUT: gl.constexpr = _probs_layout(HEAD_DIM)
+    offs_m, n_full = _rows(start_m, seqlen_k, diag, WG, ROWS_WG, BLOCK_N, HEAD_DIM, CAUSAL)
+    q_buf = 2 * WG + tile % 2
+    mbarrier.wait(q_full.index(q_buf), (tile // 2) & 1)
+    mbarrier.wait(k_full.index(ring % NUM_STAGES), (ring // NUM_STAGES) & 1)
+    s = warpgroup_mma(
+        _tile(q_smem, q_buf, ROWS_WG, HEAD_DIM),
+        _tile(k_smem, ring % NUM_STAGES, BLOCK_N, HEAD_DIM).permute((1, 0)),
+        gl.zeros([ROWS_WG, BLOCK_N], gl.float32, S_LAYOUT), use_acc=False,
+    )  # fmt: skip
+    mbarrier.arrive(k_empty.index(ring % NUM_STAGES))
+    p, m_i, l_i = _first_softmax(
+        s, offs_m, n_full, seqlen_k, diag, qk_scale2, BLOCK_N, HEAD_DIM, CAUSAL
+    )
+    return gl.convert_layout(p.to(q_smem.dtype), P_LAYOUT), m_i, l_i
+
+
+@gluon.jit
+def _run_tile(
+    p, m_i, l_i, q_smem, k_smem, v_smem, k_full, v_full, k_empty, v_empty, turn, start_m,
+    seqlen_k, diag, n_blocks, ring, tile, step, qk_scale2, WG: gl.constexpr,
+    ROWS_WG: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+    NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr,
+):  # fmt: skip
+    """The tile's pipelined steps, from its first block's probabilities ``p`` (and running
+    maximum and sum) to its last block's: block j's ``P·V`` beside block j + 1's scores for
+    j < n_blocks - 1. ``step``: the issuing turns taken before. Returns p, the accumulator
+    (all blocks but the last), m_i, l_i."""
+    S_LAYOUT: gl.constexpr = _scores_layout(BLOCK_N)
+    O_LAYOUT: gl.constexpr = _out_layout(HEAD_DIM)
+    P_LAYOUT: gl.constexpr = _probs_layout(HEAD_DIM)
+    DTYPE: gl.constexpr = q_smem.dtype
+    offs_m, n_full = _rows(start_m, seqlen_k, diag, WG, ROWS_WG, BLOCK_N, HEAD_DIM, CAUSAL)
+    offs_n0 = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_LAYOUT))
+    zero_s = gl.zeros([ROWS_WG, BLOCK_N], gl.float32, S_LAYOUT)
+    acc = gl.zeros([ROWS_WG, HEAD_DIM], gl.float32, O_LAYOUT)
+    q = _tile(q_smem, 2 * WG + tile % 2, ROWS_WG, HEAD_DIM)
     # step j multiplies block j and scores block j + 1: unmasked while j + 1 < n_full
     n_pipe = n_blocks - 1
     n_plain = gl.minimum(gl.maximum(n_full - 1, 0), n_pipe)
@@ -307,25 +354,83 @@ def _attend(
             ring + j, step + j, offs_m, offs_n0, seqlen_k, diag, qk_scale2, BLOCK_N, HEAD_DIM,
             NUM_STAGES, CAUSAL, O_LAYOUT, P_LAYOUT, DTYPE, WG, PINGPONG, True,
         )  # fmt: skip
-    if not O_VIA_TMA:
-        # every score of the tile is in: the query tile may take the next tile's rows
-        mbarrier.arrive(q_empty.index(q_buf))
-    last = ring + n_blocks - 1
+    return p, acc, m_i, l_i
+
+
+@gluon.jit
+def _last_pv(p, acc, v_smem, v_full, v_empty, last, n_blocks, BLOCK_N: gl.constexpr,
+             HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr):  # fmt: skip
+    """``acc += P·V`` of the tile's last block (place ``last`` in the V ring), waited for."""
     slot = last % NUM_STAGES
     # V of the block before the last: its P·V completed in the last pipelined step
     mbarrier.arrive(v_empty.index((last + NUM_STAGES - 1) % NUM_STAGES), pred=n_blocks > 1)
     mbarrier.wait(v_full.index(slot), (last // NUM_STAGES) & 1)
     acc = warpgroup_mma(p, _tile(v_smem, slot, BLOCK_N, HEAD_DIM), acc)
     mbarrier.arrive(v_empty.index(slot))
+    return acc
 
-    # A row that saw no key: l = 0, output 0 and lse = +inf (so the backward's p is 0).
+
+@gluon.jit
+def _handover_step(
+    p, acc, q_smem, k_smem, v_smem, q_full, k_full, v_full, k_empty, v_empty, turn, last,
+    n_blocks, next_start_m, next_tile, seqlen_k, diag, qk_scale2, WG: gl.constexpr,
+    ROWS_WG: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+    NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr,
+):  # fmt: skip
+    """One pipelined step across a tile boundary: the next tile's first scores (queries from
+    its buffer, K at place ``last + 1`` of the ring) issued beside this tile's last ``P·V``
+    (V at ``last``), in the issuing turn ``last`` (every tile takes as many turns as it has
+    key blocks), then the first block's softmax. Returns the accumulator of this tile and
+    the next tile's p, m_i, l_i."""
+    S_LAYOUT: gl.constexpr = _scores_layout(BLOCK_N)
+    P_LAYOUT: gl.constexpr = _probs_layout(HEAD_DIM)
+    slot = last % NUM_STAGES
+    nxt = (last + 1) % NUM_STAGES
+    q_buf = 2 * WG + next_tile % 2
+    offs_m, n_full = _rows(next_start_m, seqlen_k, diag, WG, ROWS_WG, BLOCK_N, HEAD_DIM, CAUSAL)
+    mbarrier.arrive(v_empty.index((last + NUM_STAGES - 1) % NUM_STAGES), pred=n_blocks > 1)
+    mbarrier.wait(q_full.index(q_buf), (next_tile // 2) & 1)
+    mbarrier.wait(k_full.index(nxt), ((last + 1) // NUM_STAGES) & 1)
+    mbarrier.wait(v_full.index(slot), (last // NUM_STAGES) & 1)
+    if PINGPONG:
+        mbarrier.wait(turn.index(WG), last & 1)
+    s_next = warpgroup_mma(
+        _tile(q_smem, q_buf, ROWS_WG, HEAD_DIM),
+        _tile(k_smem, nxt, BLOCK_N, HEAD_DIM).permute((1, 0)),
+        gl.zeros([ROWS_WG, BLOCK_N], gl.float32, S_LAYOUT), use_acc=False, is_async=True,
+    )  # fmt: skip
+    acc = warpgroup_mma(p, _tile(v_smem, slot, BLOCK_N, HEAD_DIM), acc, is_async=True)
+    if PINGPONG:
+        mbarrier.arrive(turn.index(1 - WG))
+    s = warpgroup_mma_wait(1, deps=[s_next])
+    mbarrier.arrive(k_empty.index(nxt))
+    p_next, m_i, l_i = _first_softmax(
+        s, offs_m, n_full, seqlen_k, diag, qk_scale2, BLOCK_N, HEAD_DIM, CAUSAL
+    )
+    acc, p, p_next, l_i = warpgroup_mma_wait(0, deps=[acc, p, p_next, l_i])
+    mbarrier.arrive(v_empty.index(slot))
+    return acc, gl.convert_layout(p_next.to(q_smem.dtype), P_LAYOUT), m_i, l_i
+
+
+@gluon.jit
+def _close_tile(
+    acc, m_i, l_i, q_smem, o_desc, out_ptr, lse_ptr, b, h, start_m, seqlen_q, tile, stride_ob,
+    stride_os, stride_oh, stride_lb, stride_lh, WG: gl.constexpr, ROWS_WG: gl.constexpr,
+    BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, O_VIA_TMA: gl.constexpr,
+):  # fmt: skip
+    """The output (``acc`` over the row sums) and the log-sum-exp of the warpgroup's rows.
+    A row that saw no key: l = 0, output 0 and lse = +inf (so the backward's p is 0)."""
+    S_LAYOUT: gl.constexpr = _scores_layout(BLOCK_N)
+    O_LAYOUT: gl.constexpr = _out_layout(HEAD_DIM)
+    row0 = start_m + WG * ROWS_WG
     l_o = gl.convert_layout(l_i, gl.SliceLayout(1, O_LAYOUT))
     out = acc * gl.where(l_o > 0.0, 1.0 / l_o, 0.0)[:, None]
     if O_VIA_TMA:
         # the output leaves through the copy engine from this tile's query buffer (its
         # scores are all done), while the warpgroup goes on to the next tile; rows past
         # the sequence are not written
-        q.store(out.to(DTYPE))
+        q_buf = 2 * WG + tile % 2
+        _tile(q_smem, q_buf, ROWS_WG, HEAD_DIM).store(out.to(q_smem.dtype))
         fence_async_shared()
         _block_barrier()
         _tma_store(o_desc, [b, row0, h * HEAD_DIM], q_smem.index(q_buf))
@@ -338,9 +443,19 @@ def _attend(
             out.to(out_ptr.dtype.element_ty),
             mask=(offs_mo < seqlen_q)[:, None],
         )
+    offs_m = row0 + gl.arange(0, ROWS_WG, layout=gl.SliceLayout(1, S_LAYOUT))
     lse = gl.where(l_i > 0.0, (m_i + gl.log2(l_i)) * _LN2, float("inf"))
     lse_row = lse_ptr + b.to(gl.int64) * stride_lb + h.to(gl.int64) * stride_lh
     gl.store(lse_row + offs_m, lse, mask=offs_m < seqlen_q)
+
+
+@gluon.jit
+def _release_output_buffer(q_empty, tile, WG: gl.constexpr):
+    """O_VIA_TMA: once the previous tile's output has left its query buffer, hand the
+    buffer back to the producer (for tile ``tile + 1``'s queries)."""
+    _tma_store_wait(0)
+    _block_barrier()
+    mbarrier.arrive(q_empty.index(2 * WG + (tile + 1) % 2), pred=tile > 0)
 
 
 @gluon.jit
@@ -350,26 +465,84 @@ def _consumer(
     stride_os, stride_oh, stride_lb, stride_lh, WG: gl.constexpr, BLOCK_M: gl.constexpr,
     BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
     CAUSAL: gl.constexpr, PINGPONG: gl.constexpr, PAIR: gl.constexpr,
-    O_VIA_TMA: gl.constexpr,
+    O_VIA_TMA: gl.constexpr, CHAIN: gl.constexpr,
 ):  # fmt: skip
     """One consumer warpgroup (4 warps, 64 query rows of every tile): the program's tiles
     in the producer's order. Each warpgroup is a partition of its own, so that waiting
-    for its matmuls never stalls the other one."""
+    for its matmuls never stalls the other one.
+
+    Without CHAIN every tile opens with its first block's scores waited for and closes
+    with its last ``P·V`` waited for, each outside the issuing turns (every tile takes
+    n_blocks - 1 turns). With CHAIN the tiles run into each other: the next tile's first
+    scores are issued beside this tile's last ``P·V`` in one more turn (n_blocks turns a
+    tile), so that only the program's first tile opens and its last closes on their own."""
+    ROWS_WG: gl.constexpr = BLOCK_M // 2
     diag = seqlen_k - seqlen_q
+    nprog = gl.num_programs(0)
     ring = 0
     tile = 0
-    for unit in range(gl.program_id(0), n_units, gl.num_programs(0)):
-        for half in range(_tiles_in_unit(unit, n_m, units_per_head, PAIR)):
+    if CHAIN:
+        b, h, m = _tile_of(gl.program_id(0), 0, heads, n_m, units_per_head, PAIR)
+        p, m_i, l_i = _open_tile(
+            q_smem, k_smem, q_full, k_full, k_empty, m * BLOCK_M, seqlen_k, diag, 0, 0,
+            qk_scale2, WG, ROWS_WG, BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL,
+        )  # fmt: skip
+    for unit in range(gl.program_id(0), n_units, nprog):
+        n_tiles = _tiles_in_unit(unit, n_m, units_per_head, PAIR)
+        for half in range(n_tiles):
             b, h, m = _tile_of(unit, half, heads, n_m, units_per_head, PAIR)
             start_m = m * BLOCK_M
             n_blocks = _key_blocks(start_m, seqlen_k, diag, BLOCK_M, BLOCK_N, CAUSAL)
-            _attend(
-                q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, k_empty, v_empty,
-                turn, o_desc, out_ptr, lse_ptr, b, h, start_m, seqlen_q, seqlen_k, diag,
-                n_blocks, ring, tile, qk_scale2, stride_ob, stride_os, stride_oh, stride_lb,
-                stride_lh, WG, BLOCK_M // 2, BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG,
-                O_VIA_TMA,
+            if CHAIN:
+                step = ring
+            else:
+                step = ring - tile
+                p, m_i, l_i = _open_tile(
+                    q_smem, k_smem, q_full, k_full, k_empty, start_m, seqlen_k, diag, ring,
+                    tile, qk_scale2, WG, ROWS_WG, BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL,
+                )  # fmt: skip
+            if O_VIA_TMA:
+                _release_output_buffer(q_empty, tile, WG)
+            p, acc, m_i, l_i = _run_tile(
+                p, m_i, l_i, q_smem, k_smem, v_smem, k_full, v_full, k_empty, v_empty, turn,
+                start_m, seqlen_k, diag, n_blocks, ring, tile, step, qk_scale2, WG, ROWS_WG,
+                BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG,
             )  # fmt: skip
+            if not O_VIA_TMA:
+                # every score of the tile is in: the query tile may take the next tile's rows
+                mbarrier.arrive(q_empty.index(2 * WG + tile % 2))
+            last = ring + n_blocks - 1
+            if CHAIN:
+                # the program's next tile: this unit's next one, else the next unit's first
+                unit_done = (half + 1 == n_tiles).to(gl.int32)
+                next_unit = unit + unit_done * nprog
+                if next_unit < n_units:
+                    _, _, next_m = _tile_of(
+                        next_unit, (half + 1) * (1 - unit_done), heads, n_m, units_per_head, PAIR
+                    )
+                    acc, p_next, m_next, l_next = _handover_step(
+                        p, acc, q_smem, k_smem, v_smem, q_full, k_full, v_full, k_empty,
+                        v_empty, turn, last, n_blocks, next_m * BLOCK_M, tile + 1, seqlen_k,
+                        diag, qk_scale2, WG, ROWS_WG, BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL,
+                        PINGPONG,
+                    )  # fmt: skip
+                else:
+                    acc = _last_pv(
+                        p, acc, v_smem, v_full, v_empty, last, n_blocks, BLOCK_N, HEAD_DIM,
+                        NUM_STAGES,
+                    )  # fmt: skip
+                    p_next, m_next, l_next = p, m_i, l_i
+            else:
+                acc = _last_pv(
+                    p, acc, v_smem, v_full, v_empty, last, n_blocks, BLOCK_N, HEAD_DIM, NUM_STAGES
+                )
+            _close_tile(
+                acc, m_i, l_i, q_smem, o_desc, out_ptr, lse_ptr, b, h, start_m, seqlen_q, tile,
+                stride_ob, stride_os, stride_oh, stride_lb, stride_lh, WG, ROWS_WG, BLOCK_N,
+                HEAD_DIM, O_VIA_TMA,
+            )  # fmt: skip
+            if CHAIN:
+                p, m_i, l_i = p_next, m_next, l_next
             ring += n_blocks
             tile += 1
     if O_VIA_TMA:
@@ -386,7 +559,7 @@ def flash_fwd_hopper_kernel(
     qk_scale2, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, HEAD_DIM: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
     CAUSAL: gl.constexpr, PINGPONG: gl.constexpr, PAIR: gl.constexpr,
-    O_VIA_TMA: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+    O_VIA_TMA: gl.constexpr, CHAIN: gl.constexpr, CONSUMER_REGS: gl.constexpr,
     PRODUCER_REGS: gl.constexpr,
 ):  # fmt: skip
     """Output and log-sum-exp of every (BLOCK_M query rows, head, batch) tile, ``n_units``
@@ -445,13 +618,13 @@ def flash_fwd_hopper_kernel(
                 q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, k_empty, v_empty, turn,
                 o_desc, out_ptr, lse_ptr, seqlen_q, seqlen_k, heads, n_m, units_per_head, n_units,
                 qk_scale2, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, 0, BLOCK_M,
-                BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG, PAIR, O_VIA_TMA,
+                BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG, PAIR, O_VIA_TMA, CHAIN,
             )),
             (_consumer, (
                 q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, k_empty, v_empty, turn,
                 o_desc, out_ptr, lse_ptr, seqlen_q, seqlen_k, heads, n_m, units_per_head, n_units,
                 qk_scale2, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, 1, BLOCK_M,
-                BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG, PAIR, O_VIA_TMA,
+                BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG, PAIR, O_VIA_TMA, CHAIN,
             )),
             (_producer, (
                 q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full,
