@@ -30,7 +30,7 @@ def stats() -> dict[str, dict]:
         "sparse-indexer-loss-hopper-wide-keys",
         "flash-attn-fwd-d64", "flash-attn-fwd-d128",
         "flash-attn-fwd-hopper-d64", "flash-attn-fwd-hopper-d128",
-        "flash-attn-fwd-hopper-d128-o-tma",
+        "flash-attn-fwd-hopper-d128-o-stores",
         "flash-attn-dkdv-hopper-d64", "flash-attn-dkdv-hopper-d128",
         "flash-attn-dq-hopper-d64", "flash-attn-dq-hopper-d128",
         "flash-attn-fused-hopper-d64", "flash-attn-fused-hopper-d128",
@@ -168,11 +168,14 @@ def _gluon_attention_loops(st: dict) -> list[tuple[dict, int, int]]:
 def test_gluon_attention_forward_compiles_as_designed(stats, recipe, head_dim):
     # The Gluon forward for Hopper (the default at D = 128): 12 warps at 168 registers a
     # thread at launch, setmaxnreg gives each consumer warpgroup 240 and the producer 24,
-    # nothing spills; each consumer's step issues the scores (D / 16 wgmma) and P·V
-    # (BLOCK_N / 16 = 8, P from registers) back to back, and the unmasked loop has no mask.
+    # nothing spills in the loops over key blocks; each consumer's step issues the scores
+    # (D / 16 wgmma) and P·V (BLOCK_N / 16 = 8, P from registers) back to back, and the
+    # unmasked loop has no mask.
     st = stats[recipe]
-    assert st["spill_bytes"] == 0
+    assert st["spill_bytes"] <= 64  # around the tiles: see the next test
     loops = _gluon_attention_loops(st)
+    for mix, _, _ in loops:
+        assert mix.get("LDL", 0) + mix.get("STL", 0) == 0
     mix, _, rs = loops[0]
     assert mix.get("FSEL", 0) <= 8  # no mask in the unmasked loop: only the per-row guards
     assert mix["HGMMA"] == head_dim // 16 + 8
@@ -181,19 +184,19 @@ def test_gluon_attention_forward_compiles_as_designed(stats, recipe, head_dim):
 
 
 def test_gluon_attention_forward_output_through_the_copy_engine(stats):
-    # The Gluon forward with its output through the copy engine (O_VIA_TMA): one bulk
-    # store a tile (and the wait for the previous one), no STG of the output; the
-    # coordinates of the store cost a few registers, so a few bytes spill around the
-    # tiles (8 with triton 3.6, 40 with 3.9), never inside the loops over key blocks.
-    st = stats["flash-attn-fwd-hopper-d128-o-tma"]
-    assert st["spill_bytes"] <= 64
-    loops = _gluon_attention_loops(st)
-    for mix, _, rs in loops:
-        assert mix.get("LDL", 0) + mix.get("STL", 0) == 0
-        assert rs == 8
+    # The Gluon forward writes its output through the copy engine (O_VIA_TMA, the
+    # default): one bulk store a tile (and the wait for the previous one), no STG of the
+    # output; the coordinates of the store cost a few registers, so a few bytes spill
+    # around the tiles (8 with triton 3.6, 40 with 3.9), never inside the loops over key
+    # blocks. With plain stores nothing spills, and 68 STG remain.
+    st = stats["flash-attn-fwd-hopper-d128"]
     assert st["opcodes"].get("UTMASTG") == 2  # one a consumer warpgroup
-    assert st["opcodes"].get("STG", 0) <= 4  # the log-sum-exp's (68 with plain stores)
+    assert st["opcodes"].get("STG", 0) <= 4  # the log-sum-exp's
     assert st["opcodes"].get("STSM", 0) >= 8  # registers to shared memory by stmatrix
+    plain = stats["flash-attn-fwd-hopper-d128-o-stores"]
+    assert plain["spill_bytes"] == 0
+    assert "UTMASTG" not in plain["opcodes"]
+    assert plain["opcodes"].get("STG", 0) >= 64
 
 
 @pytest.mark.parametrize(

@@ -344,17 +344,16 @@ def _compile_gluon_attention(launch, head_dim: int, rows: dict[str, int]) -> Ker
 
 
 def flash_attention_hopper(
-    head_dim: int, causal: bool = True, o_via_tma: bool | None = None, chain: bool | None = None
+    head_dim: int, causal: bool = True, o_via_tma: bool | None = None
 ) -> KernelStats:
     """The Gluon (sm_90) attention forward as ``flash_attn_tri`` would launch it (under a
-    causal mask, on units of two query blocks); ``o_via_tma``, ``chain``: the output path
-    and the tile chaining in place of the defaults (``attention._HOPPER_FWD_O_VIA_TMA``,
-    ``_HOPPER_FWD_CHAIN``)."""
+    causal mask, on units of two query blocks); ``o_via_tma``: the output path in place of
+    the default (``attention._HOPPER_FWD_O_VIA_TMA``)."""
     from flash_attn_tri import attention
 
     launch = attention._hopper_fwd_launch(head_dim, causal, pair=causal)
-    chosen = {"O_VIA_TMA": o_via_tma, "CHAIN": chain}
-    launch = (launch[0], launch[1] | {k: v for k, v in chosen.items() if v is not None}, launch[2])
+    if o_via_tma is not None:
+        launch = (launch[0], {**launch[1], "O_VIA_TMA": o_via_tma}, launch[2])
     constexprs = launch[1]
     # half the rows for each consumer warpgroup
     rows = {"q_desc": constexprs["BLOCK_M"] // 2, "o_desc": constexprs["BLOCK_M"] // 2}
@@ -387,9 +386,7 @@ RECIPES = {
     "sparse-indexer-loss-hopper-wide-keys": lambda: sparse_indexer_forward_hopper(wide_keys=True),
     "flash-attn-fwd-hopper-d64": lambda: flash_attention_hopper(64),
     "flash-attn-fwd-hopper-d128": lambda: flash_attention_hopper(128),
-    "flash-attn-fwd-hopper-d128-o-tma": lambda: flash_attention_hopper(128, o_via_tma=True),
-    "flash-attn-fwd-hopper-d128-chain": lambda: flash_attention_hopper(128, chain=True),
-    "flash-attn-fwd-hopper-d64-chain": lambda: flash_attention_hopper(64, chain=True),
+    "flash-attn-fwd-hopper-d128-o-stores": lambda: flash_attention_hopper(128, o_via_tma=False),
     **{
         f"flash-attn-{kernel}-hopper-d{d}": (
             lambda kernel=kernel, d=d: flash_attention_bwd_hopper(kernel, d)

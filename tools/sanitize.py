@@ -159,12 +159,10 @@ def flash_attn_gluon():
     from flash_attn_tri import attention, flash_attn_func
     from tri_shared.bench import env_set
 
-    saved = attention._HOPPER_FWD_O_VIA_TMA, attention._HOPPER_FWD_CHAIN, attention.num_sms
-    sms = attention.num_sms
-    # the output written with plain stores or through the copy engine, the tiles of a
-    # program on their own or chained
-    for output_path, chain in itertools.product((False, True), (False, True)):
-        attention._HOPPER_FWD_O_VIA_TMA, attention._HOPPER_FWD_CHAIN = output_path, chain
+    o_via_tma, sms = attention._HOPPER_FWD_O_VIA_TMA, attention.num_sms
+    # the output written with plain stores and through the copy engine
+    for output_path in (False, True):
+        attention._HOPPER_FWD_O_VIA_TMA = output_path
         with env_set("FLASH_ATTN_TRI_GLUON", "1"):
             shapes = ((128, True, 300, 203), (64, False, 113, 203), (128, False, 5, 9))
             for d, causal, sq, sk in shapes:
@@ -183,7 +181,7 @@ def flash_attn_gluon():
                     flash_attn_func(q, k, v, causal=causal)
             finally:
                 attention.num_sms = sms
-    attention._HOPPER_FWD_O_VIA_TMA, attention._HOPPER_FWD_CHAIN, attention.num_sms = saved
+    attention._HOPPER_FWD_O_VIA_TMA = o_via_tma
     # the backward kernels, forced on for D = 64 and short causal too: GQA, partial blocks
     for kind in ("1", "fused"):
         with env_set("FLASH_ATTN_TRI_GLUON_BWD", kind):

@@ -56,13 +56,10 @@ FORWARD = {
         )
         for schedule in ("tiles", "pairs", "persistent")
     },
-    # the Gluon forward under its own schedule rule; "-o-tma": its output written through
-    # the copy engine instead of with plain stores from registers; "-chain": the next
-    # tile's first scores issued beside the current tile's last P·V (SETTINGS)
+    # the Gluon forward under its own schedule rule; "-o-stores": its output written with
+    # plain stores from registers rather than through the copy engine (SETTINGS)
     "gluon": (("FLASH_ATTN_TRI_GLUON", "1"),),
-    "gluon-o-tma": (("FLASH_ATTN_TRI_GLUON", "1"),),
-    "gluon-chain": (("FLASH_ATTN_TRI_GLUON", "1"),),
-    "gluon-chain-o-tma": (("FLASH_ATTN_TRI_GLUON", "1"),),
+    "gluon-o-stores": (("FLASH_ATTN_TRI_GLUON", "1"),),
     "cudnn": (),
 }  # fmt: skip
 BACKWARD = {
@@ -91,11 +88,7 @@ TILES = {
 }
 # alternatives that change a module-level setting of flash_attn_tri.attention: name ->
 # {attribute: value}
-SETTINGS = {
-    "gluon-o-tma": {"_HOPPER_FWD_O_VIA_TMA": True},
-    "gluon-chain": {"_HOPPER_FWD_CHAIN": True},
-    "gluon-chain-o-tma": {"_HOPPER_FWD_O_VIA_TMA": True, "_HOPPER_FWD_CHAIN": True},
-}
+SETTINGS = {"gluon-o-stores": {"_HOPPER_FWD_O_VIA_TMA": False}}
 _BWD_D64 = ("triton", "split", "fused", "cudnn")
 # (D, causal, seqlen, alternatives)
 _FWD_ALL = ("triton", "gluon-tiles", "gluon-pairs", "gluon-persistent", "cudnn")

@@ -7,8 +7,7 @@ tokens, hidden 2048, bf16). For the first 16 tiles of every program it records, 
 consumer warpgroup: the first block's scores and softmax with the waits for the query
 tile and the first K ("prologue"), the pipelined loop over the other key blocks, the last
 ``P·V`` with the wait for its V, the output and log-sum-exp stores ("epilogue") and the
-gap to the next tile; and the producer's waits for free slots. With ``--chain`` (tiles
-chained, ``CHAIN``) the next tile's prologue runs inside this tile's "last P·V". It prints the
+gap to the next tile; and the producer's waits for free slots. It prints the
 median cycles of each phase (for causal pairs, long and short tiles apart), so that the
 time a tile spends outside its loop shows (BENCHMARKS.md, session 24). The marks cost a few
 percent of the kernel's rate; the output is checked against the library's.
@@ -17,7 +16,7 @@ The copy is made by inserting the marks at fixed places of the kernel's source: 
 kernel changes, ``instrumented_source`` says which place no longer matches.
 
 Run on a Hopper GPU: ``python3 trace_forward.py [--seqlen=S,...] [--head-dim=D]
-[--causal=yes|no|both] [--o-via-tma] [--chain]``.
+[--causal=yes|no|both] [--o-stores]``.
 """
 
 from __future__ import annotations
@@ -33,9 +32,8 @@ import torch
 TOKENS = 16384
 HIDDEN = 2048
 TILES = 16  # tiles traced per program
-# a consumer tile's phases; "prologue": its first block's scores and softmax (waits
-# included), or with CHAIN only the hand-back of the previous output buffer; "last P·V":
-# the last block's, or with CHAIN the step that also opens the next tile
+# a consumer tile's phases; "prologue": its first block's scores and softmax, the waits
+# for its queries and first K, and the hand-back of the previous output's buffer
 PHASES = ["prologue", "loop", "last P·V", "epilogue"]
 
 
@@ -67,11 +65,11 @@ _KEY_LOOP = (
 )
 _V_WAIT = "                mbarrier.wait(v_empty.index(slot), phase)\n"
 # the consumer's tile loop: its start, the pipelined steps, the last block, the output
-_TILE_START = "            if CHAIN:\n                step = ring\n"
+_TILE_START = "            step = ring - tile\n"
 _STEPS = "            p, acc, m_i, l_i = _run_tile(\n"
 _LAST = "            last = ring + n_blocks - 1\n"
 _CLOSE = "            _close_tile(\n"
-_NEXT = "            if CHAIN:\n                p, m_i, l_i = p_next, m_next, l_next\n"
+_NEXT = "            ring += n_blocks\n"
 
 
 def _at(role: str, event: int, indent: int = 4) -> str:
@@ -151,7 +149,7 @@ def _load_instrumented(folder: str):
 
 
 def trace(
-    module, d: int, s: int, causal: bool, o_via_tma: bool, chain: bool
+    module, d: int, s: int, causal: bool, o_via_tma: bool
 ) -> tuple[torch.Tensor, float, bool]:
     """Launch the instrumented forward at the bench setup: (clock marks ``[programs, 3,
     TILES, 8]``, ms a call, whether causal tiles went in pairs)."""
@@ -171,7 +169,7 @@ def trace(
     sms = attention.num_sms(q.device.index)
     pair, persistent = attention._gluon_forward_schedule(n_m * heads * batch, causal, s, sms)
     _, constexprs, options = attention._hopper_fwd_launch(d, causal, pair)
-    constexprs = {**constexprs, "O_VIA_TMA": o_via_tma, "CHAIN": chain}
+    constexprs = {**constexprs, "O_VIA_TMA": o_via_tma}
     n_units = (triton.cdiv(n_m, 2) if pair else n_m) * heads * batch
     programs = min(n_units, sms) if persistent else n_units
     marks = torch.zeros(programs, 3, TILES, 8, device="cuda", dtype=torch.int64)
@@ -211,7 +209,7 @@ def summarise(marks: torch.Tensor, pair: bool) -> list[dict]:
                     if parity is not None and tile % 2 != parity:
                         continue
                     e, nxt = marks[p, wg, tile], marks[p, wg, tile + 1, 0]
-                    if bool((e == 0).any()) or int(nxt) == 0:
+                    if bool((e[: len(PHASES) + 1] == 0).any()) or int(nxt) == 0:
                         continue  # the program had fewer tiles
                     n = len(PHASES)
                     spans.append([int(e[i + 1] - e[i]) for i in range(n)] + [int(nxt - e[n])])
@@ -226,7 +224,7 @@ def summarise(marks: torch.Tensor, pair: bool) -> list[dict]:
 
 
 def main() -> int:
-    seqlens, head_dim, causals, o_via_tma, chain = [1024], 128, [True, False], False, False
+    seqlens, head_dim, causals, o_via_tma = [1024], 128, [True, False], True
     for arg in sys.argv[1:]:
         key, _, value = arg.partition("=")
         try:
@@ -236,16 +234,14 @@ def main() -> int:
                 head_dim = int(value)
             elif key == "--causal" and value in ("yes", "no", "both"):
                 causals = {"yes": [True], "no": [False], "both": [True, False]}[value]
-            elif arg == "--o-via-tma":
-                o_via_tma = True
-            elif arg == "--chain":
-                chain = True
+            elif arg == "--o-stores":
+                o_via_tma = False
             else:
                 raise ValueError
         except ValueError:
             raise SystemExit(
                 f"trace_forward: unexpected argument {arg!r} (expected --seqlen=S,..., "
-                "--head-dim=64|128, --causal=yes|no|both, --o-via-tma, --chain)"
+                "--head-dim=64|128, --causal=yes|no|both, --o-stores)"
             ) from None
     if not torch.cuda.is_available():
         print("no CUDA device: this diagnostic needs a Hopper GPU")
@@ -256,10 +252,10 @@ def main() -> int:
         module = _load_instrumented(folder)
         for s in seqlens:
             for causal in causals:
-                marks, ms, pair = trace(module, head_dim, s, causal, o_via_tma, chain)
+                marks, ms, pair = trace(module, head_dim, s, causal, o_via_tma)
                 flops = 4 * TOKENS * s * HIDDEN * (0.5 if causal else 1.0)
                 title = (
-                    f"D={head_dim} S={s} causal={causal} o_via_tma={o_via_tma} chain={chain}: "
+                    f"D={head_dim} S={s} causal={causal} o_via_tma={o_via_tma}: "
                     f"{flops / ms / 1e9:.0f} TFLOP/s traced, median cycles"
                 )
                 rows = summarise(marks, pair)

@@ -17,11 +17,11 @@ def test_defaults_time_every_case(bench_dispatch):
 
 def test_filters_and_alternatives(bench_dispatch):
     argv = ["fwd", "--head-dim=128", "--seqlen=1024,16384", "--causal=yes"]
-    options = bench_dispatch.parse_args([*argv, "--alternatives=gluon,gluon-o-tma,cudnn"])
+    options = bench_dispatch.parse_args([*argv, "--alternatives=gluon,gluon-o-stores,cudnn"])
     cases = bench_dispatch.select_cases("fwd", options)
     assert cases == [
-        (128, True, 1024, ("gluon", "gluon-o-tma", "cudnn")),
-        (128, True, 16384, ("gluon", "gluon-o-tma", "cudnn")),
+        (128, True, 1024, ("gluon", "gluon-o-stores", "cudnn")),
+        (128, True, 16384, ("gluon", "gluon-o-stores", "cudnn")),
     ]
     # without --alternatives each case keeps its own
     own = bench_dispatch.select_cases("fwd", bench_dispatch.parse_args(argv))

@@ -239,14 +239,10 @@ def _gluon_calls(monkeypatch):
     ],
 )
 @pytest.mark.parametrize("schedule", ["tiles", "pairs", "persistent"])
-@pytest.mark.parametrize(
-    ("o_via_tma", "chain"),
-    [(False, False), (True, False), (False, True), (True, True)],
-    ids=["o_stores", "o_tma", "chain", "chain_o_tma"],
-)
+@pytest.mark.parametrize("o_via_tma", [False, True], ids=["o_stores", "o_tma"])
 def test_gluon_forward_matches_the_reference(
-    monkeypatch, check_against_reference, o_via_tma, chain, schedule, dtype, d, causal, sq, sk,
-    heads, heads_k,
+    monkeypatch, check_against_reference, o_via_tma, schedule, dtype, d, causal, sq, sk, heads,
+    heads_k,
 ):  # fmt: skip
     """The Gluon forward for Hopper against the fp64 reference (FlashAttention error rule,
     output and, through the Triton backward it feeds, gradients) and the Triton forward's
@@ -254,12 +250,10 @@ def test_gluon_forward_matches_the_reference(
     each schedule, with the GPU taken as 5 multiprocessors: causal tiles go in pairs
     (but under ``tiles``), and persistent programs take many units each, so the rings
     and turns carry over from tile to tile; the output written with plain stores or
-    through the copy engine (``O_VIA_TMA``, rows past the sequence left alone); a
-    program's tiles on their own or chained (``CHAIN``)."""
+    through the copy engine (``O_VIA_TMA``, rows past the sequence left alone)."""
     from flash_attn_tri import attention
 
     monkeypatch.setattr(attention, "_HOPPER_FWD_O_VIA_TMA", o_via_tma)
-    monkeypatch.setattr(attention, "_HOPPER_FWD_CHAIN", chain)
     monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_SCHEDULE", schedule)
     monkeypatch.setattr(attention, "num_sms", lambda index=None: 5)
     calls = _gluon_calls(monkeypatch)
@@ -301,22 +295,19 @@ def test_gluon_forward_schedules_agree_bitwise(monkeypatch, d, causal):
 
 @pytest.mark.parametrize(("d", "causal"), [(128, True), (128, False), (64, True)])
 def test_gluon_forward_output_paths_agree_bitwise(monkeypatch, d, causal):
-    """The output through the copy engine (``O_VIA_TMA``) and the chained tiles (``CHAIN``)
-    give the same bits as plain stores and tiles on their own, at full size (2048 tiles,
-    persistent programs)."""
+    """The output through the copy engine (``O_VIA_TMA``) holds the same bits as the one
+    written with plain stores, at full size (2048 tiles, persistent programs)."""
     from flash_attn_tri import attention
 
     calls = _gluon_calls(monkeypatch)
     q, k, v = _qkv((8, 2048, 2048 // d, d), (8, 2048, 2048 // d, d), d, torch.bfloat16, seed=4)
     results = []
-    for o_via_tma, chain in ((False, False), (True, False), (False, True), (True, True)):
+    for o_via_tma in (False, True):
         monkeypatch.setattr(attention, "_HOPPER_FWD_O_VIA_TMA", o_via_tma)
-        monkeypatch.setattr(attention, "_HOPPER_FWD_CHAIN", chain)
         results.append(flash_attn_func(q, k, v, causal=causal, return_attn_probs=True)[:2])
-    assert len(calls) == 4
-    for out, lse in results[1:]:
-        assert torch.equal(results[0][0], out)
-        assert torch.equal(results[0][1], lse)
+    assert len(calls) == 2
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
 
 
 @pytest.mark.parametrize("kind", ["fused", "split"])

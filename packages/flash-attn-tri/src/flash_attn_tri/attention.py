@@ -644,11 +644,9 @@ def _hopper_bwd_launch(
 # query rows of a Gluon forward tile: 64 for each of the two consumer warpgroups
 _HOPPER_FWD_BLOCK_M = 128
 # whether the Gluon forward writes its output through the copy engine (from the tile's
-# query buffer) instead of with plain stores from registers (bench_dispatch "gluon-o-tma")
-_HOPPER_FWD_O_VIA_TMA = False
-# whether a program's tiles run into each other: the next tile's first scores issued beside
-# the current tile's last P·V (bench_dispatch "gluon-chain")
-_HOPPER_FWD_CHAIN = False
+# query buffer) rather than with plain stores from registers (bench_dispatch
+# "gluon-o-stores"): 4-13% faster at 1024-2048 tokens (BENCHMARKS.md, session 25)
+_HOPPER_FWD_O_VIA_TMA = True
 
 
 def _hopper_fwd_launch(
@@ -669,7 +667,6 @@ def _hopper_fwd_launch(
         "PINGPONG": True,
         "PAIR": pair,
         "O_VIA_TMA": _HOPPER_FWD_O_VIA_TMA,
-        "CHAIN": _HOPPER_FWD_CHAIN,
         "CONSUMER_REGS": 240,
         "PRODUCER_REGS": 24,
     }

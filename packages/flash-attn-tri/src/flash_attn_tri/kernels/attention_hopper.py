@@ -30,10 +30,7 @@ of them). A program has three warpgroups, each a partition of its own:
   other's matmuls occupy the tensor cores. The output goes to global memory with plain
   stores from registers, or (``O_VIA_TMA``) through the tile's query buffer, its scores
   done, and one copy-engine store that runs while the warpgroup starts its next tile
-  (the buffer is handed back once that store has read it). With ``CHAIN`` a program's
-  tiles run into each other: the next tile's first scores are issued beside the current
-  tile's last ``P·V``, in one more turn, so that a tile boundary costs the other
-  warpgroup's matmuls no more than the output's stores.
+  (the buffer is handed back once that store has read it).
 
 The scale is folded into the exponent: the row maximum is taken on the raw scores and
 ``p = exp2(s · scale·log2(e) − m)`` is one multiply-add per score. A row that sees no key
@@ -371,48 +368,6 @@ def _last_pv(p, acc, v_smem, v_full, v_empty, last, n_blocks, BLOCK_N: gl.conste
 
 
 @gluon.jit
-def _handover_step(
-    p, acc, q_smem, k_smem, v_smem, q_full, k_full, v_full, k_empty, v_empty, turn, last,
-    n_blocks, next_start_m, next_tile, seqlen_k, diag, qk_scale2, WG: gl.constexpr,
-    ROWS_WG: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-    NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr,
-):  # fmt: skip
-    """One pipelined step across a tile boundary: the next tile's first scores (queries from
-    its buffer, K at place ``last + 1`` of the ring) issued beside this tile's last ``P·V``
-    (V at ``last``), in the issuing turn ``last`` (every tile takes as many turns as it has
-    key blocks), then the first block's softmax. Returns the accumulator of this tile and
-    the next tile's p, m_i, l_i."""
-    S_LAYOUT: gl.constexpr = _scores_layout(BLOCK_N)
-    P_LAYOUT: gl.constexpr = _probs_layout(HEAD_DIM)
-    slot = last % NUM_STAGES
-    nxt = (last + 1) % NUM_STAGES
-    q_buf = 2 * WG + next_tile % 2
-    offs_m, n_full = _rows(next_start_m, seqlen_k, diag, WG, ROWS_WG, BLOCK_N, HEAD_DIM, CAUSAL)
-    mbarrier.arrive(v_empty.index((last + NUM_STAGES - 1) % NUM_STAGES), pred=n_blocks > 1)
-    mbarrier.wait(q_full.index(q_buf), (next_tile // 2) & 1)
-    mbarrier.wait(k_full.index(nxt), ((last + 1) // NUM_STAGES) & 1)
-    mbarrier.wait(v_full.index(slot), (last // NUM_STAGES) & 1)
-    if PINGPONG:
-        mbarrier.wait(turn.index(WG), last & 1)
-    s_next = warpgroup_mma(
-        _tile(q_smem, q_buf, ROWS_WG, HEAD_DIM),
-        _tile(k_smem, nxt, BLOCK_N, HEAD_DIM).permute((1, 0)),
-        gl.zeros([ROWS_WG, BLOCK_N], gl.float32, S_LAYOUT), use_acc=False, is_async=True,
-    )  # fmt: skip
-    acc = warpgroup_mma(p, _tile(v_smem, slot, BLOCK_N, HEAD_DIM), acc, is_async=True)
-    if PINGPONG:
-        mbarrier.arrive(turn.index(1 - WG))
-    s = warpgroup_mma_wait(1, deps=[s_next])
-    mbarrier.arrive(k_empty.index(nxt))
-    p_next, m_i, l_i = _first_softmax(
-        s, offs_m, n_full, seqlen_k, diag, qk_scale2, BLOCK_N, HEAD_DIM, CAUSAL
-    )
-    acc, p, p_next, l_i = warpgroup_mma_wait(0, deps=[acc, p, p_next, l_i])
-    mbarrier.arrive(v_empty.index(slot))
-    return acc, gl.convert_layout(p_next.to(q_smem.dtype), P_LAYOUT), m_i, l_i
-
-
-@gluon.jit
 def _close_tile(
     acc, m_i, l_i, q_smem, o_desc, out_ptr, lse_ptr, b, h, start_m, seqlen_q, tile, stride_ob,
     stride_os, stride_oh, stride_lb, stride_lh, WG: gl.constexpr, ROWS_WG: gl.constexpr,
@@ -465,42 +420,28 @@ def _consumer(
     stride_os, stride_oh, stride_lb, stride_lh, WG: gl.constexpr, BLOCK_M: gl.constexpr,
     BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
     CAUSAL: gl.constexpr, PINGPONG: gl.constexpr, PAIR: gl.constexpr,
-    O_VIA_TMA: gl.constexpr, CHAIN: gl.constexpr,
+    O_VIA_TMA: gl.constexpr,
 ):  # fmt: skip
     """One consumer warpgroup (4 warps, 64 query rows of every tile): the program's tiles
     in the producer's order. Each warpgroup is a partition of its own, so that waiting
-    for its matmuls never stalls the other one.
-
-    Without CHAIN every tile opens with its first block's scores waited for and closes
-    with its last ``P·V`` waited for, each outside the issuing turns (every tile takes
-    n_blocks - 1 turns). With CHAIN the tiles run into each other: the next tile's first
-    scores are issued beside this tile's last ``P·V`` in one more turn (n_blocks turns a
-    tile), so that only the program's first tile opens and its last closes on their own."""
+    for its matmuls never stalls the other one. A tile opens with its first block's
+    scores waited for and closes with its last ``P·V`` waited for, both outside the
+    issuing turns: every tile takes n_blocks - 1 turns."""
     ROWS_WG: gl.constexpr = BLOCK_M // 2
     diag = seqlen_k - seqlen_q
-    nprog = gl.num_programs(0)
     ring = 0
     tile = 0
-    if CHAIN:
-        b, h, m = _tile_of(gl.program_id(0), 0, heads, n_m, units_per_head, PAIR)
-        p, m_i, l_i = _open_tile(
-            q_smem, k_smem, q_full, k_full, k_empty, m * BLOCK_M, seqlen_k, diag, 0, 0,
-            qk_scale2, WG, ROWS_WG, BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL,
-        )  # fmt: skip
-    for unit in range(gl.program_id(0), n_units, nprog):
-        n_tiles = _tiles_in_unit(unit, n_m, units_per_head, PAIR)
-        for half in range(n_tiles):
+    for unit in range(gl.program_id(0), n_units, gl.num_programs(0)):
+        for half in range(_tiles_in_unit(unit, n_m, units_per_head, PAIR)):
             b, h, m = _tile_of(unit, half, heads, n_m, units_per_head, PAIR)
             start_m = m * BLOCK_M
             n_blocks = _key_blocks(start_m, seqlen_k, diag, BLOCK_M, BLOCK_N, CAUSAL)
-            if CHAIN:
-                step = ring
-            else:
-                step = ring - tile
-                p, m_i, l_i = _open_tile(
-                    q_smem, k_smem, q_full, k_full, k_empty, start_m, seqlen_k, diag, ring,
-                    tile, qk_scale2, WG, ROWS_WG, BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL,
-                )  # fmt: skip
+            # every tile before this one took n_blocks - 1 turns
+            step = ring - tile
+            p, m_i, l_i = _open_tile(
+                q_smem, k_smem, q_full, k_full, k_empty, start_m, seqlen_k, diag, ring, tile,
+                qk_scale2, WG, ROWS_WG, BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL,
+            )  # fmt: skip
             if O_VIA_TMA:
                 _release_output_buffer(q_empty, tile, WG)
             p, acc, m_i, l_i = _run_tile(
@@ -512,37 +453,14 @@ def _consumer(
                 # every score of the tile is in: the query tile may take the next tile's rows
                 mbarrier.arrive(q_empty.index(2 * WG + tile % 2))
             last = ring + n_blocks - 1
-            if CHAIN:
-                # the program's next tile: this unit's next one, else the next unit's first
-                unit_done = (half + 1 == n_tiles).to(gl.int32)
-                next_unit = unit + unit_done * nprog
-                if next_unit < n_units:
-                    _, _, next_m = _tile_of(
-                        next_unit, (half + 1) * (1 - unit_done), heads, n_m, units_per_head, PAIR
-                    )
-                    acc, p_next, m_next, l_next = _handover_step(
-                        p, acc, q_smem, k_smem, v_smem, q_full, k_full, v_full, k_empty,
-                        v_empty, turn, last, n_blocks, next_m * BLOCK_M, tile + 1, seqlen_k,
-                        diag, qk_scale2, WG, ROWS_WG, BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL,
-                        PINGPONG,
-                    )  # fmt: skip
-                else:
-                    acc = _last_pv(
-                        p, acc, v_smem, v_full, v_empty, last, n_blocks, BLOCK_N, HEAD_DIM,
-                        NUM_STAGES,
-                    )  # fmt: skip
-                    p_next, m_next, l_next = p, m_i, l_i
-            else:
-                acc = _last_pv(
-                    p, acc, v_smem, v_full, v_empty, last, n_blocks, BLOCK_N, HEAD_DIM, NUM_STAGES
-                )
+            acc = _last_pv(
+                p, acc, v_smem, v_full, v_empty, last, n_blocks, BLOCK_N, HEAD_DIM, NUM_STAGES
+            )
             _close_tile(
                 acc, m_i, l_i, q_smem, o_desc, out_ptr, lse_ptr, b, h, start_m, seqlen_q, tile,
                 stride_ob, stride_os, stride_oh, stride_lb, stride_lh, WG, ROWS_WG, BLOCK_N,
                 HEAD_DIM, O_VIA_TMA,
             )  # fmt: skip
-            if CHAIN:
-                p, m_i, l_i = p_next, m_next, l_next
             ring += n_blocks
             tile += 1
     if O_VIA_TMA:
@@ -559,7 +477,7 @@ def flash_fwd_hopper_kernel(
     qk_scale2, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, HEAD_DIM: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
     CAUSAL: gl.constexpr, PINGPONG: gl.constexpr, PAIR: gl.constexpr,
-    O_VIA_TMA: gl.constexpr, CHAIN: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+    O_VIA_TMA: gl.constexpr, CONSUMER_REGS: gl.constexpr,
     PRODUCER_REGS: gl.constexpr,
 ):  # fmt: skip
     """Output and log-sum-exp of every (BLOCK_M query rows, head, batch) tile, ``n_units``
@@ -618,13 +536,13 @@ def flash_fwd_hopper_kernel(
                 q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, k_empty, v_empty, turn,
                 o_desc, out_ptr, lse_ptr, seqlen_q, seqlen_k, heads, n_m, units_per_head, n_units,
                 qk_scale2, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, 0, BLOCK_M,
-                BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG, PAIR, O_VIA_TMA, CHAIN,
+                BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG, PAIR, O_VIA_TMA,
             )),
             (_consumer, (
                 q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, k_empty, v_empty, turn,
                 o_desc, out_ptr, lse_ptr, seqlen_q, seqlen_k, heads, n_m, units_per_head, n_units,
                 qk_scale2, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, 1, BLOCK_M,
-                BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG, PAIR, O_VIA_TMA, CHAIN,
+                BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL, PINGPONG, PAIR, O_VIA_TMA,
             )),
             (_producer, (
                 q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full,
