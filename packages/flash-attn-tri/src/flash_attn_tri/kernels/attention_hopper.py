@@ -256,7 +256,7 @@ def _probs_layout(head_dim):
 
 @gluon.jit
 def _rows(start_m, seqlen_k, diag, WG: gl.constexpr, ROWS_WG: gl.constexpr,
-          BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, CAUSAL: gl.constexpr):  # fmt: skip
+          BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):  # fmt: skip
     """The query rows of warpgroup WG in the tile from ``start_m`` (layout of the scores'
     rows) and how many leading key blocks every one of them sees whole."""
     S_LAYOUT: gl.constexpr = _scores_layout(BLOCK_N)
@@ -270,7 +270,7 @@ def _rows(start_m, seqlen_k, diag, WG: gl.constexpr, ROWS_WG: gl.constexpr,
 
 @gluon.jit
 def _first_softmax(s, offs_m, n_full, seqlen_k, diag, qk_scale2, BLOCK_N: gl.constexpr,
-                   HEAD_DIM: gl.constexpr, CAUSAL: gl.constexpr):  # fmt: skip
+                   CAUSAL: gl.constexpr):  # fmt: skip
     """A tile's first block: the running maximum and sum and the probabilities (fp32) of its
     scores ``s``, masked unless every row sees the whole block."""
     S_LAYOUT: gl.constexpr = _scores_layout(BLOCK_N)
@@ -300,7 +300,7 @@ def _open_tile(
     maximum and sum."""
     S_LAYOUT: gl.constexpr = _scores_layout(BLOCK_N)
     P_LAYOUT: gl.constexpr = _probs_layout(HEAD_DIM)
-    offs_m, n_full = _rows(start_m, seqlen_k, diag, WG, ROWS_WG, BLOCK_N, HEAD_DIM, CAUSAL)
+    offs_m, n_full = _rows(start_m, seqlen_k, diag, WG, ROWS_WG, BLOCK_N, CAUSAL)
     q_buf = 2 * WG + tile % 2
     mbarrier.wait(q_full.index(q_buf), (tile // 2) & 1)
     mbarrier.wait(k_full.index(ring % NUM_STAGES), (ring // NUM_STAGES) & 1)
@@ -310,9 +310,7 @@ def _open_tile(
         gl.zeros([ROWS_WG, BLOCK_N], gl.float32, S_LAYOUT), use_acc=False,
     )  # fmt: skip
     mbarrier.arrive(k_empty.index(ring % NUM_STAGES))
-    p, m_i, l_i = _first_softmax(
-        s, offs_m, n_full, seqlen_k, diag, qk_scale2, BLOCK_N, HEAD_DIM, CAUSAL
-    )
+    p, m_i, l_i = _first_softmax(s, offs_m, n_full, seqlen_k, diag, qk_scale2, BLOCK_N, CAUSAL)
     return gl.convert_layout(p.to(q_smem.dtype), P_LAYOUT), m_i, l_i
 
 
@@ -331,7 +329,7 @@ def _run_tile(
     O_LAYOUT: gl.constexpr = _out_layout(HEAD_DIM)
     P_LAYOUT: gl.constexpr = _probs_layout(HEAD_DIM)
     DTYPE: gl.constexpr = q_smem.dtype
-    offs_m, n_full = _rows(start_m, seqlen_k, diag, WG, ROWS_WG, BLOCK_N, HEAD_DIM, CAUSAL)
+    offs_m, n_full = _rows(start_m, seqlen_k, diag, WG, ROWS_WG, BLOCK_N, CAUSAL)
     offs_n0 = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_LAYOUT))
     zero_s = gl.zeros([ROWS_WG, BLOCK_N], gl.float32, S_LAYOUT)
     acc = gl.zeros([ROWS_WG, HEAD_DIM], gl.float32, O_LAYOUT)
