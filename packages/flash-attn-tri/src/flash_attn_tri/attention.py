@@ -645,7 +645,7 @@ def _hopper_bwd_launch(
 _HOPPER_FWD_BLOCK_M = 128
 # whether the Gluon forward writes its output through the copy engine (from the tile's
 # query buffer) rather than with plain stores from registers (bench_dispatch
-# "gluon-o-stores"): 4-13% faster at 1024-2048 tokens (BENCHMARKS.md, session 25)
+# "gluon-o-stores"): 5-13% faster at 1024-2048 tokens (BENCHMARKS.md, session 25)
 _HOPPER_FWD_O_VIA_TMA = True
 
 
