@@ -9,7 +9,9 @@ from tri_shared.bench import (
     Ceilings,
     format_table,
     gbps,
+    import_source,
     kernel_times,
+    patch_source,
     plot,
     results_dir,
     tflops,
@@ -93,3 +95,19 @@ def test_env_set_restores_or_removes(monkeypatch):
         fail_inside()
     assert seen == ["c"]
     assert "TRI_SHARED_TEST_SWITCH" not in os.environ
+
+
+def test_patch_source_applies_each_edit_and_names_a_missing_place():
+    source = "a = 1\nb = 2\nb = 2\n"
+    edits = [("a = 1\n", "a = 1\nmark()\n", 1), ("b = 2\n", "b = 3\n", 2)]
+    assert patch_source(source, edits, "tool") == "a = 1\nmark()\nb = 3\nb = 3\n"
+    with pytest.raises(ValueError, match=r"tool: expected 1 occurrence\(s\) of 'c = 1'.*found 0"):
+        patch_source(source, [("c = 1\n", "", 1)], "tool")
+    with pytest.raises(ValueError, match=r"'b = 2'.*found 2"):
+        patch_source(source, [("b = 2\n", "", 1)], "tool")
+
+
+def test_import_source_imports_the_written_copy(tmp_path):
+    module = import_source("VALUE = 41 + 1\n", tmp_path, "copied_kernel")
+    assert module.VALUE == 42
+    assert (tmp_path / "copied_kernel.py").read_text() == "VALUE = 41 + 1\n"

@@ -21,7 +21,6 @@ Run on a Hopper GPU: ``python3 trace_forward.py [--seqlen=S,...] [--head-dim=D]
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
 import sys
 import tempfile
@@ -124,28 +123,11 @@ _EDITS = [
 def instrumented_source(source: str | None = None) -> str:
     """The Gluon forward's source (``kernels/attention_hopper.py`` unless given) with the
     clock marks in. Raises ValueError naming the place that no longer matches."""
+    from tri_shared.bench import patch_source
+
     if source is None:
         source = _kernel_path().read_text()
-    for place, replacement, count in _EDITS:
-        found = source.count(place)
-        if found != count:
-            first = place.strip().splitlines()[0]
-            raise ValueError(
-                f"trace_forward: expected {count} occurrence(s) of {first!r} in the kernel, "
-                f"found {found}; update _EDITS to the kernel's source"
-            )
-        source = source.replace(place, replacement)
-    return source
-
-
-def _load_instrumented(folder: str):
-    """Write the instrumented kernel into ``folder`` and import it."""
-    path = Path(folder) / "attention_hopper_traced.py"
-    path.write_text(instrumented_source())
-    spec = importlib.util.spec_from_file_location("attention_hopper_traced", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return patch_source(source, _EDITS, "trace_forward")
 
 
 def trace(
@@ -246,10 +228,10 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: this diagnostic needs a Hopper GPU")
         return 0
-    from tri_shared.bench import print_table
+    from tri_shared.bench import import_source, print_table
 
     with tempfile.TemporaryDirectory() as folder:
-        module = _load_instrumented(folder)
+        module = import_source(instrumented_source(), folder, "attention_hopper_traced")
         for s in seqlens:
             for causal in causals:
                 marks, ms, pair = trace(module, head_dim, s, causal, o_via_tma)

@@ -250,3 +250,37 @@ def plot(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------------------------------
+# instrumented copies of kernels (clock marks written into a kernel's source)
+
+
+def patch_source(source: str, edits: Sequence[tuple[str, str, int]], what: str) -> str:
+    """``source`` with each ``(place, replacement, count)`` of ``edits`` applied in order, every
+    place expected exactly ``count`` times. Raises ValueError naming ``what`` (the tool) and
+    the first line of a place that no longer matches: the kernel changed under the tool."""
+    for place, replacement, count in edits:
+        found = source.count(place)
+        if found != count:
+            first = place.strip().splitlines()[0]
+            raise ValueError(
+                f"{what}: expected {count} occurrence(s) of {first!r} in the kernel, "
+                f"found {found}; update its edits to the kernel's source"
+            )
+        source = source.replace(place, replacement)
+    return source
+
+
+def import_source(source: str, folder: str | os.PathLike[str], name: str) -> Any:
+    """Write ``source`` to ``folder/name.py`` and import it as module ``name`` (a copy of a
+    kernel module, e.g. with clock marks: Triton and Gluon read a kernel's source from its
+    file)."""
+    import importlib.util
+
+    path = Path(folder) / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
