@@ -98,3 +98,9 @@ def bench_dispatch():
 def trace_forward():
     """The module ``bench/trace_forward.py`` (the Gluon forward with clock marks)."""
     return _bench_module("trace_forward")
+
+
+@pytest.fixture(scope="session")
+def trace_backward():
+    """The module ``bench/trace_backward.py`` (the Gluon backward with clock marks)."""
+    return _bench_module("trace_backward")
