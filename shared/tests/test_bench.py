@@ -7,10 +7,12 @@ import pytest
 
 from tri_shared.bench import (
     Ceilings,
+    choice,
     format_table,
     gbps,
     import_source,
     kernel_times,
+    parse_flags,
     patch_source,
     plot,
     results_dir,
@@ -111,3 +113,18 @@ def test_import_source_imports_the_written_copy(tmp_path):
     module = import_source("VALUE = 41 + 1\n", tmp_path, "copied_kernel")
     assert module.VALUE == 42
     assert (tmp_path / "copied_kernel.py").read_text() == "VALUE = 41 + 1\n"
+
+
+def test_parse_flags_converts_and_names_what_it_refuses():
+    flags = {
+        "--rounds": (3, int, "--rounds=N"),
+        "--mode": ("a", choice({"a": "a", "b": "b"}), "--mode=a|b"),
+        "--quick": (False, choice({"": True}), "--quick"),
+    }
+    assert parse_flags([], "tool", flags) == {"rounds": 3, "mode": "a", "quick": False}
+    got = parse_flags(["--rounds=5", "--quick", "--mode=b"], "tool", flags)
+    assert got == {"rounds": 5, "mode": "b", "quick": True}
+    expected = r"\(expected --rounds=N, --mode=a\|b, --quick\)"
+    for bad in ("--rounds=x", "--mode=c", "--quick=1", "--other", "rounds=3"):
+        with pytest.raises(SystemExit, match=rf"tool: unexpected argument '{bad}' {expected}"):
+            parse_flags([bad], "tool", flags)

@@ -39,6 +39,8 @@ KERNELS = ("flash_bwd_dq_hopper_kernel", "flash_bwd_dkdv_hopper_kernel")
 PHASES = ["prologue", "loop", "stores"]
 SLOTS = 8
 SM_SLOT = 7
+# --causal=
+CAUSAL = {"yes": [True], "no": [False], "both": [True, False]}
 
 
 def _kernel_path() -> Path:
@@ -250,25 +252,21 @@ def summarise(marks: torch.Tensor, steps: int | None) -> list[dict]:
 
 
 def main() -> int:
-    seqlens, head_dim, causals, kind = [2048], 64, [False], "split"
-    for arg in sys.argv[1:]:
-        key, _, value = arg.partition("=")
-        try:
-            if key == "--seqlen":
-                seqlens = [int(x) for x in value.split(",")]
-            elif key == "--head-dim" and int(value) in (64, 128):
-                head_dim = int(value)
-            elif key == "--causal" and value in ("yes", "no", "both"):
-                causals = {"yes": [True], "no": [False], "both": [True, False]}[value]
-            elif key == "--kind" and value in ("split", "fused"):
-                kind = value
-            else:
-                raise ValueError
-        except ValueError:
-            raise SystemExit(
-                f"trace_backward: unexpected argument {arg!r} (expected --seqlen=S,..., "
-                "--head-dim=64|128, --causal=yes|no|both, --kind=split|fused)"
-            ) from None
+    from tri_shared.bench import choice, parse_flags
+
+    options = parse_flags(
+        sys.argv[1:],
+        "trace_backward",
+        {
+            "--seqlen": ([2048], lambda text: [int(x) for x in text.split(",")], "--seqlen=S,..."),
+            "--head-dim": (64, choice({"64": 64, "128": 128}), "--head-dim=64|128"),
+            "--causal": ([False], choice(CAUSAL), "--causal=yes|no|both"),
+            "--kind": ("split", choice({"split": "split", "fused": "fused"}), "--kind=split|fused"),
+        },
+    )
+    seqlens, head_dim, causals, kind = (
+        options["seqlen"], options["head_dim"], options["causal"], options["kind"]
+    )  # fmt: skip
     if not torch.cuda.is_available():
         print("no CUDA device: this diagnostic needs a Hopper GPU")
         return 0

@@ -34,6 +34,8 @@ TILES = 16  # tiles traced per program
 # a consumer tile's phases; "prologue": its first block's scores and softmax, the waits
 # for its queries and first K, and the hand-back of the previous output's buffer
 PHASES = ["prologue", "loop", "last P·V", "epilogue"]
+# --causal=
+CAUSAL = {"yes": [True], "no": [False], "both": [True, False]}
 
 
 def _kernel_path() -> Path:
@@ -206,25 +208,20 @@ def summarise(marks: torch.Tensor, pair: bool) -> list[dict]:
 
 
 def main() -> int:
-    seqlens, head_dim, causals, o_via_tma = [1024], 128, [True, False], True
-    for arg in sys.argv[1:]:
-        key, _, value = arg.partition("=")
-        try:
-            if key == "--seqlen":
-                seqlens = [int(x) for x in value.split(",")]
-            elif key == "--head-dim" and int(value) in (64, 128):
-                head_dim = int(value)
-            elif key == "--causal" and value in ("yes", "no", "both"):
-                causals = {"yes": [True], "no": [False], "both": [True, False]}[value]
-            elif arg == "--o-stores":
-                o_via_tma = False
-            else:
-                raise ValueError
-        except ValueError:
-            raise SystemExit(
-                f"trace_forward: unexpected argument {arg!r} (expected --seqlen=S,..., "
-                "--head-dim=64|128, --causal=yes|no|both, --o-stores)"
-            ) from None
+    from tri_shared.bench import choice, parse_flags
+
+    options = parse_flags(
+        sys.argv[1:],
+        "trace_forward",
+        {
+            "--seqlen": ([1024], lambda text: [int(x) for x in text.split(",")], "--seqlen=S,..."),
+            "--head-dim": (128, choice({"64": 64, "128": 128}), "--head-dim=64|128"),
+            "--causal": ([True, False], choice(CAUSAL), "--causal=yes|no|both"),
+            "--o-stores": (False, choice({"": True}), "--o-stores"),
+        },
+    )
+    seqlens, head_dim, causals = options["seqlen"], options["head_dim"], options["causal"]
+    o_via_tma = not options["o_stores"]
     if not torch.cuda.is_available():
         print("no CUDA device: this diagnostic needs a Hopper GPU")
         return 0

@@ -49,3 +49,9 @@ def test_summarise_reads_the_consumer_marks(trace_forward):
     assert [(row["warpgroup"], row["tiles"]) for row in pairs] == [
         (0, "long"), (0, "short"), (1, "long"), (1, "short"),
     ]  # fmt: skip
+
+
+def test_unexpected_arguments_are_named(trace_forward, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["trace_forward.py", "--head-dim=96"])
+    with pytest.raises(SystemExit, match=r"unexpected argument '--head-dim=96'.*--o-stores"):
+        trace_forward.main()

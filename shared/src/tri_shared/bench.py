@@ -284,3 +284,35 @@ def import_source(source: str, folder: str | os.PathLike[str], name: str) -> Any
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def choice(values: Mapping[str, Any]) -> Callable[[str], Any]:
+    """A converter for :func:`parse_flags`: the value of ``values`` a flag's text names
+    (``""``: the flag given without ``=``); ValueError on any other text."""
+
+    def convert(text: str) -> Any:
+        if text not in values:
+            raise ValueError(text)
+        return values[text]
+
+    return convert
+
+
+def parse_flags(
+    argv: Sequence[str], tool: str, flags: Mapping[str, tuple[Any, Callable[[str], Any], str]]
+) -> dict[str, Any]:
+    """A bench script's ``--name=value`` options: ``flags`` maps each name to (default,
+    converter of the text after ``=``, how it is written). Returns every flag's value by
+    name without the dashes (``-`` as ``_``). Raises SystemExit naming the argument and
+    the flags expected on an unknown flag or a value its converter refuses."""
+    options = {name.lstrip("-").replace("-", "_"): spec[0] for name, spec in flags.items()}
+    for arg in argv:
+        name, _, text = arg.partition("=")
+        try:
+            if name not in flags:
+                raise ValueError(name)
+            options[name.lstrip("-").replace("-", "_")] = flags[name][1](text)
+        except ValueError:
+            expected = ", ".join(spec[2] for spec in flags.values())
+            raise SystemExit(f"{tool}: unexpected argument {arg!r} (expected {expected})") from None
+    return options
