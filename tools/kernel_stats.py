@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -361,12 +362,16 @@ def flash_attention_hopper(
     return _compile_gluon_attention(launch, head_dim, rows)
 
 
-def flash_attention_bwd_hopper(kernel: str, head_dim: int, causal: bool = True) -> KernelStats:
+def flash_attention_bwd_hopper(
+    kernel: str, head_dim: int, causal: bool = True, **settings: Any
+) -> KernelStats:
     """One of the Gluon (sm_90) backward kernels (``kernel``: ``dq``, ``dkdv`` or ``fused``,
-    the dK/dV kernel adding dQ up) as ``flash_attn_tri`` would launch it."""
+    the dK/dV kernel adding dQ up) as ``flash_attn_tri`` would launch it; ``settings``:
+    constexprs to change (``DQ_BUFFERS``, ``LATE_DK``, ``DEFER_DQ``)."""
     from flash_attn_tri import attention
 
     launch = attention._hopper_bwd_launch(kernel, head_dim, causal)
+    launch = (launch[0], {**launch[1], **settings}, launch[2])
     q_rows, k_rows = launch[1]["BLOCK_M"], launch[1]["BLOCK_N"]
     if kernel == "dq":  # the rows of a program are split between the two consumers
         q_rows //= 2
@@ -393,6 +398,19 @@ RECIPES = {
         )
         for kernel in ("dq", "dkdv", "fused")
         for d in (64, 128)
+    },
+    **{
+        f"flash-attn-fused-hopper-d{d}-{variant}": (
+            lambda d=d, settings=settings: flash_attention_bwd_hopper("fused", d, **settings)
+        )
+        for d in (64, 128)
+        for variant, settings in (
+            ("2dq", {"DQ_BUFFERS": 2}),
+            ("late-dk", {"LATE_DK": True}),
+            ("2dq-late-dk", {"DQ_BUFFERS": 2, "LATE_DK": True}),
+            ("defer-dq", {"DEFER_DQ": True}),
+            ("2dq-defer-dq", {"DQ_BUFFERS": 2, "DEFER_DQ": True}),
+        )
     },
     **{
         f"flash-attn-{kernel}-d{d}": (lambda kernel=kernel, d=d: flash_attention(kernel, d))

@@ -71,6 +71,13 @@ BACKWARD = {
     "split-3slots": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     "split-wide-dq128": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     "fused-128rows": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
+    # the fused kernel with two dQ staging buffers, with dK's matmul issued late, both (SETTINGS)
+    "fused-2dq": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
+    "fused-late-dk": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
+    "fused-2dq-late-dk": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
+    # ... with each step's dQ tile sent out in the next step (one or two staging buffers)
+    "fused-defer-dq": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
+    "fused-2dq-defer-dq": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
     "cudnn": (),
 }
 # alternatives that run the Gluon backward on other tiles: (kernel, D) -> (BLOCK_M, BLOCK_N,
@@ -88,7 +95,14 @@ TILES = {
 }
 # alternatives that change a module-level setting of flash_attn_tri.attention: name ->
 # {attribute: value}
-SETTINGS = {"gluon-o-stores": {"_HOPPER_FWD_O_VIA_TMA": False}}
+SETTINGS = {
+    "gluon-o-stores": {"_HOPPER_FWD_O_VIA_TMA": False},
+    "fused-2dq": {"_HOPPER_BWD_DQ_BUFFERS": {64: 2, 128: 2}},
+    "fused-late-dk": {"_HOPPER_BWD_LATE_DK": True},
+    "fused-2dq-late-dk": {"_HOPPER_BWD_DQ_BUFFERS": {64: 2, 128: 2}, "_HOPPER_BWD_LATE_DK": True},
+    "fused-defer-dq": {"_HOPPER_BWD_DEFER_DQ": True},
+    "fused-2dq-defer-dq": {"_HOPPER_BWD_DQ_BUFFERS": {64: 2, 128: 2}, "_HOPPER_BWD_DEFER_DQ": True},
+}
 _BWD_D64 = ("triton", "split", "fused", "cudnn")
 # (D, causal, seqlen, alternatives)
 _FWD_ALL = ("triton", "gluon-tiles", "gluon-pairs", "gluon-persistent", "cudnn")

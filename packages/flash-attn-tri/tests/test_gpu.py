@@ -391,6 +391,47 @@ def test_gluon_backward_other_tiles(
     assert calls == (["_gluon_dkdv"] if kernel == "fused" else ["_gluon_dq", "_gluon_dkdv"])
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"_HOPPER_BWD_DQ_BUFFERS": {64: 2, 128: 2}},
+        {"_HOPPER_BWD_LATE_DK": True},
+        {"_HOPPER_BWD_DQ_BUFFERS": {64: 2, 128: 2}, "_HOPPER_BWD_LATE_DK": True},
+        {"_HOPPER_BWD_DEFER_DQ": True},
+        {"_HOPPER_BWD_DQ_BUFFERS": {64: 2, 128: 2}, "_HOPPER_BWD_DEFER_DQ": True},
+    ],
+    ids=["2dq", "late-dk", "2dq-late-dk", "defer-dq", "2dq-defer-dq"],
+)
+@pytest.mark.parametrize(
+    ("dtype", "d", "causal", "sq", "sk", "heads", "heads_k"),
+    [
+        (torch.bfloat16, 64, False, 777, 1500, 4, 4),
+        (torch.float16, 64, True, 1500, 777, 4, 1),  # rows that see no key (sq > sk)
+        (torch.bfloat16, 128, False, 1024, 1024, 4, 2),
+        (torch.bfloat16, 128, True, 300, 2047, 2, 2),  # sq < sk: masked blocks come first
+    ],
+)
+def test_gluon_fused_backward_settings(
+    monkeypatch, check_against_reference, settings, dtype, d, causal, sq, sk, heads, heads_k
+):
+    """The fused Gluon backward under the settings ``bench/bench_dispatch.py`` times against
+    the defaults (two dQ staging buffers, dK's matmul issued after dQ's, each step's dQ tile
+    sent out in the next step), against the fp64 reference."""
+    from flash_attn_tri import attention
+
+    if not attention.is_hopper(torch.device("cuda")):
+        pytest.skip("the Gluon kernels are for Hopper GPUs")
+    for attr, value in settings.items():
+        monkeypatch.setattr(attention, attr, value)
+    monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "fused")
+    calls = _record_calls(monkeypatch, "_gluon_fused_backward")
+    q, k, v = _qkv((2, sq, heads, d), (2, sk, heads_k, d), d, dtype, seed=sq + 5 * sk)
+    out = flash_attn_func(q, k, v, causal=causal)
+    grad_out = randn(out.shape, seed=17, dtype=dtype, device="cuda")
+    check_against_reference(out, q, k, v, grad_out, causal=causal)
+    assert calls == ["_gluon_fused_backward"], calls
+
+
 def test_deterministic_steps_aside_from_the_fused_gluon_backward(monkeypatch):
     """The fused Gluon backward (``FLASH_ATTN_TRI_GLUON_BWD=fused``) adds dQ up in an order
     that varies run to run; with ``deterministic=True`` the call takes the split kernels

@@ -612,6 +612,17 @@ _HOPPER_BWD_TILES: dict[tuple[str, int], tuple[int, int, int]] = {
     ("fused", 64): (64, 128, 3),
 }
 
+# The fused backward's dQ tiles on their way to the bulk reductions: staging buffers per
+# consumer warpgroup (2: a step need not wait for the previous step's reduction to have read
+# its tile; 32 KiB more shared memory at D = 128, 16 KiB at D = 64)
+_HOPPER_BWD_DQ_BUFFERS = {64: 1, 128: 1}
+# whether the fused backward issues dK's matmul after dQ's and leaves it running while the
+# dQ tile goes out (rather than waiting for it with dQ's)
+_HOPPER_BWD_LATE_DK = False
+# whether the fused backward leaves a step's dQ matmul running and sends its tile out in the
+# next step, under that step's first matmuls (rather than waiting for it at the step's end)
+_HOPPER_BWD_DEFER_DQ = False
+
 
 def _hopper_bwd_launch(
     kernel: str, head_dim: int, causal: bool
@@ -637,6 +648,9 @@ def _hopper_bwd_launch(
         # dQ tiles go to the accumulator as bulk reductions of the copy engine (from shared
         # memory, 32 KiB more of it) rather than as atomics from registers
         constexprs["DQ_VIA_TMA"] = kernel == "fused"
+        constexprs["DQ_BUFFERS"] = _HOPPER_BWD_DQ_BUFFERS[head_dim] if kernel == "fused" else 1
+        constexprs["LATE_DK"] = kernel == "fused" and _HOPPER_BWD_LATE_DK
+        constexprs["DEFER_DQ"] = kernel == "fused" and _HOPPER_BWD_DEFER_DQ
     # as the forward: 12 warps at 168 registers, setmaxnreg 240 / 240 / 24
     return fn, constexprs, {"num_warps": 4, "maxnreg": 168}
 

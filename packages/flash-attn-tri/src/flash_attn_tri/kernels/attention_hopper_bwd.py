@@ -58,6 +58,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
     mbarrier,
     warpgroup_mma,
+    warpgroup_mma_init,
     warpgroup_mma_wait,
 )
 
@@ -130,18 +131,42 @@ def _producer(
 
 
 @gluon.jit
+def _dq_out(
+    dq, sm_scale, dq_desc, dq_smem, row, col, n, WG: gl.constexpr, DQ_BUFFERS: gl.constexpr
+):  # fmt: skip
+    """Add the dQ tile ``dq`` (of ring step n) times ``sm_scale`` into the fp32 accumulator
+    at (row, col) of ``dq_desc``: one bulk reduction of the copy engine, from shared memory
+    (this warpgroup's DQ_BUFFERS tiles of ``dq_smem`` in turn). The reduction that last read
+    the buffer must be done (all of the warpgroup past the wait) before it is written again,
+    and every thread's part must be written (and fenced) before the reduction is issued."""
+    dq_buf = dq_smem.index(WG * DQ_BUFFERS + n % DQ_BUFFERS)
+    _tma_store_wait(DQ_BUFFERS - 1)
+    _block_barrier()
+    dq_buf.store(dq * sm_scale)
+    fence_async_shared()
+    _block_barrier()
+    _tma_reduce_add(dq_desc, [row, col], dq_buf)
+
+
+@gluon.jit
 def _step(
     dk, dv, k_tile, v_tile, q_smem, do_smem, stats_rows, qd_full, qd_empty, zero_s, t, i,
     offs_n, diag, qk_scale2, k_smem, ds_smem, ds_ready, dq_row, stride_as, sm_scale,
-    dq_desc, dq_smem, dq_box_row, dq_box_col, WG: gl.constexpr, BLOCK_M: gl.constexpr,
-    HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, S_LAYOUT: gl.constexpr,
-    P_LAYOUT: gl.constexpr, DTYPE: gl.constexpr, MASKED: gl.constexpr,
-    FUSED_DQ: gl.constexpr, DQ_VIA_TMA: gl.constexpr,
+    dq_desc, dq_smem, dq_box_row, dq_box_col, dq_pending, pending_row, pending_col,
+    WG: gl.constexpr, BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr,
+    NUM_STAGES: gl.constexpr, S_LAYOUT: gl.constexpr, P_LAYOUT: gl.constexpr,
+    DTYPE: gl.constexpr, MASKED: gl.constexpr, FUSED_DQ: gl.constexpr,
+    DQ_VIA_TMA: gl.constexpr, DQ_BUFFERS: gl.constexpr, LATE_DK: gl.constexpr,
+    DEFER_DQ: gl.constexpr,
 ):  # fmt: skip
     """Query block i (ring step t): add its share to dK and dV of this warpgroup's keys and,
     when FUSED_DQ, to dQ of the block's rows (``dq_row``: the fp32 accumulator of the query
     head, rows ``stride_as`` apart). MASKED: some of its rows must not see some of the keys
-    (causal)."""
+    (causal). LATE_DK (with FUSED_DQ): dK's matmul is issued after dQ's and runs while the
+    dQ tile goes out. DEFER_DQ (with FUSED_DQ and DQ_VIA_TMA): the dQ matmul is left running
+    and its tile goes out in the next step, under that step's S and dP; ``dq_pending`` (an
+    accumulator in flight) and (``pending_row``, ``pending_col``) are the previous step's
+    tile and its place, and the step returns its own."""
     slot = t % NUM_STAGES
     # The previous step's slot: its matmuls completed at that step's last wait. Released
     # here, before waiting for this step's (which may need the producer to refill it).
@@ -151,6 +176,15 @@ def _step(
     do_tile = _tile(do_smem, slot, BLOCK_M, HEAD_DIM)
     s = warpgroup_mma(k_tile, q_tile.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     dp = warpgroup_mma(v_tile, do_tile.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    if DEFER_DQ:
+        # the previous step's dQ (two matmuls) completes before this step's S and dP (two);
+        # its tile goes out while they run
+        dq_pending = warpgroup_mma_wait(2, deps=[dq_pending])
+        if t > 0:
+            _dq_out(
+                dq_pending, sm_scale, dq_desc, dq_smem, pending_row, pending_col, t - 1, WG,
+                DQ_BUFFERS,
+            )  # fmt: skip
     # The block's rows' statistics came with Q and dO, read from shared memory straight into
     # the columns of the score tiles (each thread reads the few columns it holds).
     COLUMNS: gl.constexpr = gl.SliceLayout(0, S_LAYOUT)
@@ -171,7 +205,8 @@ def _step(
         ds_own.store(ds.to(DTYPE))
         fence_async_shared()
         mbarrier.arrive(ds_ready.index(buf))
-        dk = warpgroup_mma(ds_own, q_tile, dk, is_async=True)
+        if not LATE_DK or DEFER_DQ:
+            dk = warpgroup_mma(ds_own, q_tile, dk, is_async=True)
         # dQ_i = dS_i · K over both warpgroups' keys, this warpgroup taking half of D's
         # columns: it waits for the other's dSᵀ. (Two buffers: a buffer is written again two
         # steps later, after both warpgroups have passed the wait of the step between.)
@@ -188,20 +223,28 @@ def _step(
                 ds_smem.index(2 * buf + w).permute((1, 0)), k_cols, dq, use_acc=w > 0,
                 is_async=True,
             )  # fmt: skip
-        dv, dk, p_op, dq = warpgroup_mma_wait(0, deps=[dv, dk, p_op, dq])
         # The accumulator has rows up to a multiple of BLOCK_M: no mask (rows past the
         # sequence add zeros).
-        if DQ_VIA_TMA:
-            # one bulk reduction of the tile by the copy engine, from shared memory: the
-            # previous step's must have read the buffer (all of the warpgroup past the wait)
-            # before it is written again, and every thread's part must be written (and
-            # fenced) before the reduction is issued
-            _tma_store_wait(0)
-            _block_barrier()
-            dq_smem.store(dq * sm_scale)
-            fence_async_shared()
-            _block_barrier()
-            _tma_reduce_add(dq_desc, [dq_box_row + i * BLOCK_M, dq_box_col], dq_smem)
+        if DEFER_DQ:
+            # all but the dQ matmuls (its tile goes out in the next step; the dSᵀ buffers it
+            # reads are written again two steps on, after both warpgroups' next wait for it)
+            dv, dk, p_op = warpgroup_mma_wait(2, deps=[dv, dk, p_op])
+            dq_pending = dq
+            pending_row = dq_box_row + i * BLOCK_M
+            pending_col = dq_box_col
+        elif LATE_DK:
+            # dK runs on while the dQ tile goes out (waited for at the step's end)
+            dk = warpgroup_mma(ds_own, q_tile, dk, is_async=True)
+            dv, p_op, dq = warpgroup_mma_wait(1, deps=[dv, p_op, dq])
+        else:
+            dv, dk, p_op, dq = warpgroup_mma_wait(0, deps=[dv, dk, p_op, dq])
+        if DEFER_DQ:
+            pass
+        elif DQ_VIA_TMA:
+            _dq_out(
+                dq, sm_scale, dq_desc, dq_smem, dq_box_row + i * BLOCK_M, dq_box_col, t, WG,
+                DQ_BUFFERS,
+            )  # fmt: skip
         else:
             offs_r = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, DQ_LAYOUT))
             offs_c = WG * DQ_COLS + gl.arange(0, DQ_COLS, layout=gl.SliceLayout(0, DQ_LAYOUT))
@@ -210,11 +253,13 @@ def _step(
                 block_row + offs_r[:, None] * stride_as + offs_c[None, :], dq * sm_scale,
                 sem="relaxed",
             )  # fmt: skip
+        if LATE_DK and not DEFER_DQ:
+            dk = warpgroup_mma_wait(0, deps=[dk])
     else:
         ds_op = gl.convert_layout(ds.to(DTYPE), P_LAYOUT)
         dk = warpgroup_mma(ds_op, q_tile, dk, is_async=True)
         dv, dk, p_op, ds_op = warpgroup_mma_wait(0, deps=[dv, dk, p_op, ds_op])
-    return dk, dv
+    return dk, dv, dq_pending, pending_row, pending_col
 
 
 @gluon.jit
@@ -224,7 +269,8 @@ def _consumer(
     diag, group, qk_scale2, sm_scale, stride_kb, stride_ks, stride_kh, stride_ab, stride_as,
     stride_ah, WG: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-    FUSED_DQ: gl.constexpr, DQ_VIA_TMA: gl.constexpr,
+    FUSED_DQ: gl.constexpr, DQ_VIA_TMA: gl.constexpr, DQ_BUFFERS: gl.constexpr,
+    LATE_DK: gl.constexpr, DEFER_DQ: gl.constexpr,
 ):  # fmt: skip
     """One consumer warpgroup (4 warps, 64 keys): dK and dV of its keys over every query
     block and query head that sees them; stores dK·scale and dV, laid out like k
@@ -246,6 +292,16 @@ def _consumer(
     dv = gl.zeros([HALF, HEAD_DIM], gl.float32, O_LAYOUT)
     k_tile = _tile(k_smem, WG, HALF, HEAD_DIM)
     v_tile = _tile(v_smem, WG, HALF, HEAD_DIM)
+    # DEFER_DQ: the previous step's dQ tile, in flight, and its place in the accumulator
+    dq_pending = 0
+    if DEFER_DQ:
+        gl.static_assert(FUSED_DQ and DQ_VIA_TMA, "DEFER_DQ needs FUSED_DQ and DQ_VIA_TMA")
+        DQ_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HEAD_DIM // 2, 16]
+        )
+        dq_pending = warpgroup_mma_init(gl.zeros([BLOCK_M, HEAD_DIM // 2], gl.float32, DQ_LAYOUT))
+    pending_row = 0
+    pending_col = 0
     first, n_q = _query_blocks(seqlen_q, start_n, diag, BLOCK_M, CAUSAL)
     # query blocks from n_masked on see all of this warpgroup's keys
     n_masked = first
@@ -253,11 +309,7 @@ def _consumer(
         n_whole = gl.cdiv(gl.maximum(key0 + HALF - 1 - diag, 0), BLOCK_M)
         n_masked = gl.minimum(gl.maximum(n_whole, first), n_q)
     n_steps = n_q - first
-    # DQ_VIA_TMA: the accumulator seen as [batch · rows, heads · D]; this warpgroup's tile
-    if FUSED_DQ and DQ_VIA_TMA:
-        dq_own = dq_smem.index(WG)
-    else:
-        dq_own = dq_smem  # (not used)
+    # DQ_VIA_TMA: the accumulator seen as [batch · rows, heads · D]
     dq_rows = b * (gl.cdiv(seqlen_q, BLOCK_M) * BLOCK_M)
     # the ring of statistics boxes [NUM_STAGES, 2, BLOCK_M] seen as its rows (unswizzled: the
     # same bytes), so that a statistic reads as a vector
@@ -270,22 +322,31 @@ def _consumer(
         dq_col = h * HEAD_DIM + WG * (HEAD_DIM // 2)
         dq_row = dq_ptr + b.to(gl.int64) * stride_ab + h.to(gl.int64) * stride_ah
         for i in range(first, n_masked):
-            dk, dv = _step(
+            dk, dv, dq_pending, pending_row, pending_col = _step(
                 dk, dv, k_tile, v_tile, q_smem, do_smem, stats_rows, qd_full, qd_empty,
                 zero_s, g * n_steps + (i - first), i, offs_n, diag, qk_scale2, k_smem,
-                ds_smem, ds_ready, dq_row, stride_as, sm_scale, dq_desc, dq_own, dq_rows,
-                dq_col, WG, BLOCK_M, HEAD_DIM, NUM_STAGES, S_LAYOUT, P_LAYOUT, DTYPE,
-                True, FUSED_DQ, DQ_VIA_TMA,
+                ds_smem, ds_ready, dq_row, stride_as, sm_scale, dq_desc, dq_smem, dq_rows,
+                dq_col, dq_pending, pending_row, pending_col, WG, BLOCK_M, HEAD_DIM,
+                NUM_STAGES, S_LAYOUT, P_LAYOUT, DTYPE, True, FUSED_DQ, DQ_VIA_TMA, DQ_BUFFERS,
+                LATE_DK, DEFER_DQ,
             )  # fmt: skip
         for i in range(n_masked, n_q):
-            dk, dv = _step(
+            dk, dv, dq_pending, pending_row, pending_col = _step(
                 dk, dv, k_tile, v_tile, q_smem, do_smem, stats_rows, qd_full, qd_empty,
                 zero_s, g * n_steps + (i - first), i, offs_n, diag, qk_scale2, k_smem,
-                ds_smem, ds_ready, dq_row, stride_as, sm_scale, dq_desc, dq_own, dq_rows,
-                dq_col, WG, BLOCK_M, HEAD_DIM, NUM_STAGES, S_LAYOUT, P_LAYOUT, DTYPE,
-                False, FUSED_DQ, DQ_VIA_TMA,
+                ds_smem, ds_ready, dq_row, stride_as, sm_scale, dq_desc, dq_smem, dq_rows,
+                dq_col, dq_pending, pending_row, pending_col, WG, BLOCK_M, HEAD_DIM,
+                NUM_STAGES, S_LAYOUT, P_LAYOUT, DTYPE, False, FUSED_DQ, DQ_VIA_TMA, DQ_BUFFERS,
+                LATE_DK, DEFER_DQ,
             )  # fmt: skip
     total = group * n_steps
+    if DEFER_DQ:
+        dv, dk, dq_pending = warpgroup_mma_wait(0, deps=[dv, dk, dq_pending])
+        if total > 0:
+            _dq_out(
+                dq_pending, sm_scale, dq_desc, dq_smem, pending_row, pending_col, total - 1,
+                WG, DQ_BUFFERS,
+            )  # fmt: skip
     last = total - 1
     mbarrier.arrive(qd_empty.index((last + NUM_STAGES) % NUM_STAGES), pred=total > 0)  # -1: none
     if FUSED_DQ and DQ_VIA_TMA:
@@ -314,7 +375,8 @@ def flash_bwd_dkdv_hopper_kernel(
     seqlen_k, group, qk_scale2, sm_scale, stride_kb, stride_ks, stride_kh, stride_ab,
     stride_as, stride_ah, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-    FUSED_DQ: gl.constexpr, DQ_VIA_TMA: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+    FUSED_DQ: gl.constexpr, DQ_VIA_TMA: gl.constexpr, DQ_BUFFERS: gl.constexpr,
+    LATE_DK: gl.constexpr, DEFER_DQ: gl.constexpr, CONSUMER_REGS: gl.constexpr,
     PRODUCER_REGS: gl.constexpr,
 ):  # fmt: skip
     """dK and dV of BLOCK_N keys of one key head. ``q_desc``, ``do_desc``: copy-engine
@@ -352,9 +414,12 @@ def flash_bwd_dkdv_hopper_kernel(
         swizzle_byte_width=128, element_bitwidth=16, rank=2
     )
     ds_smem = gl.allocate_shared_memory(dtype, [DS_BUFFERS, HALF, BLOCK_M], ds_layout)
-    # FUSED_DQ and DQ_VIA_TMA: each warpgroup's dQ tile, fp32, on its way to the reduction
+    # FUSED_DQ and DQ_VIA_TMA: each warpgroup's DQ_BUFFERS dQ tiles, fp32, on their way to
+    # the reduction
     if FUSED_DQ and DQ_VIA_TMA:
-        dq_smem = gl.allocate_shared_memory(gl.float32, [2, BLOCK_M, HEAD_DIM // 2], dq_desc.layout)
+        dq_smem = gl.allocate_shared_memory(
+            gl.float32, [2 * DQ_BUFFERS, BLOCK_M, HEAD_DIM // 2], dq_desc.layout
+        )
     else:
         dq_smem = ds_smem  # (not used)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -378,14 +443,14 @@ def flash_bwd_dkdv_hopper_kernel(
                 qd_full, qd_empty, ds_ready, dk_ptr, dv_ptr, dq_ptr, dq_desc, b, hk, start_n,
                 seqlen_q, seqlen_k, diag, group, qk_scale2, sm_scale, stride_kb, stride_ks,
                 stride_kh, stride_ab, stride_as, stride_ah, 0, HEAD_DIM, BLOCK_M, BLOCK_N,
-                NUM_STAGES, CAUSAL, FUSED_DQ, DQ_VIA_TMA,
+                NUM_STAGES, CAUSAL, FUSED_DQ, DQ_VIA_TMA, DQ_BUFFERS, LATE_DK, DEFER_DQ,
             )),
             (_consumer, (
                 q_smem, do_smem, stats_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar,
                 qd_full, qd_empty, ds_ready, dk_ptr, dv_ptr, dq_ptr, dq_desc, b, hk, start_n,
                 seqlen_q, seqlen_k, diag, group, qk_scale2, sm_scale, stride_kb, stride_ks,
                 stride_kh, stride_ab, stride_as, stride_ah, 1, HEAD_DIM, BLOCK_M, BLOCK_N,
-                NUM_STAGES, CAUSAL, FUSED_DQ, DQ_VIA_TMA,
+                NUM_STAGES, CAUSAL, FUSED_DQ, DQ_VIA_TMA, DQ_BUFFERS, LATE_DK, DEFER_DQ,
             )),
             (_producer, (
                 q_desc, k_desc, v_desc, do_desc, stats_desc, q_smem, do_smem, stats_smem,
