@@ -205,7 +205,7 @@ def _step(
         ds_own.store(ds.to(DTYPE))
         fence_async_shared()
         mbarrier.arrive(ds_ready.index(buf))
-        if not LATE_DK or DEFER_DQ:
+        if DEFER_DQ or not LATE_DK:
             dk = warpgroup_mma(ds_own, q_tile, dk, is_async=True)
         # dQ_i = dS_i · K over both warpgroups' keys, this warpgroup taking half of D's
         # columns: it waits for the other's dSᵀ. (Two buffers: a buffer is written again two
@@ -232,29 +232,28 @@ def _step(
             dq_pending = dq
             pending_row = dq_box_row + i * BLOCK_M
             pending_col = dq_box_col
-        elif LATE_DK:
-            # dK runs on while the dQ tile goes out (waited for at the step's end)
-            dk = warpgroup_mma(ds_own, q_tile, dk, is_async=True)
-            dv, p_op, dq = warpgroup_mma_wait(1, deps=[dv, p_op, dq])
         else:
-            dv, dk, p_op, dq = warpgroup_mma_wait(0, deps=[dv, dk, p_op, dq])
-        if DEFER_DQ:
-            pass
-        elif DQ_VIA_TMA:
-            _dq_out(
-                dq, sm_scale, dq_desc, dq_smem, dq_box_row + i * BLOCK_M, dq_box_col, t, WG,
-                DQ_BUFFERS,
-            )  # fmt: skip
-        else:
-            offs_r = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, DQ_LAYOUT))
-            offs_c = WG * DQ_COLS + gl.arange(0, DQ_COLS, layout=gl.SliceLayout(0, DQ_LAYOUT))
-            block_row = dq_row + (i * BLOCK_M).to(gl.int64) * stride_as
-            gl.atomic_add(
-                block_row + offs_r[:, None] * stride_as + offs_c[None, :], dq * sm_scale,
-                sem="relaxed",
-            )  # fmt: skip
-        if LATE_DK and not DEFER_DQ:
-            dk = warpgroup_mma_wait(0, deps=[dk])
+            if LATE_DK:
+                # dK runs on while the dQ tile goes out (waited for at the step's end)
+                dk = warpgroup_mma(ds_own, q_tile, dk, is_async=True)
+                dv, p_op, dq = warpgroup_mma_wait(1, deps=[dv, p_op, dq])
+            else:
+                dv, dk, p_op, dq = warpgroup_mma_wait(0, deps=[dv, dk, p_op, dq])
+            if DQ_VIA_TMA:
+                _dq_out(
+                    dq, sm_scale, dq_desc, dq_smem, dq_box_row + i * BLOCK_M, dq_box_col, t,
+                    WG, DQ_BUFFERS,
+                )  # fmt: skip
+            else:
+                offs_r = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, DQ_LAYOUT))
+                offs_c = WG * DQ_COLS + gl.arange(0, DQ_COLS, layout=gl.SliceLayout(0, DQ_LAYOUT))
+                block_row = dq_row + (i * BLOCK_M).to(gl.int64) * stride_as
+                gl.atomic_add(
+                    block_row + offs_r[:, None] * stride_as + offs_c[None, :], dq * sm_scale,
+                    sem="relaxed",
+                )  # fmt: skip
+            if LATE_DK:
+                dk = warpgroup_mma_wait(0, deps=[dk])
     else:
         ds_op = gl.convert_layout(ds.to(DTYPE), P_LAYOUT)
         dk = warpgroup_mma(ds_op, q_tile, dk, is_async=True)
