@@ -42,7 +42,13 @@ computes ``dQ_i = dS_i·K`` over the program's 128 keys for half of D's columns,
 ``dQ_i·scale`` to shared memory and has the copy engine add that tile into an fp32
 accumulator (one bulk reduction, ``DQ_VIA_TMA``; relaxed atomics from registers without it,
 kept for comparison: slower at every shape measured). ``_gluon_fused_backward`` zeroes the
-accumulator beside the row statistics beforehand and converts it to dQ afterwards.
+accumulator beside the row statistics beforehand and converts it to dQ afterwards. Three
+settings reorder the end of a fused step, for timing against the default (which waits for
+all its matmuls, then sends the dQ tile out with no matmul of its own in flight):
+``DQ_BUFFERS = 2`` stages dQ tiles in two buffers a warpgroup, so the previous step's
+reduction need not have read its buffer; ``LATE_DK`` issues dK's matmul after dQ's, to run
+while the dQ tile goes out; ``DEFER_DQ`` leaves the dQ matmul running and sends its tile
+out in the next step, under that step's S and dP.
 
 Rows past the sequences need little masking: Q, dO and O past seqlen_q arrive as zeros
 and their lse·log2 e in the row statistics is +inf (so their P is 0); in the dK/dV kernel
