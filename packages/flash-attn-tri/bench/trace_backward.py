@@ -18,12 +18,15 @@ The copy is made by inserting the marks at fixed places of the kernels' source: 
 kernels change, ``instrumented_source`` says which place no longer matches.
 
 Run on a Hopper GPU: ``python3 trace_backward.py [--seqlen=S,...] [--head-dim=64|128]
-[--causal=yes|no|both] [--kind=split|fused]``.
+[--causal=yes|no|both] [--kind=split|fused|NAME]`` (NAME: any other split or fused
+alternative of ``bench_dispatch.py``'s backward, run on its tiles and settings).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import statistics
 import sys
 import tempfile
@@ -186,10 +189,11 @@ def _swapped_in(module):
 
 
 def trace(module, d: int, s: int, causal: bool, kind: str) -> dict[str, torch.Tensor]:
-    """Run one backward at the bench setup with the instrumented kernels (``kind``:
-    ``split`` or ``fused``, FLASH_ATTN_TRI_GLUON_BWD=1 / =fused): the marks of each kernel
-    launched, by name. The gradients are checked against the library's (dQ only roughly
-    when fused: its sums land in varying order)."""
+    """Run one backward at the bench setup with the instrumented kernels (``kind``: a split
+    or fused backward alternative of ``bench_dispatch.BACKWARD``, under its switches, tiles
+    and settings): the marks of each kernel launched, by name. The gradients are checked
+    against the library's under the same alternative (dQ only roughly when fused: its sums
+    land in varying order)."""
     from flash_attn_tri import flash_attn_func
     from tri_shared.bench import env_set
 
@@ -205,19 +209,43 @@ def trace(module, d: int, s: int, causal: bool, kind: str) -> dict[str, torch.Te
         out = flash_attn_func(*leaves, causal=causal)
         return torch.autograd.grad(out, leaves, dout)
 
-    with env_set("FLASH_ATTN_TRI_GLUON_BWD", "1" if kind == "split" else "fused"):
+    bench_dispatch = _bench_dispatch()
+    with contextlib.ExitStack() as stack:
+        for switch in bench_dispatch.BACKWARD[kind]:
+            stack.enter_context(env_set(*switch))
+        stack.enter_context(bench_dispatch._tiles(kind))
         expected = grads()
         with _swapped_in(module) as launches:
             grads()  # compiles
             got = grads()
     for name, a, e in zip(("dq", "dk", "dv"), got, expected, strict=True):
-        if kind == "fused" and name == "dq":
+        if _fused(kind) and name == "dq":
             ok = bool(((a.float() - e.float()).norm() <= 1e-2 * e.float().norm()).item())
         else:
             ok = torch.equal(a, e)
         if not ok:
             raise AssertionError(f"trace_backward: the instrumented kernels' {name} differs")
     return {name: marks.cpu() for name, marks in launches.marks.items()}
+
+
+def _fused(kind: str) -> bool:
+    return kind.startswith("fused")
+
+
+@functools.cache
+def _bench_dispatch():
+    """``bench_dispatch.py`` beside this file (its alternatives' switches, tiles, settings)."""
+    path = Path(__file__).with_name("bench_dispatch.py")
+    spec = importlib.util.spec_from_file_location("bench_dispatch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _kinds() -> dict[str, str]:
+    """``--kind``'s values: bench_dispatch's split and fused backward alternatives."""
+    names = _bench_dispatch().BACKWARD
+    return {name: name for name in names if name.startswith(("split", "fused"))}
 
 
 def summarise(marks: torch.Tensor, steps: int | None) -> list[dict]:
@@ -261,7 +289,7 @@ def main() -> int:
             "--seqlen": ([2048], lambda text: [int(x) for x in text.split(",")], "--seqlen=S,..."),
             "--head-dim": (64, choice({"64": 64, "128": 128}), "--head-dim=64|128"),
             "--causal": ([False], choice(CAUSAL), "--causal=yes|no|both"),
-            "--kind": ("split", choice({"split": "split", "fused": "fused"}), "--kind=split|fused"),
+            "--kind": ("split", choice(_kinds()), "--kind=split|fused|NAME"),
         },
     )
     seqlens, head_dim, causals, kind = (
@@ -278,8 +306,9 @@ def main() -> int:
         for s in seqlens:
             for causal in causals:
                 for name, marks in trace(module, head_dim, s, causal, kind).items():
-                    kernel = "dq" if name == KERNELS[0] else kind.replace("split", "dkdv")
-                    block_m, block_n, _ = attention._HOPPER_BWD_TILES[(kernel, head_dim)]
+                    kernel = "dq" if name == KERNELS[0] else ("fused" if _fused(kind) else "dkdv")
+                    with _bench_dispatch()._tiles(kind):
+                        block_m, block_n, _ = attention._HOPPER_BWD_TILES[(kernel, head_dim)]
                     # without a mask a dQ tile walks every key block, a dK/dV tile every
                     # query block of the group's heads (one head here)
                     steps = None if causal else -(-s // (block_n if kernel == "dq" else block_m))

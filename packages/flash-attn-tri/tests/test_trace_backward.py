@@ -50,3 +50,11 @@ def test_unexpected_arguments_are_named(trace_backward, monkeypatch):
     monkeypatch.setattr("sys.argv", ["trace_backward.py", "--kind=both"])
     with pytest.raises(SystemExit, match="unexpected argument '--kind=both'"):
         trace_backward.main()
+
+
+def test_kinds_are_the_gluon_backward_alternatives(trace_backward):
+    """``--kind`` takes bench_dispatch's split and fused alternatives (their tiles and
+    settings), not the Triton or cuDNN ones."""
+    kinds = trace_backward._kinds()
+    assert {"split", "fused", "fused-defer-dq", "fused-128rows", "split-64"} <= set(kinds)
+    assert "triton" not in kinds and "cudnn" not in kinds
