@@ -78,6 +78,10 @@ BACKWARD = {
     # ... with each step's dQ tile sent out in the next step (one or two staging buffers)
     "fused-defer-dq": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
     "fused-2dq-defer-dq": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
+    # dSᵀ from Pᵀ as rounded for dV's matmul (SETTINGS)
+    "split-rounded-p": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
+    "fused-rounded-p": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
+    "fused-128rows-rounded-p": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
     "cudnn": (),
 }
 # alternatives that run the Gluon backward on other tiles: (kernel, D) -> (BLOCK_M, BLOCK_N,
@@ -92,6 +96,7 @@ TILES = {
     # the fused kernel at D = 64 on 128-row query blocks (spills 352-544 B offline, triton
     # 3.6, since the row statistics come through the copy engine; 1.1-2.3 KB before)
     "fused-128rows": {("fused", 64): (128, 128, 2)},
+    "fused-128rows-rounded-p": {("fused", 64): (128, 128, 2)},
 }
 # alternatives that change a module-level setting of flash_attn_tri.attention: name ->
 # {attribute: value}
@@ -102,6 +107,9 @@ SETTINGS = {
     "fused-2dq-late-dk": {"_HOPPER_BWD_DQ_BUFFERS": {64: 2, 128: 2}, "_HOPPER_BWD_LATE_DK": True},
     "fused-defer-dq": {"_HOPPER_BWD_DEFER_DQ": True},
     "fused-2dq-defer-dq": {"_HOPPER_BWD_DQ_BUFFERS": {64: 2, 128: 2}, "_HOPPER_BWD_DEFER_DQ": True},
+    "split-rounded-p": {"_HOPPER_BWD_ROUNDED_P": True},
+    "fused-rounded-p": {"_HOPPER_BWD_ROUNDED_P": True},
+    "fused-128rows-rounded-p": {"_HOPPER_BWD_ROUNDED_P": True},
 }
 _BWD_D64 = ("triton", "split", "fused", "cudnn")
 # (D, causal, seqlen, alternatives)

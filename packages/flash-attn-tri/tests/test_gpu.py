@@ -399,8 +399,9 @@ def test_gluon_backward_other_tiles(
         {"_HOPPER_BWD_DQ_BUFFERS": {64: 2, 128: 2}, "_HOPPER_BWD_LATE_DK": True},
         {"_HOPPER_BWD_DEFER_DQ": True},
         {"_HOPPER_BWD_DQ_BUFFERS": {64: 2, 128: 2}, "_HOPPER_BWD_DEFER_DQ": True},
+        {"_HOPPER_BWD_ROUNDED_P": True},
     ],
-    ids=["2dq", "late-dk", "2dq-late-dk", "defer-dq", "2dq-defer-dq"],
+    ids=["2dq", "late-dk", "2dq-late-dk", "defer-dq", "2dq-defer-dq", "rounded-p"],
 )
 @pytest.mark.parametrize(
     ("dtype", "d", "causal", "sq", "sk", "heads", "heads_k"),
@@ -430,6 +431,34 @@ def test_gluon_fused_backward_settings(
     grad_out = randn(out.shape, seed=17, dtype=dtype, device="cuda")
     check_against_reference(out, q, k, v, grad_out, causal=causal)
     assert calls == ["_gluon_fused_backward"], calls
+
+
+@pytest.mark.parametrize(
+    ("dtype", "d", "causal", "sq", "sk", "heads", "heads_k"),
+    [
+        (torch.bfloat16, 64, False, 777, 1500, 4, 4),
+        (torch.float16, 64, True, 1500, 777, 4, 1),
+        (torch.bfloat16, 128, True, 1023, 1023, 8, 2),
+    ],
+)
+def test_gluon_split_backward_rounded_p(
+    monkeypatch, check_against_reference, dtype, d, causal, sq, sk, heads, heads_k
+):
+    """The split Gluon backward with dSᵀ taken from Pᵀ as rounded for dV's matmul
+    (``_HOPPER_BWD_ROUNDED_P``, timed by ``bench/bench_dispatch.py``), against the fp64
+    reference."""
+    from flash_attn_tri import attention
+
+    if not attention.is_hopper(torch.device("cuda")):
+        pytest.skip("the Gluon kernels are for Hopper GPUs")
+    monkeypatch.setattr(attention, "_HOPPER_BWD_ROUNDED_P", True)
+    monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "1")
+    calls = _record_calls(monkeypatch, "_gluon_dq", "_gluon_dkdv")
+    q, k, v = _qkv((2, sq, heads, d), (2, sk, heads_k, d), d, dtype, seed=sq + 7 * sk)
+    out = flash_attn_func(q, k, v, causal=causal)
+    grad_out = randn(out.shape, seed=19, dtype=dtype, device="cuda")
+    check_against_reference(out, q, k, v, grad_out, causal=causal)
+    assert calls == ["_gluon_dq", "_gluon_dkdv"], calls
 
 
 def test_deterministic_steps_aside_from_the_fused_gluon_backward(monkeypatch):

@@ -622,6 +622,10 @@ _HOPPER_BWD_LATE_DK = False
 # whether the fused backward leaves a step's dQ matmul running and sends its tile out in the
 # next step, under that step's first matmuls (rather than waiting for it at the step's end)
 _HOPPER_BWD_DEFER_DQ = False
+# whether the dK/dV and fused kernels take dSᵀ from Pᵀ as rounded to the input type for dV's
+# matmul rather than from its fp32 registers (which are then free: spills at D = 64 split
+# 84 → 0 B, D = 128 fused 352 → 8 B, offline with triton 3.6)
+_HOPPER_BWD_ROUNDED_P = False
 
 
 def _hopper_bwd_launch(
@@ -651,6 +655,7 @@ def _hopper_bwd_launch(
         constexprs["DQ_BUFFERS"] = _HOPPER_BWD_DQ_BUFFERS[head_dim] if kernel == "fused" else 1
         constexprs["LATE_DK"] = kernel == "fused" and _HOPPER_BWD_LATE_DK
         constexprs["DEFER_DQ"] = kernel == "fused" and _HOPPER_BWD_DEFER_DQ
+        constexprs["ROUNDED_P"] = _HOPPER_BWD_ROUNDED_P
     # as the forward: 12 warps at 168 registers, setmaxnreg 240 / 240 / 24
     return fn, constexprs, {"num_warps": 4, "maxnreg": 168}
 

@@ -163,7 +163,7 @@ def _step(
     NUM_STAGES: gl.constexpr, S_LAYOUT: gl.constexpr, P_LAYOUT: gl.constexpr,
     DTYPE: gl.constexpr, MASKED: gl.constexpr, FUSED_DQ: gl.constexpr,
     DQ_VIA_TMA: gl.constexpr, DQ_BUFFERS: gl.constexpr, LATE_DK: gl.constexpr,
-    DEFER_DQ: gl.constexpr,
+    DEFER_DQ: gl.constexpr, ROUNDED_P: gl.constexpr,
 ):  # fmt: skip
     """Query block i (ring step t): add its share to dK and dV of this warpgroup's keys and,
     when FUSED_DQ, to dQ of the block's rows (``dq_row``: the fp32 accumulator of the query
@@ -172,7 +172,8 @@ def _step(
     dQ tile goes out. DEFER_DQ (with FUSED_DQ and DQ_VIA_TMA): the dQ matmul is left running
     and its tile goes out in the next step, under that step's S and dP; ``dq_pending`` (an
     accumulator in flight) and (``pending_row``, ``pending_col``) are the previous step's
-    tile and its place, and the step returns its own."""
+    tile and its place, and the step returns its own. ROUNDED_P: dSᵀ = Pᵀ ⊙ (dPᵀ − delta)
+    takes Pᵀ as rounded to the input type for dV's matmul rather than in fp32."""
     slot = t % NUM_STAGES
     # The previous step's slot: its matmuls completed at that step's last wait. Released
     # here, before waiting for this step's (which may need the producer to refill it).
@@ -200,9 +201,13 @@ def _step(
     if MASKED:
         offs_m = i * BLOCK_M + gl.arange(0, BLOCK_M, layout=COLUMNS)
         p = gl.where(offs_n[:, None] <= offs_m[None, :] + diag, p, 0.0)
-    p_op = gl.convert_layout(p.to(DTYPE), P_LAYOUT)
+    p_lo = p.to(DTYPE)
+    p_op = gl.convert_layout(p_lo, P_LAYOUT)
     dv = warpgroup_mma(p_op, do_tile, dv, is_async=True)
     dp, p_op = warpgroup_mma_wait(1, deps=[dp, p_op])
+    if ROUNDED_P:
+        # dSᵀ from Pᵀ as rounded for dV's matmul: its fp32 registers are free by then
+        p = p_lo.to(gl.float32)
     ds = p * (dp - stats_rows.index(2 * slot + 1).load(COLUMNS)[None, :])
     if FUSED_DQ:
         # dSᵀ goes through shared memory: it is dK's operand there, and, transposed, dQ's.
@@ -275,7 +280,7 @@ def _consumer(
     stride_ah, WG: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
     FUSED_DQ: gl.constexpr, DQ_VIA_TMA: gl.constexpr, DQ_BUFFERS: gl.constexpr,
-    LATE_DK: gl.constexpr, DEFER_DQ: gl.constexpr,
+    LATE_DK: gl.constexpr, DEFER_DQ: gl.constexpr, ROUNDED_P: gl.constexpr,
 ):  # fmt: skip
     """One consumer warpgroup (4 warps, 64 keys): dK and dV of its keys over every query
     block and query head that sees them; stores dK·scale and dV, laid out like k
@@ -333,7 +338,7 @@ def _consumer(
                 ds_smem, ds_ready, dq_row, stride_as, sm_scale, dq_desc, dq_smem, dq_rows,
                 dq_col, dq_pending, pending_row, pending_col, WG, BLOCK_M, HEAD_DIM,
                 NUM_STAGES, S_LAYOUT, P_LAYOUT, DTYPE, True, FUSED_DQ, DQ_VIA_TMA, DQ_BUFFERS,
-                LATE_DK, DEFER_DQ,
+                LATE_DK, DEFER_DQ, ROUNDED_P,
             )  # fmt: skip
         for i in range(n_masked, n_q):
             dk, dv, dq_pending, pending_row, pending_col = _step(
@@ -342,7 +347,7 @@ def _consumer(
                 ds_smem, ds_ready, dq_row, stride_as, sm_scale, dq_desc, dq_smem, dq_rows,
                 dq_col, dq_pending, pending_row, pending_col, WG, BLOCK_M, HEAD_DIM,
                 NUM_STAGES, S_LAYOUT, P_LAYOUT, DTYPE, False, FUSED_DQ, DQ_VIA_TMA, DQ_BUFFERS,
-                LATE_DK, DEFER_DQ,
+                LATE_DK, DEFER_DQ, ROUNDED_P,
             )  # fmt: skip
     total = group * n_steps
     if DEFER_DQ:
@@ -381,8 +386,8 @@ def flash_bwd_dkdv_hopper_kernel(
     stride_as, stride_ah, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
     FUSED_DQ: gl.constexpr, DQ_VIA_TMA: gl.constexpr, DQ_BUFFERS: gl.constexpr,
-    LATE_DK: gl.constexpr, DEFER_DQ: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-    PRODUCER_REGS: gl.constexpr,
+    LATE_DK: gl.constexpr, DEFER_DQ: gl.constexpr, ROUNDED_P: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
 ):  # fmt: skip
     """dK and dV of BLOCK_N keys of one key head. ``q_desc``, ``do_desc``: copy-engine
     descriptors over q and dout ``[batch, seqlen_q, heads · D]`` with boxes
@@ -449,6 +454,7 @@ def flash_bwd_dkdv_hopper_kernel(
                 seqlen_q, seqlen_k, diag, group, qk_scale2, sm_scale, stride_kb, stride_ks,
                 stride_kh, stride_ab, stride_as, stride_ah, 0, HEAD_DIM, BLOCK_M, BLOCK_N,
                 NUM_STAGES, CAUSAL, FUSED_DQ, DQ_VIA_TMA, DQ_BUFFERS, LATE_DK, DEFER_DQ,
+                ROUNDED_P,
             )),
             (_consumer, (
                 q_smem, do_smem, stats_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar,
@@ -456,6 +462,7 @@ def flash_bwd_dkdv_hopper_kernel(
                 seqlen_q, seqlen_k, diag, group, qk_scale2, sm_scale, stride_kb, stride_ks,
                 stride_kh, stride_ab, stride_as, stride_ah, 1, HEAD_DIM, BLOCK_M, BLOCK_N,
                 NUM_STAGES, CAUSAL, FUSED_DQ, DQ_VIA_TMA, DQ_BUFFERS, LATE_DK, DEFER_DQ,
+                ROUNDED_P,
             )),
             (_producer, (
                 q_desc, k_desc, v_desc, do_desc, stats_desc, q_smem, do_smem, stats_smem,
