@@ -99,17 +99,17 @@ TILES = {
     "fused-128rows-rounded-p": {("fused", 64): (128, 128, 2)},
 }
 # alternatives that change a module-level setting of flash_attn_tri.attention: name ->
-# {attribute: value}
+# {attribute: value} (a dict value updates the setting's dict)
 SETTINGS = {
     "gluon-o-stores": {"_HOPPER_FWD_O_VIA_TMA": False},
-    "fused-2dq": {"_HOPPER_BWD_DQ_BUFFERS": {64: 2, 128: 2}},
-    "fused-late-dk": {"_HOPPER_BWD_LATE_DK": True},
-    "fused-2dq-late-dk": {"_HOPPER_BWD_DQ_BUFFERS": {64: 2, 128: 2}, "_HOPPER_BWD_LATE_DK": True},
-    "fused-defer-dq": {"_HOPPER_BWD_DEFER_DQ": True},
-    "fused-2dq-defer-dq": {"_HOPPER_BWD_DQ_BUFFERS": {64: 2, 128: 2}, "_HOPPER_BWD_DEFER_DQ": True},
-    "split-rounded-p": {"_HOPPER_BWD_ROUNDED_P": True},
-    "fused-rounded-p": {"_HOPPER_BWD_ROUNDED_P": True},
-    "fused-128rows-rounded-p": {"_HOPPER_BWD_ROUNDED_P": True},
+    "fused-2dq": {"_HOPPER_BWD_STEP": {"DQ_BUFFERS": 2}},
+    "fused-late-dk": {"_HOPPER_BWD_STEP": {"LATE_DK": True}},
+    "fused-2dq-late-dk": {"_HOPPER_BWD_STEP": {"DQ_BUFFERS": 2, "LATE_DK": True}},
+    "fused-defer-dq": {"_HOPPER_BWD_STEP": {"DEFER_DQ": True}},
+    "fused-2dq-defer-dq": {"_HOPPER_BWD_STEP": {"DQ_BUFFERS": 2, "DEFER_DQ": True}},
+    "split-rounded-p": {"_HOPPER_BWD_STEP": {"ROUNDED_P": True}},
+    "fused-rounded-p": {"_HOPPER_BWD_STEP": {"ROUNDED_P": True}},
+    "fused-128rows-rounded-p": {"_HOPPER_BWD_STEP": {"ROUNDED_P": True}},
 }
 _BWD_D64 = ("triton", "split", "fused", "cudnn")
 # (D, causal, seqlen, alternatives)
@@ -185,7 +185,8 @@ def _tiles(name: str):
     settings = SETTINGS.get(name, {})
     saved_settings = {attr: getattr(attention, attr) for attr in settings}
     for attr, value in settings.items():
-        setattr(attention, attr, value)
+        current = getattr(attention, attr)
+        setattr(attention, attr, {**current, **value} if isinstance(current, dict) else value)
     try:
         yield
     finally:

@@ -50,3 +50,24 @@ def test_other_tiles_join_the_backward_cases(bench_dispatch):
 def test_bad_arguments_are_named(bench_dispatch, argv, named):
     with pytest.raises(SystemExit, match=re.escape(named)):
         bench_dispatch.parse_args(argv)
+
+
+def test_alternatives_set_their_tiles_and_step_settings_inside_the_block(bench_dispatch):
+    """An alternative's step settings update ``attention._HOPPER_BWD_STEP`` (the other
+    settings kept) and reach the kernels' constexprs; its tiles replace the defaults; both
+    are restored afterwards."""
+    from flash_attn_tri import attention
+
+    step, tiles = dict(attention._HOPPER_BWD_STEP), dict(attention._HOPPER_BWD_TILES)
+    with bench_dispatch._tiles("fused-2dq-defer-dq"):
+        assert {**step, "DQ_BUFFERS": 2, "DEFER_DQ": True} == attention._HOPPER_BWD_STEP
+        constexprs = attention._hopper_bwd_launch("fused", 64, causal=False)[1]
+        assert (constexprs["DQ_BUFFERS"], constexprs["DEFER_DQ"]) == (2, True)
+        # the split kernels keep their one way of ending a step
+        constexprs = attention._hopper_bwd_launch("dkdv", 64, causal=False)[1]
+        assert (constexprs["DQ_BUFFERS"], constexprs["DEFER_DQ"]) == (1, False)
+    with bench_dispatch._tiles("fused-128rows-rounded-p"):
+        assert attention._HOPPER_BWD_TILES[("fused", 64)] == (128, 128, 2)
+        assert attention._HOPPER_BWD_STEP["ROUNDED_P"] is True
+    assert step == attention._HOPPER_BWD_STEP
+    assert tiles == attention._HOPPER_BWD_TILES

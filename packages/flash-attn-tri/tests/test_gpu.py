@@ -394,12 +394,12 @@ def test_gluon_backward_other_tiles(
 @pytest.mark.parametrize(
     "settings",
     [
-        {"_HOPPER_BWD_DQ_BUFFERS": {64: 2, 128: 2}},
-        {"_HOPPER_BWD_LATE_DK": True},
-        {"_HOPPER_BWD_DQ_BUFFERS": {64: 2, 128: 2}, "_HOPPER_BWD_LATE_DK": True},
-        {"_HOPPER_BWD_DEFER_DQ": True},
-        {"_HOPPER_BWD_DQ_BUFFERS": {64: 2, 128: 2}, "_HOPPER_BWD_DEFER_DQ": True},
-        {"_HOPPER_BWD_ROUNDED_P": True},
+        {"DQ_BUFFERS": 2},
+        {"LATE_DK": True},
+        {"DQ_BUFFERS": 2, "LATE_DK": True},
+        {"DEFER_DQ": True},
+        {"DQ_BUFFERS": 2, "DEFER_DQ": True},
+        {"ROUNDED_P": True},
     ],
     ids=["2dq", "late-dk", "2dq-late-dk", "defer-dq", "2dq-defer-dq", "rounded-p"],
 )
@@ -415,15 +415,16 @@ def test_gluon_backward_other_tiles(
 def test_gluon_fused_backward_settings(
     monkeypatch, check_against_reference, settings, dtype, d, causal, sq, sk, heads, heads_k
 ):
-    """The fused Gluon backward under the settings ``bench/bench_dispatch.py`` times against
-    the defaults (two dQ staging buffers, dK's matmul issued after dQ's, each step's dQ tile
-    sent out in the next step), against the fp64 reference."""
+    """The fused Gluon backward under the step settings (``attention._HOPPER_BWD_STEP``)
+    that ``bench/bench_dispatch.py`` times against the defaults (two dQ staging buffers, dK's
+    matmul after dQ's, each step's dQ tile sent out in the next step, dSᵀ from the rounded
+    Pᵀ), against the fp64 reference."""
     from flash_attn_tri import attention
 
     if not attention.is_hopper(torch.device("cuda")):
         pytest.skip("the Gluon kernels are for Hopper GPUs")
-    for attr, value in settings.items():
-        monkeypatch.setattr(attention, attr, value)
+    for name, value in settings.items():
+        monkeypatch.setitem(attention._HOPPER_BWD_STEP, name, value)
     monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "fused")
     calls = _record_calls(monkeypatch, "_gluon_fused_backward")
     q, k, v = _qkv((2, sq, heads, d), (2, sk, heads_k, d), d, dtype, seed=sq + 5 * sk)
@@ -445,13 +446,13 @@ def test_gluon_split_backward_rounded_p(
     monkeypatch, check_against_reference, dtype, d, causal, sq, sk, heads, heads_k
 ):
     """The split Gluon backward with dSᵀ taken from Pᵀ as rounded for dV's matmul
-    (``_HOPPER_BWD_ROUNDED_P``, timed by ``bench/bench_dispatch.py``), against the fp64
-    reference."""
+    (``ROUNDED_P`` of ``attention._HOPPER_BWD_STEP``, timed by ``bench/bench_dispatch.py``),
+    against the fp64 reference."""
     from flash_attn_tri import attention
 
     if not attention.is_hopper(torch.device("cuda")):
         pytest.skip("the Gluon kernels are for Hopper GPUs")
-    monkeypatch.setattr(attention, "_HOPPER_BWD_ROUNDED_P", True)
+    monkeypatch.setitem(attention._HOPPER_BWD_STEP, "ROUNDED_P", True)
     monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "1")
     calls = _record_calls(monkeypatch, "_gluon_dq", "_gluon_dkdv")
     q, k, v = _qkv((2, sq, heads, d), (2, sk, heads_k, d), d, dtype, seed=sq + 7 * sk)

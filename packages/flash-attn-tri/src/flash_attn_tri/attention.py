@@ -612,20 +612,23 @@ _HOPPER_BWD_TILES: dict[tuple[str, int], tuple[int, int, int]] = {
     ("fused", 64): (64, 128, 3),
 }
 
-# The fused backward's dQ tiles on their way to the bulk reductions: staging buffers per
-# consumer warpgroup (2: a step need not wait for the previous step's reduction to have read
-# its tile; 32 KiB more shared memory at D = 128, 16 KiB at D = 64)
-_HOPPER_BWD_DQ_BUFFERS = {64: 1, 128: 1}
-# whether the fused backward issues dK's matmul after dQ's and leaves it running while the
-# dQ tile goes out (rather than waiting for it with dQ's)
-_HOPPER_BWD_LATE_DK = False
-# whether the fused backward leaves a step's dQ matmul running and sends its tile out in the
-# next step, under that step's first matmuls (rather than waiting for it at the step's end)
-_HOPPER_BWD_DEFER_DQ = False
-# whether the dK/dV and fused kernels take dSᵀ from Pᵀ as rounded to the input type for dV's
-# matmul rather than from its fp32 registers (which are then free: spills at D = 64 split
-# 84 → 0 B, D = 128 fused 352 → 8 B, offline with triton 3.6)
-_HOPPER_BWD_ROUNDED_P = False
+# How the dK/dV and fused kernels run a step, by constexpr; the alternatives to these
+# defaults are bench_dispatch's "fused-2dq", "fused-late-dk", "fused-defer-dq",
+# "split-rounded-p", ... (BENCHMARKS.md, session 26):
+# - DQ_BUFFERS (fused): dQ tiles staged for the bulk reductions per consumer warpgroup; 2: a
+#   step need not wait for the previous step's reduction to have read its buffer (16 KiB
+#   more shared memory at D = 64, 32 KiB at D = 128);
+# - LATE_DK (fused): dK's matmul issued after dQ's, running while the dQ tile goes out;
+# - DEFER_DQ (fused): the dQ matmul left running, its tile sent out in the next step under
+#   that step's S and dP;
+# - ROUNDED_P: dSᵀ from Pᵀ as rounded to the input type for dV's matmul rather than from
+#   its fp32 registers (which are then free).
+_HOPPER_BWD_STEP: dict[str, Any] = {
+    "DQ_BUFFERS": 1,
+    "LATE_DK": False,
+    "DEFER_DQ": False,
+    "ROUNDED_P": False,
+}
 
 
 def _hopper_bwd_launch(
@@ -652,10 +655,12 @@ def _hopper_bwd_launch(
         # dQ tiles go to the accumulator as bulk reductions of the copy engine (from shared
         # memory, 32 KiB more of it) rather than as atomics from registers
         constexprs["DQ_VIA_TMA"] = kernel == "fused"
-        constexprs["DQ_BUFFERS"] = _HOPPER_BWD_DQ_BUFFERS[head_dim] if kernel == "fused" else 1
-        constexprs["LATE_DK"] = kernel == "fused" and _HOPPER_BWD_LATE_DK
-        constexprs["DEFER_DQ"] = kernel == "fused" and _HOPPER_BWD_DEFER_DQ
-        constexprs["ROUNDED_P"] = _HOPPER_BWD_ROUNDED_P
+        fused = kernel == "fused"
+        step = _HOPPER_BWD_STEP
+        constexprs["DQ_BUFFERS"] = step["DQ_BUFFERS"] if fused else 1
+        constexprs["LATE_DK"] = fused and step["LATE_DK"]
+        constexprs["DEFER_DQ"] = fused and step["DEFER_DQ"]
+        constexprs["ROUNDED_P"] = step["ROUNDED_P"]
     # as the forward: 12 warps at 168 registers, setmaxnreg 240 / 240 / 24
     return fn, constexprs, {"num_warps": 4, "maxnreg": 168}
 
