@@ -48,7 +48,9 @@ all its matmuls, then sends the dQ tile out with no matmul of its own in flight)
 ``DQ_BUFFERS = 2`` stages dQ tiles in two buffers a warpgroup, so the previous step's
 reduction need not have read its buffer; ``LATE_DK`` issues dK's matmul after dQ's, to run
 while the dQ tile goes out; ``DEFER_DQ`` leaves the dQ matmul running and sends its tile
-out in the next step, under that step's S and dP.
+out in the next step, under that step's S and dP. A fourth, ``ROUNDED_P`` (split or fused),
+takes dSᵀ from Pᵀ as rounded for dV's matmul, which frees Pᵀ's fp32 registers. All four
+are off by default, not yet timed (``attention._HOPPER_BWD_STEP``; BENCHMARKS.md, session 26).
 
 Rows past the sequences need little masking: Q, dO and O past seqlen_q arrive as zeros
 and their lse·log2 e in the row statistics is +inf (so their P is 0); in the dK/dV kernel
