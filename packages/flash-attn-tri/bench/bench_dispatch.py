@@ -82,6 +82,9 @@ BACKWARD = {
     "split-rounded-p": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     "fused-rounded-p": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
     "fused-128rows-rounded-p": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
+    # the block's lse·log2 e read after the wait for S (SETTINGS)
+    "split-late-stats": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
+    "fused-128rows-late-stats": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
     "cudnn": (),
 }
 # alternatives that run the Gluon backward on other tiles: (kernel, D) -> (BLOCK_M, BLOCK_N,
@@ -97,6 +100,7 @@ TILES = {
     # 3.6, since the row statistics come through the copy engine; 1.1-2.3 KB before)
     "fused-128rows": {("fused", 64): (128, 128, 2)},
     "fused-128rows-rounded-p": {("fused", 64): (128, 128, 2)},
+    "fused-128rows-late-stats": {("fused", 64): (128, 128, 2)},
 }
 # alternatives that change a module-level setting of flash_attn_tri.attention: name ->
 # {attribute: value} (a dict value updates the setting's dict)
@@ -110,6 +114,8 @@ SETTINGS = {
     "split-rounded-p": {"_HOPPER_BWD_STEP": {"ROUNDED_P": True}},
     "fused-rounded-p": {"_HOPPER_BWD_STEP": {"ROUNDED_P": True}},
     "fused-128rows-rounded-p": {"_HOPPER_BWD_STEP": {"ROUNDED_P": True}},
+    "split-late-stats": {"_HOPPER_BWD_STEP": {"LATE_STATS": True}},
+    "fused-128rows-late-stats": {"_HOPPER_BWD_STEP": {"LATE_STATS": True}},
 }
 _BWD_D64 = ("triton", "split", "fused", "cudnn")
 # (D, causal, seqlen, alternatives)

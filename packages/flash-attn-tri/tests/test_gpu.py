@@ -400,8 +400,9 @@ def test_gluon_backward_other_tiles(
         {"DEFER_DQ": True},
         {"DQ_BUFFERS": 2, "DEFER_DQ": True},
         {"ROUNDED_P": True},
+        {"LATE_STATS": True},
     ],
-    ids=["2dq", "late-dk", "2dq-late-dk", "defer-dq", "2dq-defer-dq", "rounded-p"],
+    ids=["2dq", "late-dk", "2dq-late-dk", "defer-dq", "2dq-defer-dq", "rounded-p", "late-stats"],
 )
 @pytest.mark.parametrize(
     ("dtype", "d", "causal", "sq", "sk", "heads", "heads_k"),
@@ -434,6 +435,7 @@ def test_gluon_fused_backward_settings(
     assert calls == ["_gluon_fused_backward"], calls
 
 
+@pytest.mark.parametrize("setting", ["ROUNDED_P", "LATE_STATS"])
 @pytest.mark.parametrize(
     ("dtype", "d", "causal", "sq", "sk", "heads", "heads_k"),
     [
@@ -442,17 +444,17 @@ def test_gluon_fused_backward_settings(
         (torch.bfloat16, 128, True, 1023, 1023, 8, 2),
     ],
 )
-def test_gluon_split_backward_rounded_p(
-    monkeypatch, check_against_reference, dtype, d, causal, sq, sk, heads, heads_k
+def test_gluon_split_backward_step_settings(
+    monkeypatch, check_against_reference, setting, dtype, d, causal, sq, sk, heads, heads_k
 ):
-    """The split Gluon backward with dSᵀ taken from Pᵀ as rounded for dV's matmul
-    (``ROUNDED_P`` of ``attention._HOPPER_BWD_STEP``, timed by ``bench/bench_dispatch.py``),
-    against the fp64 reference."""
+    """The split Gluon backward under the step settings of ``attention._HOPPER_BWD_STEP``
+    that apply to it (dSᵀ from the rounded Pᵀ, the statistics read after the wait for S;
+    timed by ``bench/bench_dispatch.py``), against the fp64 reference."""
     from flash_attn_tri import attention
 
     if not attention.is_hopper(torch.device("cuda")):
         pytest.skip("the Gluon kernels are for Hopper GPUs")
-    monkeypatch.setitem(attention._HOPPER_BWD_STEP, "ROUNDED_P", True)
+    monkeypatch.setitem(attention._HOPPER_BWD_STEP, setting, True)
     monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "1")
     calls = _record_calls(monkeypatch, "_gluon_dq", "_gluon_dkdv")
     q, k, v = _qkv((2, sq, heads, d), (2, sk, heads_k, d), d, dtype, seed=sq + 7 * sk)

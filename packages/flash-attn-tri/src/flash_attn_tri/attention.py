@@ -622,12 +622,16 @@ _HOPPER_BWD_TILES: dict[tuple[str, int], tuple[int, int, int]] = {
 # - DEFER_DQ (fused): the dQ matmul left running, its tile sent out in the next step under
 #   that step's S and dP;
 # - ROUNDED_P: dSᵀ from Pᵀ as rounded to the input type for dV's matmul rather than from
-#   its fp32 registers (which are then free).
+#   its fp32 registers (which are then free);
+# - LATE_STATS: the block's lse·log2 e read from shared memory after the wait for S rather
+#   than before (not held across the wait: the D = 64 dK/dV kernel's spills 56-84 → 0 B
+#   offline, triton 3.6).
 _HOPPER_BWD_STEP: dict[str, Any] = {
     "DQ_BUFFERS": 1,
     "LATE_DK": False,
     "DEFER_DQ": False,
     "ROUNDED_P": False,
+    "LATE_STATS": False,
 }
 
 
@@ -661,6 +665,7 @@ def _hopper_bwd_launch(
         constexprs["LATE_DK"] = fused and step["LATE_DK"]
         constexprs["DEFER_DQ"] = fused and step["DEFER_DQ"]
         constexprs["ROUNDED_P"] = step["ROUNDED_P"]
+        constexprs["LATE_STATS"] = step["LATE_STATS"]
     # as the forward: 12 warps at 168 registers, setmaxnreg 240 / 240 / 24
     return fn, constexprs, {"num_warps": 4, "maxnreg": 168}
 

@@ -48,9 +48,11 @@ all its matmuls, then sends the dQ tile out with no matmul of its own in flight)
 ``DQ_BUFFERS = 2`` stages dQ tiles in two buffers a warpgroup, so the previous step's
 reduction need not have read its buffer; ``LATE_DK`` issues dK's matmul after dQ's, to run
 while the dQ tile goes out; ``DEFER_DQ`` leaves the dQ matmul running and sends its tile
-out in the next step, under that step's S and dP. A fourth, ``ROUNDED_P`` (split or fused),
-takes dSᵀ from Pᵀ as rounded for dV's matmul, which frees Pᵀ's fp32 registers. All four
-are off by default, not yet timed (``attention._HOPPER_BWD_STEP``; BENCHMARKS.md, session 26).
+out in the next step, under that step's S and dP. Two more apply to the split kernels too:
+``ROUNDED_P`` takes dSᵀ from Pᵀ as rounded for dV's matmul, which frees Pᵀ's fp32
+registers; ``LATE_STATS`` reads the block's lse·log2 e after the wait for S rather than
+before, so that the vector is not held across the wait. All are off by default, not yet
+timed (``attention._HOPPER_BWD_STEP``; BENCHMARKS.md, session 26).
 
 Rows past the sequences need little masking: Q, dO and O past seqlen_q arrive as zeros
 and their lse·log2 e in the row statistics is +inf (so their P is 0); in the dK/dV kernel
@@ -165,7 +167,7 @@ def _step(
     NUM_STAGES: gl.constexpr, S_LAYOUT: gl.constexpr, P_LAYOUT: gl.constexpr,
     DTYPE: gl.constexpr, MASKED: gl.constexpr, FUSED_DQ: gl.constexpr,
     DQ_VIA_TMA: gl.constexpr, DQ_BUFFERS: gl.constexpr, LATE_DK: gl.constexpr,
-    DEFER_DQ: gl.constexpr, ROUNDED_P: gl.constexpr,
+    DEFER_DQ: gl.constexpr, ROUNDED_P: gl.constexpr, LATE_STATS: gl.constexpr,
 ):  # fmt: skip
     """Query block i (ring step t): add its share to dK and dV of this warpgroup's keys and,
     when FUSED_DQ, to dQ of the block's rows (``dq_row``: the fp32 accumulator of the query
@@ -175,7 +177,8 @@ def _step(
     and its tile goes out in the next step, under that step's S and dP; ``dq_pending`` (an
     accumulator in flight) and (``pending_row``, ``pending_col``) are the previous step's
     tile and its place, and the step returns its own. ROUNDED_P: dSᵀ = Pᵀ ⊙ (dPᵀ − delta)
-    takes Pᵀ as rounded to the input type for dV's matmul rather than in fp32."""
+    takes Pᵀ as rounded to the input type for dV's matmul rather than in fp32. LATE_STATS:
+    the block's lse·log2 e is read from shared memory after the wait for S, not before."""
     slot = t % NUM_STAGES
     # The previous step's slot: its matmuls completed at that step's last wait. Released
     # here, before waiting for this step's (which may need the producer to refill it).
@@ -197,8 +200,13 @@ def _step(
     # The block's rows' statistics came with Q and dO, read from shared memory straight into
     # the columns of the score tiles (each thread reads the few columns it holds).
     COLUMNS: gl.constexpr = gl.SliceLayout(0, S_LAYOUT)
-    lse2 = stats_rows.index(2 * slot).load(COLUMNS)
-    s = warpgroup_mma_wait(1, deps=[s])
+    if LATE_STATS:
+        # (read once S is in, the vector is not held across the wait)
+        s = warpgroup_mma_wait(1, deps=[s])
+        lse2 = stats_rows.index(2 * slot).load(COLUMNS)
+    else:
+        lse2 = stats_rows.index(2 * slot).load(COLUMNS)
+        s = warpgroup_mma_wait(1, deps=[s])
     p = gl.exp2(s * qk_scale2 - lse2[None, :])
     if MASKED:
         offs_m = i * BLOCK_M + gl.arange(0, BLOCK_M, layout=COLUMNS)
@@ -283,6 +291,7 @@ def _consumer(
     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
     FUSED_DQ: gl.constexpr, DQ_VIA_TMA: gl.constexpr, DQ_BUFFERS: gl.constexpr,
     LATE_DK: gl.constexpr, DEFER_DQ: gl.constexpr, ROUNDED_P: gl.constexpr,
+    LATE_STATS: gl.constexpr,
 ):  # fmt: skip
     """One consumer warpgroup (4 warps, 64 keys): dK and dV of its keys over every query
     block and query head that sees them; stores dK·scale and dV, laid out like k
@@ -340,7 +349,7 @@ def _consumer(
                 ds_smem, ds_ready, dq_row, stride_as, sm_scale, dq_desc, dq_smem, dq_rows,
                 dq_col, dq_pending, pending_row, pending_col, WG, BLOCK_M, HEAD_DIM,
                 NUM_STAGES, S_LAYOUT, P_LAYOUT, DTYPE, True, FUSED_DQ, DQ_VIA_TMA, DQ_BUFFERS,
-                LATE_DK, DEFER_DQ, ROUNDED_P,
+                LATE_DK, DEFER_DQ, ROUNDED_P, LATE_STATS,
             )  # fmt: skip
         for i in range(n_masked, n_q):
             dk, dv, dq_pending, pending_row, pending_col = _step(
@@ -349,7 +358,7 @@ def _consumer(
                 ds_smem, ds_ready, dq_row, stride_as, sm_scale, dq_desc, dq_smem, dq_rows,
                 dq_col, dq_pending, pending_row, pending_col, WG, BLOCK_M, HEAD_DIM,
                 NUM_STAGES, S_LAYOUT, P_LAYOUT, DTYPE, False, FUSED_DQ, DQ_VIA_TMA, DQ_BUFFERS,
-                LATE_DK, DEFER_DQ, ROUNDED_P,
+                LATE_DK, DEFER_DQ, ROUNDED_P, LATE_STATS,
             )  # fmt: skip
     total = group * n_steps
     if DEFER_DQ:
@@ -389,7 +398,7 @@ def flash_bwd_dkdv_hopper_kernel(
     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
     FUSED_DQ: gl.constexpr, DQ_VIA_TMA: gl.constexpr, DQ_BUFFERS: gl.constexpr,
     LATE_DK: gl.constexpr, DEFER_DQ: gl.constexpr, ROUNDED_P: gl.constexpr,
-    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
+    LATE_STATS: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
 ):  # fmt: skip
     """dK and dV of BLOCK_N keys of one key head. ``q_desc``, ``do_desc``: copy-engine
     descriptors over q and dout ``[batch, seqlen_q, heads · D]`` with boxes
@@ -456,7 +465,7 @@ def flash_bwd_dkdv_hopper_kernel(
                 seqlen_q, seqlen_k, diag, group, qk_scale2, sm_scale, stride_kb, stride_ks,
                 stride_kh, stride_ab, stride_as, stride_ah, 0, HEAD_DIM, BLOCK_M, BLOCK_N,
                 NUM_STAGES, CAUSAL, FUSED_DQ, DQ_VIA_TMA, DQ_BUFFERS, LATE_DK, DEFER_DQ,
-                ROUNDED_P,
+                ROUNDED_P, LATE_STATS,
             )),
             (_consumer, (
                 q_smem, do_smem, stats_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar,
@@ -464,7 +473,7 @@ def flash_bwd_dkdv_hopper_kernel(
                 seqlen_q, seqlen_k, diag, group, qk_scale2, sm_scale, stride_kb, stride_ks,
                 stride_kh, stride_ab, stride_as, stride_ah, 1, HEAD_DIM, BLOCK_M, BLOCK_N,
                 NUM_STAGES, CAUSAL, FUSED_DQ, DQ_VIA_TMA, DQ_BUFFERS, LATE_DK, DEFER_DQ,
-                ROUNDED_P,
+                ROUNDED_P, LATE_STATS,
             )),
             (_producer, (
                 q_desc, k_desc, v_desc, do_desc, stats_desc, q_smem, do_smem, stats_smem,
