@@ -13,6 +13,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# the Gluon backward under the step settings bench_dispatch.py times (attention._HOPPER_BWD_STEP)
+GLUON_BWD_SETTINGS = [
+    "flash-attn-dkdv-hopper-d64-late-stats", "flash-attn-dkdv-hopper-d64-rounded-p",
+    "flash-attn-fused-hopper-d64-defer-dq", "flash-attn-fused-hopper-d64-2dq-late-dk",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +39,7 @@ def stats() -> dict[str, dict]:
         "flash-attn-dkdv-hopper-d64", "flash-attn-dkdv-hopper-d128",
         "flash-attn-dq-hopper-d64", "flash-attn-dq-hopper-d128",
         "flash-attn-fused-hopper-d64", "flash-attn-fused-hopper-d128",
+        *GLUON_BWD_SETTINGS, "flash-attn-fused-hopper-d128-defer-dq",
     ]  # fmt: skip
     run = subprocess.run(
         [sys.executable, str(ROOT / "tools/kernel_stats.py"), "--json", *recipes],
@@ -270,3 +276,36 @@ def test_gluon_dq_compiles_as_designed(stats, recipe, head_dim):
         assert mix["HGMMA"] == 2 * (head_dim // 16) + block_n // 16
         assert rs == block_n // 16
         assert mix["MUFU"] == block_n // 2
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "flash-attn-fwd-hopper-d64", "flash-attn-fwd-hopper-d128", "flash-attn-dq-hopper-d64",
+        "flash-attn-dq-hopper-d128", "flash-attn-dkdv-hopper-d64", "flash-attn-dkdv-hopper-d128",
+        "flash-attn-fused-hopper-d64", "flash-attn-fused-hopper-d128", *GLUON_BWD_SETTINGS,
+    ],
+)  # fmt: skip
+def test_gluon_attention_wgmma_stays_asynchronous(stats, recipe):
+    # ptxas serialises every wgmma of a kernel (each waited for before the next issues)
+    # when registers run short or when other instructions read the accumulator of a wgmma
+    # in flight (an accumulator carried between loop iterations did that: the first
+    # DEFER_DQ); it says so only in a "Potential Performance Loss" note
+    st = stats[recipe]
+    assert st["wgmma_serialized"] == [], st["wgmma_serialized"]
+    _gluon_attention_loops(st)
+
+
+def test_serialised_wgmma_is_reported(stats):
+    # the control of the test above: DEFER_DQ at D = 128 holds a 64 × 64 fp32 dQ tile a
+    # warpgroup across the next step's S and dP, more registers than there are (2.3-2.7 KB
+    # spilled), and ptxas serialises the kernel's wgmma (why the setting is for D = 64)
+    reasons = stats["flash-attn-fused-hopper-d128-defer-dq"]["wgmma_serialized"]
+    assert reasons == ["due to insufficient register resources"]
+
+
+def test_gluon_backward_statistics_read_after_the_wait_for_s_spill_nothing(stats):
+    # LATE_STATS: the D = 64 dK/dV kernel's statistics vector is not held across the wait
+    # for S, and ptxas spills nothing (84 B with the statistics read before it, triton 3.6
+    # and 3.9)
+    assert stats["flash-attn-dkdv-hopper-d64-late-stats"]["spill_bytes"] == 0

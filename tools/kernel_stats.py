@@ -58,6 +58,9 @@ class KernelStats:
     innermost: list[bool] = field(default_factory=list)
     # the register counts a warp-specialised kernel's partitions set (setmaxnreg), in order
     setmaxnreg: list[int] = field(default_factory=list)
+    # why ptxas serialises the kernel's wgmma (each one waited for before the next issues),
+    # as its "Potential Performance Loss" notes say (C7510-C7515); empty when it does not
+    wgmma_serialized: list[str] = field(default_factory=list)
 
     def ptx_count(self, opcode: str) -> int:
         """Occurrences of a PTX opcode (e.g. ``mul.lo.s64``) in the whole kernel."""
@@ -127,6 +130,10 @@ def compile_sm90(
         setmaxnreg=[
             int(n, 16) for n in re.findall(r"USETMAXREG\.\S+ (?:U?P\w+, )?0x([0-9a-f]+)", sass)
         ],
+        wgmma_serialized=re.findall(
+            r"wgmma\.mma_async instructions are serialized (due to .*?) (?:for|in) the function",
+            ptxas,
+        ),
     )
 
 
@@ -399,17 +406,25 @@ RECIPES = {
         for kernel in ("dq", "dkdv", "fused")
         for d in (64, 128)
     },
+    # the step settings of attention._HOPPER_BWD_STEP (the first five for the fused kernel)
     **{
-        f"flash-attn-fused-hopper-d{d}-{variant}": (
-            lambda d=d, settings=settings: flash_attention_bwd_hopper("fused", d, **settings)
+        f"flash-attn-{kernel}-hopper-d{d}-{variant}": (
+            lambda kernel=kernel, d=d, settings=settings: flash_attention_bwd_hopper(
+                kernel, d, **settings
+            )
         )
         for d in (64, 128)
-        for variant, settings in (
-            ("2dq", {"DQ_BUFFERS": 2}),
-            ("late-dk", {"LATE_DK": True}),
-            ("2dq-late-dk", {"DQ_BUFFERS": 2, "LATE_DK": True}),
-            ("defer-dq", {"DEFER_DQ": True}),
-            ("2dq-defer-dq", {"DQ_BUFFERS": 2, "DEFER_DQ": True}),
+        for kernel, variant, settings in (
+            ("fused", "2dq", {"DQ_BUFFERS": 2}),
+            ("fused", "late-dk", {"LATE_DK": True}),
+            ("fused", "2dq-late-dk", {"DQ_BUFFERS": 2, "LATE_DK": True}),
+            ("fused", "defer-dq", {"DEFER_DQ": True}),
+            ("fused", "2dq-defer-dq", {"DQ_BUFFERS": 2, "DEFER_DQ": True}),
+            *(
+                (kernel, name, {setting: True})
+                for kernel in ("dkdv", "fused")
+                for name, setting in (("rounded-p", "ROUNDED_P"), ("late-stats", "LATE_STATS"))
+            ),
         )
     },
     **{
@@ -444,6 +459,7 @@ def main() -> int:
                 "innermost": st.innermost,
                 "wgmma_a_in_registers": st.wgmma_a_in_registers,
                 "setmaxnreg": st.setmaxnreg,
+                "wgmma_serialized": st.wgmma_serialized,
                 "opcodes": dict(st.opcodes()),
             }
             print(json.dumps(record))
@@ -452,6 +468,8 @@ def main() -> int:
             f"{name}: {st.registers} registers, {st.spill_bytes} B spilled, "
             f"{st.shared_bytes} B shared, {st.ptx_count('mul.lo.s64')} mul.lo.s64 in the PTX"
         )
+        for reason in st.wgmma_serialized:
+            print(f"  wgmma serialised by ptxas {reason}")
         for i, mix in enumerate(st.loops):
             top = ", ".join(f"{op} {n}" for op, n in mix.most_common(10))
             under = st.mufu_under_wgmma[i]

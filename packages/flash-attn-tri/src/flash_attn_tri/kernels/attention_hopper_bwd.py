@@ -47,8 +47,8 @@ settings reorder the end of a fused step, for timing against the default (which 
 all its matmuls, then sends the dQ tile out with no matmul of its own in flight):
 ``DQ_BUFFERS = 2`` stages dQ tiles in two buffers a warpgroup, so the previous step's
 reduction need not have read its buffer; ``LATE_DK`` issues dK's matmul after dQ's, to run
-while the dQ tile goes out; ``DEFER_DQ`` leaves the dQ matmul running and sends its tile
-out in the next step, under that step's S and dP. Two more apply to the split kernels too:
+while the dQ tile goes out; ``DEFER_DQ`` sends the dQ tile out in the next step, under
+that step's S and dP. Two more apply to the split kernels too:
 ``ROUNDED_P`` takes dSᵀ from Pᵀ as rounded for dV's matmul, which frees Pᵀ's fp32
 registers; ``LATE_STATS`` reads the block's lse·log2 e after the wait for S rather than
 before, so that the vector is not held across the wait. All are off by default, not yet
@@ -68,7 +68,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
     mbarrier,
     warpgroup_mma,
-    warpgroup_mma_init,
     warpgroup_mma_wait,
 )
 
@@ -173,10 +172,10 @@ def _step(
     when FUSED_DQ, to dQ of the block's rows (``dq_row``: the fp32 accumulator of the query
     head, rows ``stride_as`` apart). MASKED: some of its rows must not see some of the keys
     (causal). LATE_DK (with FUSED_DQ): dK's matmul is issued after dQ's and runs while the
-    dQ tile goes out. DEFER_DQ (with FUSED_DQ and DQ_VIA_TMA): the dQ matmul is left running
-    and its tile goes out in the next step, under that step's S and dP; ``dq_pending`` (an
-    accumulator in flight) and (``pending_row``, ``pending_col``) are the previous step's
-    tile and its place, and the step returns its own. ROUNDED_P: dSᵀ = Pᵀ ⊙ (dPᵀ − delta)
+    dQ tile goes out. DEFER_DQ (with FUSED_DQ and DQ_VIA_TMA): the dQ tile goes out in the
+    next step, under that step's S and dP; ``dq_pending`` and (``pending_row``,
+    ``pending_col``) are the previous step's tile and its place, and the step returns its
+    own. ROUNDED_P: dSᵀ = Pᵀ ⊙ (dPᵀ − delta)
     takes Pᵀ as rounded to the input type for dV's matmul rather than in fp32. LATE_STATS:
     the block's lse·log2 e is read from shared memory after the wait for S, not before."""
     slot = t % NUM_STAGES
@@ -188,15 +187,12 @@ def _step(
     do_tile = _tile(do_smem, slot, BLOCK_M, HEAD_DIM)
     s = warpgroup_mma(k_tile, q_tile.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     dp = warpgroup_mma(v_tile, do_tile.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    if DEFER_DQ:
-        # the previous step's dQ (two matmuls) completes before this step's S and dP (two);
-        # its tile goes out while they run
-        dq_pending = warpgroup_mma_wait(2, deps=[dq_pending])
-        if t > 0:
-            _dq_out(
-                dq_pending, sm_scale, dq_desc, dq_smem, pending_row, pending_col, t - 1, WG,
-                DQ_BUFFERS,
-            )  # fmt: skip
+    if DEFER_DQ and t > 0:
+        # the previous step's dQ tile goes out while S and dP run
+        _dq_out(
+            dq_pending, sm_scale, dq_desc, dq_smem, pending_row, pending_col, t - 1, WG,
+            DQ_BUFFERS,
+        )  # fmt: skip
     # The block's rows' statistics came with Q and dO, read from shared memory straight into
     # the columns of the score tiles (each thread reads the few columns it holds).
     COLUMNS: gl.constexpr = gl.SliceLayout(0, S_LAYOUT)
@@ -247,9 +243,10 @@ def _step(
         # The accumulator has rows up to a multiple of BLOCK_M: no mask (rows past the
         # sequence add zeros).
         if DEFER_DQ:
-            # all but the dQ matmuls (its tile goes out in the next step; the dSᵀ buffers it
-            # reads are written again two steps on, after both warpgroups' next wait for it)
-            dv, dk, p_op = warpgroup_mma_wait(2, deps=[dv, dk, p_op])
+            # the tile goes out in the next step, from registers (an accumulator still in
+            # flight would be copied between loop iterations, which makes ptxas serialise
+            # every wgmma of the kernel)
+            dv, dk, p_op, dq = warpgroup_mma_wait(0, deps=[dv, dk, p_op, dq])
             dq_pending = dq
             pending_row = dq_box_row + i * BLOCK_M
             pending_col = dq_box_col
@@ -313,14 +310,14 @@ def _consumer(
     dv = gl.zeros([HALF, HEAD_DIM], gl.float32, O_LAYOUT)
     k_tile = _tile(k_smem, WG, HALF, HEAD_DIM)
     v_tile = _tile(v_smem, WG, HALF, HEAD_DIM)
-    # DEFER_DQ: the previous step's dQ tile, in flight, and its place in the accumulator
+    # DEFER_DQ: the previous step's dQ tile and its place in the accumulator
     dq_pending = 0
     if DEFER_DQ:
         gl.static_assert(FUSED_DQ and DQ_VIA_TMA, "DEFER_DQ needs FUSED_DQ and DQ_VIA_TMA")
         DQ_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(
             version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HEAD_DIM // 2, 16]
         )
-        dq_pending = warpgroup_mma_init(gl.zeros([BLOCK_M, HEAD_DIM // 2], gl.float32, DQ_LAYOUT))
+        dq_pending = gl.zeros([BLOCK_M, HEAD_DIM // 2], gl.float32, DQ_LAYOUT)
     pending_row = 0
     pending_col = 0
     first, n_q = _query_blocks(seqlen_q, start_n, diag, BLOCK_M, CAUSAL)
@@ -361,13 +358,11 @@ def _consumer(
                 LATE_DK, DEFER_DQ, ROUNDED_P, LATE_STATS,
             )  # fmt: skip
     total = group * n_steps
-    if DEFER_DQ:
-        dv, dk, dq_pending = warpgroup_mma_wait(0, deps=[dv, dk, dq_pending])
-        if total > 0:
-            _dq_out(
-                dq_pending, sm_scale, dq_desc, dq_smem, pending_row, pending_col, total - 1,
-                WG, DQ_BUFFERS,
-            )  # fmt: skip
+    if DEFER_DQ and total > 0:
+        _dq_out(
+            dq_pending, sm_scale, dq_desc, dq_smem, pending_row, pending_col, total - 1, WG,
+            DQ_BUFFERS,
+        )  # fmt: skip
     last = total - 1
     mbarrier.arrive(qd_empty.index((last + NUM_STAGES) % NUM_STAGES), pred=total > 0)  # -1: none
     if FUSED_DQ and DQ_VIA_TMA:
