@@ -619,8 +619,8 @@ _HOPPER_BWD_TILES: dict[tuple[str, int], tuple[int, int, int]] = {
 #   step need not wait for the previous step's reduction to have read its buffer (16 KiB
 #   more shared memory at D = 64, 32 KiB at D = 128);
 # - LATE_DK (fused): dK's matmul issued after dQ's, running while the dQ tile goes out;
-# - DEFER_DQ (fused): the dQ matmul left running, its tile sent out in the next step under
-#   that step's S and dP;
+# - DEFER_DQ (fused, D = 64): the dQ tile sent out (buffer wait, shared-memory write,
+#   bulk reduction) in the next step, under that step's S and dP;
 # - ROUNDED_P: dSᵀ from Pᵀ as rounded to the input type for dV's matmul rather than from
 #   its fp32 registers (which are then free);
 # - LATE_STATS: the block's lse·log2 e read from shared memory after the wait for S rather
