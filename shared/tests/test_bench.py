@@ -11,6 +11,7 @@ from tri_shared.bench import (
     format_table,
     gbps,
     import_source,
+    int_list,
     kernel_times,
     parse_flags,
     patch_source,
@@ -128,3 +129,11 @@ def test_parse_flags_converts_and_names_what_it_refuses():
     for bad in ("--rounds=x", "--mode=c", "--quick=1", "--other", "rounds=3"):
         with pytest.raises(SystemExit, match=rf"tool: unexpected argument '{bad}' {expected}"):
             parse_flags([bad], "tool", flags)
+
+
+def test_int_list_reads_comma_separated_integers():
+    assert int_list("1024") == [1024]
+    assert int_list("1024,2048,16384") == [1024, 2048, 16384]
+    for bad in ("", "1024,", "a,b"):
+        with pytest.raises(ValueError, match="invalid literal for int"):
+            int_list(bad)

@@ -280,13 +280,13 @@ def summarise(marks: torch.Tensor, steps: int | None) -> list[dict]:
 
 
 def main() -> int:
-    from tri_shared.bench import choice, parse_flags
+    from tri_shared.bench import choice, int_list, parse_flags
 
     options = parse_flags(
         sys.argv[1:],
         "trace_backward",
         {
-            "--seqlen": ([2048], lambda text: [int(x) for x in text.split(",")], "--seqlen=S,..."),
+            "--seqlen": ([2048], int_list, "--seqlen=S,..."),
             "--head-dim": (64, choice({"64": 64, "128": 128}), "--head-dim=64|128"),
             "--causal": ([False], choice(CAUSAL), "--causal=yes|no|both"),
             "--kind": ("split", choice(_kinds()), "--kind=split|fused|NAME"),

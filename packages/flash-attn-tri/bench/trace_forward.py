@@ -208,13 +208,13 @@ def summarise(marks: torch.Tensor, pair: bool) -> list[dict]:
 
 
 def main() -> int:
-    from tri_shared.bench import choice, parse_flags
+    from tri_shared.bench import choice, int_list, parse_flags
 
     options = parse_flags(
         sys.argv[1:],
         "trace_forward",
         {
-            "--seqlen": ([1024], lambda text: [int(x) for x in text.split(",")], "--seqlen=S,..."),
+            "--seqlen": ([1024], int_list, "--seqlen=S,..."),
             "--head-dim": (128, choice({"64": 64, "128": 128}), "--head-dim=64|128"),
             "--causal": ([True, False], choice(CAUSAL), "--causal=yes|no|both"),
             "--o-stores": (False, choice({"": True}), "--o-stores"),

@@ -298,6 +298,12 @@ def choice(values: Mapping[str, Any]) -> Callable[[str], Any]:
     return convert
 
 
+def int_list(text: str) -> list[int]:
+    """A converter for :func:`parse_flags`: comma-separated integers (``1024,2048``);
+    ValueError on anything else."""
+    return [int(x) for x in text.split(",")]
+
+
 def parse_flags(
     argv: Sequence[str], tool: str, flags: Mapping[str, tuple[Any, Callable[[str], Any], str]]
 ) -> dict[str, Any]:

@@ -222,7 +222,7 @@ def _step(
         ds_own.store(ds.to(DTYPE))
         fence_async_shared()
         mbarrier.arrive(ds_ready.index(buf))
-        if DEFER_DQ or not LATE_DK:
+        if not LATE_DK:
             dk = warpgroup_mma(ds_own, q_tile, dk, is_async=True)
         # dQ_i = dS_i · K over both warpgroups' keys, this warpgroup taking half of D's
         # columns: it waits for the other's dSᵀ. (Two buffers: a buffer is written again two
@@ -314,6 +314,7 @@ def _consumer(
     dq_pending = 0
     if DEFER_DQ:
         gl.static_assert(FUSED_DQ and DQ_VIA_TMA, "DEFER_DQ needs FUSED_DQ and DQ_VIA_TMA")
+        gl.static_assert(not LATE_DK, "DEFER_DQ and LATE_DK are alternatives")
         DQ_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(
             version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HEAD_DIM // 2, 16]
         )
