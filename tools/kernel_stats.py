@@ -374,7 +374,7 @@ def flash_attention_bwd_hopper(
 ) -> KernelStats:
     """One of the Gluon (sm_90) backward kernels (``kernel``: ``dq``, ``dkdv`` or ``fused``,
     the dK/dV kernel adding dQ up) as ``flash_attn_tri`` would launch it; ``settings``:
-    constexprs to change (``DQ_BUFFERS``, ``LATE_DK``, ``DEFER_DQ``)."""
+    constexprs to change (``DQ_BUFFERS``, ``LATE_DK``, ``LATE_STATS``, ...)."""
     from flash_attn_tri import attention
 
     launch = attention._hopper_bwd_launch(kernel, head_dim, causal)
@@ -406,7 +406,7 @@ RECIPES = {
         for kernel in ("dq", "dkdv", "fused")
         for d in (64, 128)
     },
-    # the step settings of attention._HOPPER_BWD_STEP (the first five for the fused kernel)
+    # the step settings of attention._HOPPER_BWD_STEP (the first three for the fused kernel)
     **{
         f"flash-attn-{kernel}-hopper-d{d}-{variant}": (
             lambda kernel=kernel, d=d, settings=settings: flash_attention_bwd_hopper(
@@ -418,15 +418,27 @@ RECIPES = {
             ("fused", "2dq", {"DQ_BUFFERS": 2}),
             ("fused", "late-dk", {"LATE_DK": True}),
             ("fused", "2dq-late-dk", {"DQ_BUFFERS": 2, "LATE_DK": True}),
-            ("fused", "defer-dq", {"DEFER_DQ": True}),
-            ("fused", "2dq-defer-dq", {"DQ_BUFFERS": 2, "DEFER_DQ": True}),
             *(
-                (kernel, name, {setting: True})
+                (kernel, name, settings)
                 for kernel in ("dkdv", "fused")
-                for name, setting in (("rounded-p", "ROUNDED_P"), ("late-stats", "LATE_STATS"))
+                for name, settings in (
+                    ("rounded-p", {"ROUNDED_P": True}),
+                    ("late-stats", {"LATE_STATS": True}),
+                    ("early-stats", {"LATE_STATS": False}),
+                )
             ),
         )
     },
+    # the fused kernel as D = 64 takes it (without a mask; the recipes above compile the
+    # causal kernels)
+    "flash-attn-fused-hopper-d64-no-mask": lambda: flash_attention_bwd_hopper(
+        "fused", 64, causal=False
+    ),
+    # the fused kernel with its consumer warpgroups held to 200 registers (240 launched): too
+    # few, and ptxas serialises its wgmma (the control of the check that none is serialised)
+    "flash-attn-fused-hopper-d128-consumer-regs200": lambda: flash_attention_bwd_hopper(
+        "fused", 128, CONSUMER_REGS=200
+    ),
     **{
         f"flash-attn-{kernel}-d{d}": (lambda kernel=kernel, d=d: flash_attention(kernel, d))
         for kernel in ("fwd", "dkdv", "dq")

@@ -70,21 +70,20 @@ BACKWARD = {
     "split-64": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     "split-3slots": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     "split-wide-dq128": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
-    "fused-128rows": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
+    "fused-64rows": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
     # the fused kernel with two dQ staging buffers, with dK's matmul issued late, both (SETTINGS)
     "fused-2dq": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
     "fused-late-dk": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
     "fused-2dq-late-dk": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
-    # ... with each step's dQ tile sent out in the next step (one or two staging buffers)
-    "fused-defer-dq": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
-    "fused-2dq-defer-dq": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
     # dSᵀ from Pᵀ as rounded for dV's matmul (SETTINGS)
     "split-rounded-p": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     "fused-rounded-p": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
-    "fused-128rows-rounded-p": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
-    # the block's lse·log2 e read after the wait for S (SETTINGS)
+    # the block's lse·log2 e read after the wait for S at every head dim, or at none (the
+    # default: D = 64 only; SETTINGS)
     "split-late-stats": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
-    "fused-128rows-late-stats": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
+    "fused-late-stats": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
+    "split-early-stats": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
+    "fused-early-stats": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
     "cudnn": (),
 }
 # alternatives that run the Gluon backward on other tiles: (kernel, D) -> (BLOCK_M, BLOCK_N,
@@ -96,11 +95,9 @@ TILES = {
     "split-3slots": {("dq", 64): (128, 128, 3), ("dkdv", 64): (128, 128, 3)},
     # D = 128 with 128-key blocks in dQ (two slots: 224 KiB of shared memory)
     "split-wide-dq128": {("dq", 128): (128, 128, 2)},
-    # the fused kernel at D = 64 on 128-row query blocks (spills 352-544 B offline, triton
-    # 3.6, since the row statistics come through the copy engine; 1.1-2.3 KB before)
-    "fused-128rows": {("fused", 64): (128, 128, 2)},
-    "fused-128rows-rounded-p": {("fused", 64): (128, 128, 2)},
-    "fused-128rows-late-stats": {("fused", 64): (128, 128, 2)},
+    # the fused kernel at D = 64 on 64-row query blocks in three slots (the tiles before
+    # session 27)
+    "fused-64rows": {("fused", 64): (64, 128, 3)},
 }
 # alternatives that change a module-level setting of flash_attn_tri.attention: name ->
 # {attribute: value} (a dict value updates the setting's dict)
@@ -109,13 +106,12 @@ SETTINGS = {
     "fused-2dq": {"_HOPPER_BWD_STEP": {"DQ_BUFFERS": 2}},
     "fused-late-dk": {"_HOPPER_BWD_STEP": {"LATE_DK": True}},
     "fused-2dq-late-dk": {"_HOPPER_BWD_STEP": {"DQ_BUFFERS": 2, "LATE_DK": True}},
-    "fused-defer-dq": {"_HOPPER_BWD_STEP": {"DEFER_DQ": True}},
-    "fused-2dq-defer-dq": {"_HOPPER_BWD_STEP": {"DQ_BUFFERS": 2, "DEFER_DQ": True}},
     "split-rounded-p": {"_HOPPER_BWD_STEP": {"ROUNDED_P": True}},
     "fused-rounded-p": {"_HOPPER_BWD_STEP": {"ROUNDED_P": True}},
-    "fused-128rows-rounded-p": {"_HOPPER_BWD_STEP": {"ROUNDED_P": True}},
-    "split-late-stats": {"_HOPPER_BWD_STEP": {"LATE_STATS": True}},
-    "fused-128rows-late-stats": {"_HOPPER_BWD_STEP": {"LATE_STATS": True}},
+    "split-late-stats": {"_HOPPER_BWD_STEP": {"LATE_STATS_HEAD_DIMS": (64, 128)}},
+    "fused-late-stats": {"_HOPPER_BWD_STEP": {"LATE_STATS_HEAD_DIMS": (64, 128)}},
+    "split-early-stats": {"_HOPPER_BWD_STEP": {"LATE_STATS_HEAD_DIMS": ()}},
+    "fused-early-stats": {"_HOPPER_BWD_STEP": {"LATE_STATS_HEAD_DIMS": ()}},
 }
 _BWD_D64 = ("triton", "split", "fused", "cudnn")
 # (D, causal, seqlen, alternatives)
@@ -131,7 +127,7 @@ BACKWARD_CASES = [
       for s in (1024, 2048, 4096, 16384)),
 ]  # fmt: skip
 # --other-tiles: the TILES alternatives of each head dim join its backward cases
-_OTHER_TILES = {64: ("split-64", "split-3slots", "fused-128rows"), 128: ("split-wide-dq128",)}
+_OTHER_TILES = {64: ("split-64", "split-3slots", "fused-64rows"), 128: ("split-wide-dq128",)}
 
 
 def _inputs(d: int, s: int, requires_grad: bool) -> list[torch.Tensor]:

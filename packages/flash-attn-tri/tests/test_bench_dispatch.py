@@ -59,15 +59,22 @@ def test_alternatives_set_their_tiles_and_step_settings_inside_the_block(bench_d
     from flash_attn_tri import attention
 
     step, tiles = dict(attention._HOPPER_BWD_STEP), dict(attention._HOPPER_BWD_TILES)
-    with bench_dispatch._tiles("fused-2dq-defer-dq"):
-        assert {**step, "DQ_BUFFERS": 2, "DEFER_DQ": True} == attention._HOPPER_BWD_STEP
+    with bench_dispatch._tiles("fused-2dq-late-dk"):
+        assert {**step, "DQ_BUFFERS": 2, "LATE_DK": True} == attention._HOPPER_BWD_STEP
         constexprs = attention._hopper_bwd_launch("fused", 64, causal=False)[1]
-        assert (constexprs["DQ_BUFFERS"], constexprs["DEFER_DQ"]) == (2, True)
+        assert (constexprs["DQ_BUFFERS"], constexprs["LATE_DK"]) == (2, True)
         # the split kernels keep their one way of ending a step
         constexprs = attention._hopper_bwd_launch("dkdv", 64, causal=False)[1]
-        assert (constexprs["DQ_BUFFERS"], constexprs["DEFER_DQ"]) == (1, False)
-    with bench_dispatch._tiles("fused-128rows-rounded-p"):
-        assert attention._HOPPER_BWD_TILES[("fused", 64)] == (128, 128, 2)
-        assert attention._HOPPER_BWD_STEP["ROUNDED_P"] is True
+        assert (constexprs["DQ_BUFFERS"], constexprs["LATE_DK"]) == (1, False)
+    # the statistics read after the wait for S: by default at D = 64 only
+    assert attention._hopper_bwd_launch("dkdv", 64, causal=True)[1]["LATE_STATS"] is True
+    assert attention._hopper_bwd_launch("fused", 128, causal=False)[1]["LATE_STATS"] is False
+    with bench_dispatch._tiles("split-late-stats"):
+        assert attention._hopper_bwd_launch("dkdv", 128, causal=True)[1]["LATE_STATS"] is True
+    with bench_dispatch._tiles("fused-early-stats"):
+        assert attention._hopper_bwd_launch("fused", 64, causal=False)[1]["LATE_STATS"] is False
+    with bench_dispatch._tiles("fused-64rows"):
+        assert attention._HOPPER_BWD_TILES[("fused", 64)] == (64, 128, 3)
+        assert attention._hopper_bwd_launch("fused", 64, causal=False)[1]["BLOCK_M"] == 64
     assert step == attention._HOPPER_BWD_STEP
     assert tiles == attention._HOPPER_BWD_TILES

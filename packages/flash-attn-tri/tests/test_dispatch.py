@@ -35,9 +35,12 @@ def test_gluon_forward_wanted(monkeypatch, switch, head_dim, wanted):
         (None, 128, False, 1024, False, "fused"),  # no mask: fused, at every length
         (None, 128, False, 16384, False, "fused"),
         (None, 128, False, 16384, True, "split"),  # fused dQ rounding varies run to run
-        (None, 64, False, 1024, False, "split"),  # D = 64: split, causal or not, always
-        (None, 64, False, 16384, False, "split"),
+        (None, 64, False, 1024, False, "split"),  # D = 64 without a mask: split below 2048
+        (None, 64, False, 2047, False, "split"),
+        (None, 64, False, 2048, False, "fused"),  # fused from 2048 tokens
+        (None, 64, False, 16384, False, "fused"),
         (None, 64, False, 16384, True, "split"),
+        (None, 64, True, 4096, False, "split"),  # D = 64 causal: split, at every length
         (None, 64, True, 1024, False, "split"),
         (None, 64, True, 16384, False, "split"),
         (None, 64, True, 16384, True, "split"),

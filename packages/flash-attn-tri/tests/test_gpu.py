@@ -359,7 +359,7 @@ def test_gluon_backward_matches_the_reference(
         ("dq", 64, (128, 64, 3)),  # the D = 64 tiles before session 22
         ("dkdv", 64, (64, 128, 3)),
         ("dq", 64, (128, 128, 3)),
-        ("fused", 64, (128, 128, 2)),
+        ("fused", 64, (64, 128, 3)),  # the D = 64 fused tiles before session 27
         ("dq", 128, (128, 128, 2)),
     ],
 )
@@ -397,12 +397,11 @@ def test_gluon_backward_other_tiles(
         {"DQ_BUFFERS": 2},
         {"LATE_DK": True},
         {"DQ_BUFFERS": 2, "LATE_DK": True},
-        {"DEFER_DQ": True},
-        {"DQ_BUFFERS": 2, "DEFER_DQ": True},
         {"ROUNDED_P": True},
-        {"LATE_STATS": True},
+        {"LATE_STATS_HEAD_DIMS": (64, 128)},
+        {"LATE_STATS_HEAD_DIMS": ()},
     ],
-    ids=["2dq", "late-dk", "2dq-late-dk", "defer-dq", "2dq-defer-dq", "rounded-p", "late-stats"],
+    ids=["2dq", "late-dk", "2dq-late-dk", "rounded-p", "late-stats", "early-stats"],
 )
 @pytest.mark.parametrize(
     ("dtype", "d", "causal", "sq", "sk", "heads", "heads_k"),
@@ -417,9 +416,9 @@ def test_gluon_fused_backward_settings(
     monkeypatch, check_against_reference, settings, dtype, d, causal, sq, sk, heads, heads_k
 ):
     """The fused Gluon backward under the step settings (``attention._HOPPER_BWD_STEP``)
-    that ``bench/bench_dispatch.py`` times against the defaults (two dQ staging buffers, dK's
-    matmul after dQ's, each step's dQ tile sent out in the next step, dSᵀ from the rounded
-    Pᵀ), against the fp64 reference."""
+    that ``bench/bench_dispatch.py`` times against the defaults (two dQ staging buffers,
+    dK's matmul after dQ's, dSᵀ from the rounded Pᵀ, the statistics read after the wait
+    for S at every head dim or at none), against the fp64 reference."""
     from flash_attn_tri import attention
 
     if not attention.is_hopper(torch.device("cuda")):
@@ -435,7 +434,11 @@ def test_gluon_fused_backward_settings(
     assert calls == ["_gluon_fused_backward"], calls
 
 
-@pytest.mark.parametrize("setting", ["ROUNDED_P", "LATE_STATS"])
+@pytest.mark.parametrize(
+    "settings",
+    [{"ROUNDED_P": True}, {"LATE_STATS_HEAD_DIMS": (64, 128)}, {"LATE_STATS_HEAD_DIMS": ()}],
+    ids=["rounded-p", "late-stats", "early-stats"],
+)
 @pytest.mark.parametrize(
     ("dtype", "d", "causal", "sq", "sk", "heads", "heads_k"),
     [
@@ -445,16 +448,18 @@ def test_gluon_fused_backward_settings(
     ],
 )
 def test_gluon_split_backward_step_settings(
-    monkeypatch, check_against_reference, setting, dtype, d, causal, sq, sk, heads, heads_k
+    monkeypatch, check_against_reference, settings, dtype, d, causal, sq, sk, heads, heads_k
 ):
     """The split Gluon backward under the step settings of ``attention._HOPPER_BWD_STEP``
-    that apply to it (dSᵀ from the rounded Pᵀ, the statistics read after the wait for S;
-    timed by ``bench/bench_dispatch.py``), against the fp64 reference."""
+    that apply to it (dSᵀ from the rounded Pᵀ, the statistics read after the wait for S at
+    every head dim or at none; timed by ``bench/bench_dispatch.py``), against the fp64
+    reference."""
     from flash_attn_tri import attention
 
     if not attention.is_hopper(torch.device("cuda")):
         pytest.skip("the Gluon kernels are for Hopper GPUs")
-    monkeypatch.setitem(attention._HOPPER_BWD_STEP, setting, True)
+    for name, value in settings.items():
+        monkeypatch.setitem(attention._HOPPER_BWD_STEP, name, value)
     monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "1")
     calls = _record_calls(monkeypatch, "_gluon_dq", "_gluon_dkdv")
     q, k, v = _qkv((2, sq, heads, d), (2, sk, heads_k, d), d, dtype, seed=sq + 7 * sk)
@@ -494,8 +499,9 @@ def test_default_backward_kinds_and_what_repeats_bitwise(monkeypatch):
     """By default on Hopper a D = 128 call takes the split Gluon backward under a causal mask
     and the fused one without. The split one repeats bit for bit; the fused one repeats dK
     and dV bit for bit and dQ up to the order of its fp32 sums; ``deterministic=True`` takes
-    the split kernels without a mask too, and repeats bit for bit. At D = 64 the split one,
-    causal or not (bit for bit again)."""
+    the split kernels without a mask too, and repeats bit for bit. At D = 64 the fused one
+    without a mask from 2048 tokens, the split one below that and under a causal mask (bit
+    for bit again)."""
     from flash_attn_tri import attention
 
     if not attention.is_hopper(torch.device("cuda")):
@@ -521,11 +527,21 @@ def test_default_backward_kinds_and_what_repeats_bitwise(monkeypatch):
     for name, a, b, f in zip(("dq", "dk", "dv"), *det, full[0], strict=True):
         assert torch.equal(a, b), name
         assert rel_err(a.float(), f.float()) < 1e-2, name
-    # D = 64, causal or not: split, bitwise repeatable
+    # D = 64: fused without a mask from 2048 tokens, split causal (bitwise repeatable) and
+    # with deterministic=True
     q, k, v = _qkv((1, 4096, 4, 64), (1, 4096, 2, 64), 64, torch.bfloat16, seed=35)
     dout = randn((1, 4096, 4, 64), seed=36, dtype=torch.bfloat16, device="cuda")
-    for causal in (False, True):
-        runs = [grads(causal=causal) for _ in range(2)]
+    full = [grads() for _ in range(2)]
+    assert calls[6:] == ["_gluon_fused_backward"] * 2, calls
+    assert torch.equal(full[0][1], full[1][1]) and torch.equal(full[0][2], full[1][2])
+    assert rel_err(full[0][0].float(), full[1][0].float()) < 1e-3
+    for options in ({"causal": True}, {"deterministic": True}):
+        runs = [grads(**options) for _ in range(2)]
         for name, a, b in zip(("dq", "dk", "dv"), *runs, strict=True):
-            assert torch.equal(a, b), (causal, name)
-    assert calls[6:] == ["_gluon_dq"] * 4, calls
+            assert torch.equal(a, b), (options, name)
+    assert calls[8:] == ["_gluon_dq"] * 4, calls
+    # ... and split below 2048 tokens without a mask
+    q, k, v = _qkv((1, 1024, 4, 64), (1, 1024, 2, 64), 64, torch.bfloat16, seed=37)
+    dout = randn((1, 1024, 4, 64), seed=38, dtype=torch.bfloat16, device="cuda")
+    grads()
+    assert calls[12:] == ["_gluon_dq"], calls

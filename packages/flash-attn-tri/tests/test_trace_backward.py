@@ -56,5 +56,5 @@ def test_kinds_are_the_gluon_backward_alternatives(trace_backward):
     """``--kind`` takes bench_dispatch's split and fused alternatives (their tiles and
     settings), not the Triton or cuDNN ones."""
     kinds = trace_backward._kinds()
-    assert {"split", "fused", "fused-defer-dq", "fused-128rows", "split-64"} <= set(kinds)
+    assert {"split", "fused", "fused-late-dk", "fused-64rows", "split-64"} <= set(kinds)
     assert "triton" not in kinds and "cudnn" not in kinds

@@ -364,8 +364,11 @@ def _gluon_backward_wanted(
 
     - D = 128, causal: ``"split"`` (a dQ kernel beside the dK/dV kernel);
     - D = 128 without a mask: ``"fused"`` (the dK/dV kernel adding dQ up too);
-    - D = 64: ``"split"``, causal or not, at every length (the fused one measured within
-      1-2% of it from 4096 tokens and slower below).
+    - D = 64 without a mask: ``"fused"`` from 2048 tokens (on 128-row query blocks: 3% faster
+      than the split kernels at 2048, 5-9% from 4096), ``"split"`` below (1-2% faster at
+      1024);
+    - D = 64, causal: ``"split"`` (the fused kernel 3-10% slower up to 2048 tokens and
+      within 1.5% of it from 4096).
 
     ``"fused"`` sums dQ in fp32 in whatever order the copy engine's reductions land, so its
     rounding varies run to run: ``deterministic`` takes ``"split"`` instead.
@@ -380,7 +383,7 @@ def _gluon_backward_wanted(
     if head_dim == 128:
         return "split" if causal or deterministic else "fused"
     if head_dim == 64:
-        return "split"
+        return "fused" if not causal and seqlen >= 2048 and not deterministic else "split"
     return None
 
 
@@ -601,37 +604,38 @@ def _gluon_fused_backward(q, k, v, dout, out, lse, dq, dk, dv, o: _Opts, causal:
 # 192 KiB (four dSᵀ buffers and each consumer's 16 KiB fp32 dQ tile).
 # At D = 64 the split kernels stream 128-wide blocks (twice the D = 128 tiles' N of the
 # score matmuls): 6-16% faster backward than with 64-wide ones at 1024-16384 tokens without
-# a mask (H100, bench_dispatch.py, BENCHMARKS.md, session 22); the dK/dV kernel spills a
-# few hundred bytes then (offline count), the dQ kernel none.
+# a mask (H100, bench_dispatch.py, BENCHMARKS.md, session 22); the fused kernel takes
+# 128-row query blocks in two slots (6-8% faster than 64-row blocks in three slots from
+# 4096 tokens without a mask, session 23; it spills 120 B with LATE_STATS, offline).
 _HOPPER_BWD_TILES: dict[tuple[str, int], tuple[int, int, int]] = {
     ("dq", 128): (128, 64, 2),
     ("dkdv", 128): (64, 128, 2),
     ("fused", 128): (64, 128, 2),
     ("dq", 64): (128, 128, 2),
     ("dkdv", 64): (128, 128, 2),
-    ("fused", 64): (64, 128, 3),
+    ("fused", 64): (128, 128, 2),
 }
 
 # How the dK/dV and fused kernels run a step, by constexpr; the alternatives to these
-# defaults are bench_dispatch's "fused-2dq", "fused-late-dk", "fused-defer-dq",
-# "split-rounded-p", ... (BENCHMARKS.md, session 26):
+# defaults are bench_dispatch's "fused-2dq", "fused-late-dk", "split-rounded-p", ...
+# (BENCHMARKS.md, sessions 26-27):
 # - DQ_BUFFERS (fused): dQ tiles staged for the bulk reductions per consumer warpgroup; 2: a
 #   step need not wait for the previous step's reduction to have read its buffer (16 KiB
 #   more shared memory at D = 64, 32 KiB at D = 128);
 # - LATE_DK (fused): dK's matmul issued after dQ's, running while the dQ tile goes out;
-# - DEFER_DQ (fused, D = 64): the dQ tile sent out (buffer wait, shared-memory write,
-#   bulk reduction) in the next step, under that step's S and dP;
 # - ROUNDED_P: dSᵀ from Pᵀ as rounded to the input type for dV's matmul rather than from
 #   its fp32 registers (which are then free);
-# - LATE_STATS: the block's lse·log2 e read from shared memory after the wait for S rather
-#   than before (not held across the wait: the D = 64 dK/dV kernel's spills 56-84 → 0 B
-#   offline, triton 3.6).
+# - LATE_STATS_HEAD_DIMS: the head dims at which the block's lse·log2 e is read from
+#   shared memory after the wait for S rather than before (not held across the wait; the
+#   same gradients bit for bit). At D = 64 the dK/dV kernel's spills go 56-84 → 0 B and
+#   the 128-row fused kernel's 352 → 120 B (offline, triton 3.6), and the split backward
+#   measured 1-7% faster (H100, session 27); at D = 128 the split one within ±3%, the fused
+#   one not timed yet.
 _HOPPER_BWD_STEP: dict[str, Any] = {
     "DQ_BUFFERS": 1,
     "LATE_DK": False,
-    "DEFER_DQ": False,
     "ROUNDED_P": False,
-    "LATE_STATS": False,
+    "LATE_STATS_HEAD_DIMS": (64,),
 }
 
 
@@ -663,9 +667,8 @@ def _hopper_bwd_launch(
         step = _HOPPER_BWD_STEP
         constexprs["DQ_BUFFERS"] = step["DQ_BUFFERS"] if fused else 1
         constexprs["LATE_DK"] = fused and step["LATE_DK"]
-        constexprs["DEFER_DQ"] = fused and step["DEFER_DQ"]
         constexprs["ROUNDED_P"] = step["ROUNDED_P"]
-        constexprs["LATE_STATS"] = step["LATE_STATS"]
+        constexprs["LATE_STATS"] = head_dim in step["LATE_STATS_HEAD_DIMS"]
     # as the forward: 12 warps at 168 registers, setmaxnreg 240 / 240 / 24
     return fn, constexprs, {"num_warps": 4, "maxnreg": 168}
 

@@ -42,17 +42,16 @@ computes ``dQ_i = dS_i·K`` over the program's 128 keys for half of D's columns,
 ``dQ_i·scale`` to shared memory and has the copy engine add that tile into an fp32
 accumulator (one bulk reduction, ``DQ_VIA_TMA``; relaxed atomics from registers without it,
 kept for comparison: slower at every shape measured). ``_gluon_fused_backward`` zeroes the
-accumulator beside the row statistics beforehand and converts it to dQ afterwards. Three
+accumulator beside the row statistics beforehand and converts it to dQ afterwards. Two
 settings reorder the end of a fused step, for timing against the default (which waits for
 all its matmuls, then sends the dQ tile out with no matmul of its own in flight):
 ``DQ_BUFFERS = 2`` stages dQ tiles in two buffers a warpgroup, so the previous step's
 reduction need not have read its buffer; ``LATE_DK`` issues dK's matmul after dQ's, to run
-while the dQ tile goes out; ``DEFER_DQ`` sends the dQ tile out in the next step, under
-that step's S and dP. Two more apply to the split kernels too:
-``ROUNDED_P`` takes dSᵀ from Pᵀ as rounded for dV's matmul, which frees Pᵀ's fp32
-registers; ``LATE_STATS`` reads the block's lse·log2 e after the wait for S rather than
-before, so that the vector is not held across the wait. All are off by default, not yet
-timed (``attention._HOPPER_BWD_STEP``; BENCHMARKS.md, session 26).
+while the dQ tile goes out. Two more apply to the split kernels too: ``ROUNDED_P`` takes
+dSᵀ from Pᵀ as rounded for dV's matmul, which frees Pᵀ's fp32 registers; ``LATE_STATS``
+reads the block's lse·log2 e after the wait for S rather than before, so that the vector
+is not held across the wait. ``attention._HOPPER_BWD_STEP`` says which are on
+(BENCHMARKS.md has the timings).
 
 Rows past the sequences need little masking: Q, dO and O past seqlen_q arrive as zeros
 and their lse·log2 e in the row statistics is +inf (so their P is 0); in the dK/dV kernel
@@ -161,23 +160,20 @@ def _dq_out(
 def _step(
     dk, dv, k_tile, v_tile, q_smem, do_smem, stats_rows, qd_full, qd_empty, zero_s, t, i,
     offs_n, diag, qk_scale2, k_smem, ds_smem, ds_ready, dq_row, stride_as, sm_scale,
-    dq_desc, dq_smem, dq_box_row, dq_box_col, dq_pending, pending_row, pending_col,
-    WG: gl.constexpr, BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr,
-    NUM_STAGES: gl.constexpr, S_LAYOUT: gl.constexpr, P_LAYOUT: gl.constexpr,
+    dq_desc, dq_smem, dq_box_row, dq_box_col, WG: gl.constexpr, BLOCK_M: gl.constexpr,
+    HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, S_LAYOUT: gl.constexpr,
+    P_LAYOUT: gl.constexpr,
     DTYPE: gl.constexpr, MASKED: gl.constexpr, FUSED_DQ: gl.constexpr,
     DQ_VIA_TMA: gl.constexpr, DQ_BUFFERS: gl.constexpr, LATE_DK: gl.constexpr,
-    DEFER_DQ: gl.constexpr, ROUNDED_P: gl.constexpr, LATE_STATS: gl.constexpr,
+    ROUNDED_P: gl.constexpr, LATE_STATS: gl.constexpr,
 ):  # fmt: skip
     """Query block i (ring step t): add its share to dK and dV of this warpgroup's keys and,
     when FUSED_DQ, to dQ of the block's rows (``dq_row``: the fp32 accumulator of the query
     head, rows ``stride_as`` apart). MASKED: some of its rows must not see some of the keys
     (causal). LATE_DK (with FUSED_DQ): dK's matmul is issued after dQ's and runs while the
-    dQ tile goes out. DEFER_DQ (with FUSED_DQ and DQ_VIA_TMA): the dQ tile goes out in the
-    next step, under that step's S and dP; ``dq_pending`` and (``pending_row``,
-    ``pending_col``) are the previous step's tile and its place, and the step returns its
-    own. ROUNDED_P: dSᵀ = Pᵀ ⊙ (dPᵀ − delta)
-    takes Pᵀ as rounded to the input type for dV's matmul rather than in fp32. LATE_STATS:
-    the block's lse·log2 e is read from shared memory after the wait for S, not before."""
+    dQ tile goes out. ROUNDED_P: dSᵀ = Pᵀ ⊙ (dPᵀ − delta) takes Pᵀ as rounded to the
+    input type for dV's matmul rather than in fp32. LATE_STATS: the block's lse·log2 e is
+    read from shared memory after the wait for S, not before."""
     slot = t % NUM_STAGES
     # The previous step's slot: its matmuls completed at that step's last wait. Released
     # here, before waiting for this step's (which may need the producer to refill it).
@@ -187,12 +183,6 @@ def _step(
     do_tile = _tile(do_smem, slot, BLOCK_M, HEAD_DIM)
     s = warpgroup_mma(k_tile, q_tile.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     dp = warpgroup_mma(v_tile, do_tile.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    if DEFER_DQ and t > 0:
-        # the previous step's dQ tile goes out while S and dP run
-        _dq_out(
-            dq_pending, sm_scale, dq_desc, dq_smem, pending_row, pending_col, t - 1, WG,
-            DQ_BUFFERS,
-        )  # fmt: skip
     # The block's rows' statistics came with Q and dO, read from shared memory straight into
     # the columns of the score tiles (each thread reads the few columns it holds).
     COLUMNS: gl.constexpr = gl.SliceLayout(0, S_LAYOUT)
@@ -242,41 +232,32 @@ def _step(
             )  # fmt: skip
         # The accumulator has rows up to a multiple of BLOCK_M: no mask (rows past the
         # sequence add zeros).
-        if DEFER_DQ:
-            # the tile goes out in the next step, from registers (an accumulator still in
-            # flight would be copied between loop iterations, which makes ptxas serialise
-            # every wgmma of the kernel)
-            dv, dk, p_op, dq = warpgroup_mma_wait(0, deps=[dv, dk, p_op, dq])
-            dq_pending = dq
-            pending_row = dq_box_row + i * BLOCK_M
-            pending_col = dq_box_col
+        if LATE_DK:
+            # dK runs on while the dQ tile goes out (waited for at the step's end)
+            dk = warpgroup_mma(ds_own, q_tile, dk, is_async=True)
+            dv, p_op, dq = warpgroup_mma_wait(1, deps=[dv, p_op, dq])
         else:
-            if LATE_DK:
-                # dK runs on while the dQ tile goes out (waited for at the step's end)
-                dk = warpgroup_mma(ds_own, q_tile, dk, is_async=True)
-                dv, p_op, dq = warpgroup_mma_wait(1, deps=[dv, p_op, dq])
-            else:
-                dv, dk, p_op, dq = warpgroup_mma_wait(0, deps=[dv, dk, p_op, dq])
-            if DQ_VIA_TMA:
-                _dq_out(
-                    dq, sm_scale, dq_desc, dq_smem, dq_box_row + i * BLOCK_M, dq_box_col, t,
-                    WG, DQ_BUFFERS,
-                )  # fmt: skip
-            else:
-                offs_r = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, DQ_LAYOUT))
-                offs_c = WG * DQ_COLS + gl.arange(0, DQ_COLS, layout=gl.SliceLayout(0, DQ_LAYOUT))
-                block_row = dq_row + (i * BLOCK_M).to(gl.int64) * stride_as
-                gl.atomic_add(
-                    block_row + offs_r[:, None] * stride_as + offs_c[None, :], dq * sm_scale,
-                    sem="relaxed",
-                )  # fmt: skip
-            if LATE_DK:
-                dk = warpgroup_mma_wait(0, deps=[dk])
+            dv, dk, p_op, dq = warpgroup_mma_wait(0, deps=[dv, dk, p_op, dq])
+        if DQ_VIA_TMA:
+            _dq_out(
+                dq, sm_scale, dq_desc, dq_smem, dq_box_row + i * BLOCK_M, dq_box_col, t, WG,
+                DQ_BUFFERS,
+            )  # fmt: skip
+        else:
+            offs_r = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, DQ_LAYOUT))
+            offs_c = WG * DQ_COLS + gl.arange(0, DQ_COLS, layout=gl.SliceLayout(0, DQ_LAYOUT))
+            block_row = dq_row + (i * BLOCK_M).to(gl.int64) * stride_as
+            gl.atomic_add(
+                block_row + offs_r[:, None] * stride_as + offs_c[None, :], dq * sm_scale,
+                sem="relaxed",
+            )  # fmt: skip
+        if LATE_DK:
+            dk = warpgroup_mma_wait(0, deps=[dk])
     else:
         ds_op = gl.convert_layout(ds.to(DTYPE), P_LAYOUT)
         dk = warpgroup_mma(ds_op, q_tile, dk, is_async=True)
         dv, dk, p_op, ds_op = warpgroup_mma_wait(0, deps=[dv, dk, p_op, ds_op])
-    return dk, dv, dq_pending, pending_row, pending_col
+    return dk, dv
 
 
 @gluon.jit
@@ -287,8 +268,7 @@ def _consumer(
     stride_ah, WG: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
     FUSED_DQ: gl.constexpr, DQ_VIA_TMA: gl.constexpr, DQ_BUFFERS: gl.constexpr,
-    LATE_DK: gl.constexpr, DEFER_DQ: gl.constexpr, ROUNDED_P: gl.constexpr,
-    LATE_STATS: gl.constexpr,
+    LATE_DK: gl.constexpr, ROUNDED_P: gl.constexpr, LATE_STATS: gl.constexpr,
 ):  # fmt: skip
     """One consumer warpgroup (4 warps, 64 keys): dK and dV of its keys over every query
     block and query head that sees them; stores dK·scale and dV, laid out like k
@@ -310,17 +290,6 @@ def _consumer(
     dv = gl.zeros([HALF, HEAD_DIM], gl.float32, O_LAYOUT)
     k_tile = _tile(k_smem, WG, HALF, HEAD_DIM)
     v_tile = _tile(v_smem, WG, HALF, HEAD_DIM)
-    # DEFER_DQ: the previous step's dQ tile and its place in the accumulator
-    dq_pending = 0
-    if DEFER_DQ:
-        gl.static_assert(FUSED_DQ and DQ_VIA_TMA, "DEFER_DQ needs FUSED_DQ and DQ_VIA_TMA")
-        gl.static_assert(not LATE_DK, "DEFER_DQ and LATE_DK are alternatives")
-        DQ_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HEAD_DIM // 2, 16]
-        )
-        dq_pending = gl.zeros([BLOCK_M, HEAD_DIM // 2], gl.float32, DQ_LAYOUT)
-    pending_row = 0
-    pending_col = 0
     first, n_q = _query_blocks(seqlen_q, start_n, diag, BLOCK_M, CAUSAL)
     # query blocks from n_masked on see all of this warpgroup's keys
     n_masked = first
@@ -341,29 +310,24 @@ def _consumer(
         dq_col = h * HEAD_DIM + WG * (HEAD_DIM // 2)
         dq_row = dq_ptr + b.to(gl.int64) * stride_ab + h.to(gl.int64) * stride_ah
         for i in range(first, n_masked):
-            dk, dv, dq_pending, pending_row, pending_col = _step(
+            dk, dv = _step(
                 dk, dv, k_tile, v_tile, q_smem, do_smem, stats_rows, qd_full, qd_empty,
                 zero_s, g * n_steps + (i - first), i, offs_n, diag, qk_scale2, k_smem,
                 ds_smem, ds_ready, dq_row, stride_as, sm_scale, dq_desc, dq_smem, dq_rows,
-                dq_col, dq_pending, pending_row, pending_col, WG, BLOCK_M, HEAD_DIM,
+                dq_col, WG, BLOCK_M, HEAD_DIM,
                 NUM_STAGES, S_LAYOUT, P_LAYOUT, DTYPE, True, FUSED_DQ, DQ_VIA_TMA, DQ_BUFFERS,
-                LATE_DK, DEFER_DQ, ROUNDED_P, LATE_STATS,
+                LATE_DK, ROUNDED_P, LATE_STATS,
             )  # fmt: skip
         for i in range(n_masked, n_q):
-            dk, dv, dq_pending, pending_row, pending_col = _step(
+            dk, dv = _step(
                 dk, dv, k_tile, v_tile, q_smem, do_smem, stats_rows, qd_full, qd_empty,
                 zero_s, g * n_steps + (i - first), i, offs_n, diag, qk_scale2, k_smem,
                 ds_smem, ds_ready, dq_row, stride_as, sm_scale, dq_desc, dq_smem, dq_rows,
-                dq_col, dq_pending, pending_row, pending_col, WG, BLOCK_M, HEAD_DIM,
+                dq_col, WG, BLOCK_M, HEAD_DIM,
                 NUM_STAGES, S_LAYOUT, P_LAYOUT, DTYPE, False, FUSED_DQ, DQ_VIA_TMA, DQ_BUFFERS,
-                LATE_DK, DEFER_DQ, ROUNDED_P, LATE_STATS,
+                LATE_DK, ROUNDED_P, LATE_STATS,
             )  # fmt: skip
     total = group * n_steps
-    if DEFER_DQ and total > 0:
-        _dq_out(
-            dq_pending, sm_scale, dq_desc, dq_smem, pending_row, pending_col, total - 1, WG,
-            DQ_BUFFERS,
-        )  # fmt: skip
     last = total - 1
     mbarrier.arrive(qd_empty.index((last + NUM_STAGES) % NUM_STAGES), pred=total > 0)  # -1: none
     if FUSED_DQ and DQ_VIA_TMA:
@@ -393,8 +357,8 @@ def flash_bwd_dkdv_hopper_kernel(
     stride_as, stride_ah, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
     FUSED_DQ: gl.constexpr, DQ_VIA_TMA: gl.constexpr, DQ_BUFFERS: gl.constexpr,
-    LATE_DK: gl.constexpr, DEFER_DQ: gl.constexpr, ROUNDED_P: gl.constexpr,
-    LATE_STATS: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
+    LATE_DK: gl.constexpr, ROUNDED_P: gl.constexpr, LATE_STATS: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
 ):  # fmt: skip
     """dK and dV of BLOCK_N keys of one key head. ``q_desc``, ``do_desc``: copy-engine
     descriptors over q and dout ``[batch, seqlen_q, heads · D]`` with boxes
@@ -460,16 +424,16 @@ def flash_bwd_dkdv_hopper_kernel(
                 qd_full, qd_empty, ds_ready, dk_ptr, dv_ptr, dq_ptr, dq_desc, b, hk, start_n,
                 seqlen_q, seqlen_k, diag, group, qk_scale2, sm_scale, stride_kb, stride_ks,
                 stride_kh, stride_ab, stride_as, stride_ah, 0, HEAD_DIM, BLOCK_M, BLOCK_N,
-                NUM_STAGES, CAUSAL, FUSED_DQ, DQ_VIA_TMA, DQ_BUFFERS, LATE_DK, DEFER_DQ,
-                ROUNDED_P, LATE_STATS,
+                NUM_STAGES, CAUSAL, FUSED_DQ, DQ_VIA_TMA, DQ_BUFFERS, LATE_DK, ROUNDED_P,
+                LATE_STATS,
             )),
             (_consumer, (
                 q_smem, do_smem, stats_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar,
                 qd_full, qd_empty, ds_ready, dk_ptr, dv_ptr, dq_ptr, dq_desc, b, hk, start_n,
                 seqlen_q, seqlen_k, diag, group, qk_scale2, sm_scale, stride_kb, stride_ks,
                 stride_kh, stride_ab, stride_as, stride_ah, 1, HEAD_DIM, BLOCK_M, BLOCK_N,
-                NUM_STAGES, CAUSAL, FUSED_DQ, DQ_VIA_TMA, DQ_BUFFERS, LATE_DK, DEFER_DQ,
-                ROUNDED_P, LATE_STATS,
+                NUM_STAGES, CAUSAL, FUSED_DQ, DQ_VIA_TMA, DQ_BUFFERS, LATE_DK, ROUNDED_P,
+                LATE_STATS,
             )),
             (_producer, (
                 q_desc, k_desc, v_desc, do_desc, stats_desc, q_smem, do_smem, stats_smem,
