@@ -415,6 +415,7 @@ RECIPES = {
         )
         for d in (64, 128)
         for kernel, variant, settings in (
+            ("fused", "1dq", {"DQ_BUFFERS": 1}),
             ("fused", "2dq", {"DQ_BUFFERS": 2}),
             ("fused", "late-dk", {"LATE_DK": True}),
             ("fused", "2dq-late-dk", {"DQ_BUFFERS": 2, "LATE_DK": True}),

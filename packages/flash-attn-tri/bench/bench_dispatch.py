@@ -71,8 +71,10 @@ BACKWARD = {
     "split-3slots": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     "split-wide-dq128": (("FLASH_ATTN_TRI_GLUON_BWD", "1"),),
     "fused-64rows": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
-    # the fused kernel with two dQ staging buffers, with dK's matmul issued late, both (SETTINGS)
+    # the fused kernel with two dQ staging buffers at every head dim / one at every head
+    # dim, with dK's matmul issued late, two buffers and late dK (SETTINGS)
     "fused-2dq": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
+    "fused-1dq": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
     "fused-late-dk": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
     "fused-2dq-late-dk": (("FLASH_ATTN_TRI_GLUON_BWD", "fused"),),
     # dSᵀ from Pᵀ as rounded for dV's matmul (SETTINGS)
@@ -103,9 +105,12 @@ TILES = {
 # {attribute: value} (a dict value updates the setting's dict)
 SETTINGS = {
     "gluon-o-stores": {"_HOPPER_FWD_O_VIA_TMA": False},
-    "fused-2dq": {"_HOPPER_BWD_STEP": {"DQ_BUFFERS": 2}},
+    "fused-2dq": {"_HOPPER_BWD_STEP": {"TWO_DQ_BUFFERS_HEAD_DIMS": (64, 128)}},
+    "fused-1dq": {"_HOPPER_BWD_STEP": {"TWO_DQ_BUFFERS_HEAD_DIMS": ()}},
     "fused-late-dk": {"_HOPPER_BWD_STEP": {"LATE_DK": True}},
-    "fused-2dq-late-dk": {"_HOPPER_BWD_STEP": {"DQ_BUFFERS": 2, "LATE_DK": True}},
+    "fused-2dq-late-dk": {
+        "_HOPPER_BWD_STEP": {"TWO_DQ_BUFFERS_HEAD_DIMS": (64, 128), "LATE_DK": True}
+    },
     "split-rounded-p": {"_HOPPER_BWD_STEP": {"ROUNDED_P": True}},
     "fused-rounded-p": {"_HOPPER_BWD_STEP": {"ROUNDED_P": True}},
     "split-late-stats": {"_HOPPER_BWD_STEP": {"LATE_STATS_HEAD_DIMS": (64, 128)}},

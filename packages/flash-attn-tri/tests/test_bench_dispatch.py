@@ -60,12 +60,18 @@ def test_alternatives_set_their_tiles_and_step_settings_inside_the_block(bench_d
 
     step, tiles = dict(attention._HOPPER_BWD_STEP), dict(attention._HOPPER_BWD_TILES)
     with bench_dispatch._tiles("fused-2dq-late-dk"):
-        assert {**step, "DQ_BUFFERS": 2, "LATE_DK": True} == attention._HOPPER_BWD_STEP
-        constexprs = attention._hopper_bwd_launch("fused", 64, causal=False)[1]
+        expected = {**step, "TWO_DQ_BUFFERS_HEAD_DIMS": (64, 128), "LATE_DK": True}
+        assert expected == attention._HOPPER_BWD_STEP
+        constexprs = attention._hopper_bwd_launch("fused", 128, causal=False)[1]
         assert (constexprs["DQ_BUFFERS"], constexprs["LATE_DK"]) == (2, True)
         # the split kernels keep their one way of ending a step
         constexprs = attention._hopper_bwd_launch("dkdv", 64, causal=False)[1]
         assert (constexprs["DQ_BUFFERS"], constexprs["LATE_DK"]) == (1, False)
+    # two dQ staging buffers: by default in the fused kernel at D = 64 only
+    assert attention._hopper_bwd_launch("fused", 64, causal=False)[1]["DQ_BUFFERS"] == 2
+    assert attention._hopper_bwd_launch("fused", 128, causal=False)[1]["DQ_BUFFERS"] == 1
+    with bench_dispatch._tiles("fused-1dq"):
+        assert attention._hopper_bwd_launch("fused", 64, causal=False)[1]["DQ_BUFFERS"] == 1
     # the statistics read after the wait for S: by default at D = 64 only
     assert attention._hopper_bwd_launch("dkdv", 64, causal=True)[1]["LATE_STATS"] is True
     assert attention._hopper_bwd_launch("fused", 128, causal=False)[1]["LATE_STATS"] is False

@@ -394,14 +394,15 @@ def test_gluon_backward_other_tiles(
 @pytest.mark.parametrize(
     "settings",
     [
-        {"DQ_BUFFERS": 2},
+        {"TWO_DQ_BUFFERS_HEAD_DIMS": (64, 128)},
+        {"TWO_DQ_BUFFERS_HEAD_DIMS": ()},
         {"LATE_DK": True},
-        {"DQ_BUFFERS": 2, "LATE_DK": True},
+        {"TWO_DQ_BUFFERS_HEAD_DIMS": (64, 128), "LATE_DK": True},
         {"ROUNDED_P": True},
         {"LATE_STATS_HEAD_DIMS": (64, 128)},
         {"LATE_STATS_HEAD_DIMS": ()},
     ],
-    ids=["2dq", "late-dk", "2dq-late-dk", "rounded-p", "late-stats", "early-stats"],
+    ids=["2dq", "1dq", "late-dk", "2dq-late-dk", "rounded-p", "late-stats", "early-stats"],
 )
 @pytest.mark.parametrize(
     ("dtype", "d", "causal", "sq", "sk", "heads", "heads_k"),
@@ -416,9 +417,10 @@ def test_gluon_fused_backward_settings(
     monkeypatch, check_against_reference, settings, dtype, d, causal, sq, sk, heads, heads_k
 ):
     """The fused Gluon backward under the step settings (``attention._HOPPER_BWD_STEP``)
-    that ``bench/bench_dispatch.py`` times against the defaults (two dQ staging buffers,
-    dK's matmul after dQ's, dSᵀ from the rounded Pᵀ, the statistics read after the wait
-    for S at every head dim or at none), against the fp64 reference."""
+    that ``bench/bench_dispatch.py`` times against the defaults (two dQ staging buffers at
+    every head dim or one at every head dim, dK's matmul after dQ's, dSᵀ from the rounded
+    Pᵀ, the statistics read after the wait for S at every head dim or at none), against the
+    fp64 reference."""
     from flash_attn_tri import attention
 
     if not attention.is_hopper(torch.device("cuda")):

@@ -606,7 +606,8 @@ def _gluon_fused_backward(q, k, v, dout, out, lse, dq, dk, dv, o: _Opts, causal:
 # score matmuls): 6-16% faster backward than with 64-wide ones at 1024-16384 tokens without
 # a mask (H100, bench_dispatch.py, BENCHMARKS.md, session 22); the fused kernel takes
 # 128-row query blocks in two slots (6-8% faster than 64-row blocks in three slots from
-# 4096 tokens without a mask, session 23; it spills 120 B with LATE_STATS, offline).
+# 4096 tokens without a mask, session 23; it spills 152 B with LATE_STATS and two dQ
+# buffers, offline with triton 3.6).
 _HOPPER_BWD_TILES: dict[tuple[str, int], tuple[int, int, int]] = {
     ("dq", 128): (128, 64, 2),
     ("dkdv", 128): (64, 128, 2),
@@ -619,9 +620,12 @@ _HOPPER_BWD_TILES: dict[tuple[str, int], tuple[int, int, int]] = {
 # How the dK/dV and fused kernels run a step, by constexpr; the alternatives to these
 # defaults are bench_dispatch's "fused-2dq", "fused-late-dk", "split-rounded-p", ...
 # (BENCHMARKS.md, sessions 26-27):
-# - DQ_BUFFERS (fused): dQ tiles staged for the bulk reductions per consumer warpgroup; 2: a
+# - TWO_DQ_BUFFERS_HEAD_DIMS (fused): the head dims at which dQ tiles are staged for the
+#   bulk reductions in two buffers a consumer warpgroup rather than one (DQ_BUFFERS), so a
 #   step need not wait for the previous step's reduction to have read its buffer (16 KiB
-#   more shared memory at D = 64, 32 KiB at D = 128);
+#   more shared memory at D = 64, 32 KiB at D = 128). At D = 64 the backward measured 2-4%
+#   faster with two (H100, session 28, at 2048-16384 tokens without a mask); D = 128 not
+#   timed;
 # - LATE_DK (fused): dK's matmul issued after dQ's, running while the dQ tile goes out;
 # - ROUNDED_P: dSᵀ from Pᵀ as rounded to the input type for dV's matmul rather than from
 #   its fp32 registers (which are then free);
@@ -632,7 +636,7 @@ _HOPPER_BWD_TILES: dict[tuple[str, int], tuple[int, int, int]] = {
 #   measured 1-7% faster (H100, session 27); at D = 128 the split one within ±3%, the fused
 #   one not timed yet.
 _HOPPER_BWD_STEP: dict[str, Any] = {
-    "DQ_BUFFERS": 1,
+    "TWO_DQ_BUFFERS_HEAD_DIMS": (64,),
     "LATE_DK": False,
     "ROUNDED_P": False,
     "LATE_STATS_HEAD_DIMS": (64,),
@@ -665,7 +669,8 @@ def _hopper_bwd_launch(
         constexprs["DQ_VIA_TMA"] = kernel == "fused"
         fused = kernel == "fused"
         step = _HOPPER_BWD_STEP
-        constexprs["DQ_BUFFERS"] = step["DQ_BUFFERS"] if fused else 1
+        two_dq = fused and head_dim in step["TWO_DQ_BUFFERS_HEAD_DIMS"]
+        constexprs["DQ_BUFFERS"] = 2 if two_dq else 1
         constexprs["LATE_DK"] = fused and step["LATE_DK"]
         constexprs["ROUNDED_P"] = step["ROUNDED_P"]
         constexprs["LATE_STATS"] = head_dim in step["LATE_STATS_HEAD_DIMS"]
