@@ -2,6 +2,7 @@
 
 import csv
 import os
+import time
 
 import pytest
 
@@ -10,6 +11,7 @@ from tri_shared.bench import (
     choice,
     format_table,
     gbps,
+    host_time_us,
     import_source,
     int_list,
     kernel_times,
@@ -35,6 +37,21 @@ def test_time_fn_measures_something():
     calls = []
     ms = time_fn(lambda: calls.append(sum(range(20000))), warmup=1, rep=3)
     assert ms > 0 and len(calls) >= 2
+
+
+def test_host_time_us_is_the_time_a_call_takes_to_issue():
+    calls = []
+
+    def call():
+        calls.append(None)
+        time.sleep(0.002)
+
+    us = host_time_us(call, calls=3)
+    assert len(calls) == 4  # one to warm up, then the three timed
+    assert 2000 <= us < 200_000
+    calls.clear()
+    host_time_us(call, calls=2, warm=False)
+    assert len(calls) == 2
 
 
 def test_time_fn_sets_grads_to_none_before_each_call():

@@ -4,7 +4,11 @@ installed) at the FlashAttention setup of ANCHORS.md: batch × seqlen = 16384 to
 
 Run on a GPU: ``python3 bench_flash_attn.py`` (or ``bash tools/gpu.sh bench flash-attn-tri``).
 Prints a table and writes CSV + PNG plots to ``results_dir("flash-attn-tri")``. Arguments:
-impl names to time only those; ``--head-dim=64`` one head dim only; ``--triton-forward``
+impl names to time only those; ``--head-dim=64`` one head dim only (``--head-dim=128,64``:
+those, in that order); ``--host`` adds each call's host time (``fwd_host_us``,
+``fwdbwd_host_us``: CPU µs to issue a forward / a forward+backward, the least of three
+measurements of 30 calls issued behind a sleep kernel, ``tri_shared.bench.host_time_us``),
+to see where a row is bound by the CPU rather than the GPU; ``--triton-forward``
 adds ``flash_attn_tri_triton_fwd``, flash_attn_tri with the Gluon forward for Hopper turned
 off (``FLASH_ATTN_TRI_GLUON=0`` during its calls; the backward is the same), and
 ``--gluon-forward`` ``flash_attn_tri_gluon_fwd``, with it taking every call it can
@@ -26,6 +30,7 @@ import torch
 from tri_shared.bench import (
     env_set,
     environment,
+    host_time_us,
     measure_ceilings,
     plot,
     print_table,
@@ -63,15 +68,22 @@ _SWITCHES = {
 }
 
 
-def _time_both(fn, q, k, v, dout, causal) -> tuple[float, float]:
-    """Median ms of the forward and of forward+backward."""
-    fwd_ms = time_fn(lambda: fn(q, k, v, causal))
+def _time_both(fn, q, k, v, dout, causal, host: bool = False) -> dict[str, float]:
+    """Median ms of the forward and of forward+backward (``fwd_ms``, ``fwdbwd_ms``); with
+    ``host``, the host µs a call of each (``fwd_host_us``, ``fwdbwd_host_us``)."""
+
+    def fwd():
+        return fn(q, k, v, causal)
 
     def fwd_bwd():
         out = fn(q, k, v, causal)
         torch.autograd.grad(out, (q, k, v), dout)
 
-    return fwd_ms, time_fn(fwd_bwd)
+    times = {"fwd_ms": time_fn(fwd), "fwdbwd_ms": time_fn(fwd_bwd)}
+    if host:
+        times["fwd_host_us"] = min(host_time_us(fwd, 30) for _ in range(3))
+        times["fwdbwd_host_us"] = min(host_time_us(fwd_bwd, 30) for _ in range(3))
+    return times
 
 
 def _impls(
@@ -138,10 +150,11 @@ def main() -> int:
     triton_forward = "--triton-forward" in sys.argv
     backward_variants = "--backward-variants" in sys.argv
     gluon_forward = "--gluon-forward" in sys.argv
+    host = "--host" in sys.argv
     head_dims = HEAD_DIMS
     for arg in sys.argv[1:]:
         if arg.startswith("--head-dim="):
-            head_dims = (int(arg.split("=", 1)[1]),)
+            head_dims = tuple(int(x) for x in arg.split("=", 1)[1].split(","))
     only = [a for a in sys.argv[1:] if not a.startswith("--")]  # optional filter: impl names
     rows = []
     for d in head_dims:
@@ -170,21 +183,28 @@ def main() -> int:
                     switch = _SWITCHES.get(name)
                     try:
                         with env_set(*switch) if switch else contextlib.nullcontext():
-                            fwd_ms, fb_ms = _time_both(fn, qi, ki, vi, doi, causal)
+                            times = _time_both(fn, qi, ki, vi, doi, causal, host)
                     except RuntimeError as exc:  # backend not available for this shape / build
                         print(f"{name} D={d} causal={causal} S={s}: skipped ({str(exc)[:80]})")
                         continue
                     row.update(
-                        fwd_ms=fwd_ms,
-                        fwd_tflops=tflops(fwd_flops, fwd_ms),
-                        fwdbwd_ms=fb_ms,
-                        fwdbwd_tflops=tflops(3.5 * fwd_flops, fb_ms),
+                        fwd_ms=times["fwd_ms"],
+                        fwd_tflops=tflops(fwd_flops, times["fwd_ms"]),
+                        fwdbwd_ms=times["fwdbwd_ms"],
+                        fwdbwd_tflops=tflops(3.5 * fwd_flops, times["fwdbwd_ms"]),
                     )
+                    row.update((k, v) for k, v in times.items() if k.endswith("_host_us"))
                     rows.append(row)
+                    hosts = (
+                        f"  host {row['fwd_host_us']:6.1f} / {row['fwdbwd_host_us']:6.1f} µs "
+                        f"against {1e3 * row['fwd_ms']:6.1f} / {1e3 * row['fwdbwd_ms']:6.1f}"
+                        if host
+                        else ""
+                    )
                     print(
                         f"{name:15s} D={d:3d} causal={causal!s:5s} S={s:5d}: "
                         f"fwd {row['fwd_tflops']:6.1f}  "
-                        f"fwd+bwd {row['fwdbwd_tflops']:6.1f} TFLOP/s",
+                        f"fwd+bwd {row['fwdbwd_tflops']:6.1f} TFLOP/s{hosts}",
                         flush=True,
                     )
                 del q, k, v, dout
@@ -203,7 +223,8 @@ def main() -> int:
             print(f"autotuned {key}: {cfg} for {tuned_for}")
     cols = ["impl", "D", "causal", "seqlen", "fwd_tflops", "fwdbwd_tflops"]
     ratio_cols = [f"{m}_vs_{b}" for b in ("sdpa_flash", "sdpa_cudnn") for m in ("fwd", "fwdbwd")]
-    print_table(rows, cols + ratio_cols, title=f"attention TFLOP/s, bf16, {env}")
+    host_cols = ["fwd_host_us", "fwdbwd_host_us"] if host else []
+    print_table(rows, cols + ratio_cols + host_cols, title=f"attention TFLOP/s, bf16, {env}")
     out = results_dir("flash-attn-tri")
     write_csv(rows, out / "flash_attn_tri.csv")
     for d in head_dims:

@@ -36,14 +36,19 @@ from collections.abc import Callable
 
 import torch
 
-from tri_shared.bench import environment, print_table, results_dir, time_fn, write_csv
+from tri_shared.bench import (
+    SLEEP_CYCLES,
+    environment,
+    host_time_us,
+    print_table,
+    results_dir,
+    time_fn,
+    write_csv,
+)
 
 TOKENS = 16384
 HIDDEN = 2048
 IMPLS = ("flash_attn_tri", "sdpa_flash", "sdpa_cudnn")
-
-# sleep long enough to cover every enqueued call (cycles at about 2 GHz: 0.5 s)
-SLEEP_CYCLES = 1_000_000_000
 
 
 def _impl(name: str) -> tuple[Callable, contextlib.AbstractContextManager]:
@@ -64,21 +69,6 @@ def _impl(name: str) -> tuple[Callable, contextlib.AbstractContextManager]:
         return out.transpose(1, 2)
 
     return run, sdpa_kernel(backend[name])
-
-
-def host_us(fn: Callable[[], object], calls: int, warm: bool = True) -> float:
-    """CPU µs to enqueue one call of ``fn``, the GPU kept busy by a sleep kernel meanwhile
-    (after one call to warm up, unless ``warm`` is false)."""
-    if warm:
-        fn()
-    torch.cuda.synchronize()
-    torch.cuda._sleep(SLEEP_CYCLES)
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    elapsed = time.perf_counter() - start
-    torch.cuda.synchronize()
-    return elapsed / calls * 1e6
 
 
 def graph_us(fn: Callable[[], object]) -> float:
@@ -142,7 +132,7 @@ def measure(
     rows = []
     with ctx:
         for part, fn in (("fwd", fwd), ("fwd+bwd", step)):
-            hosts = [host_us(fn, calls) for _ in range(repeats)]
+            hosts = [host_time_us(fn, calls) for _ in range(repeats)]
             host, host_median = min(hosts), statistics.median(hosts)
             graph, eager = graph_us(fn), time_fn(fn) * 1e3
             rows.append(
@@ -220,7 +210,7 @@ def host_breakdown(fn: Callable[[], object], calls: int) -> str:
         torch.cuda.synchronize()
         for slot in totals.values():
             slot[:] = [0, 0]
-        per_call = host_us(fn, calls, warm=False)
+        per_call = host_time_us(fn, calls, warm=False)
     lines = [f"  {'the whole call':48s} {per_call:8.1f} µs"]
     for name, (ns, count) in sorted(totals.items(), key=lambda kv: -kv[1][0]):
         if count:

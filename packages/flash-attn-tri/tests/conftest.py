@@ -95,6 +95,12 @@ def bench_dispatch():
 
 
 @pytest.fixture(scope="session")
+def bench_flash_attn():
+    """The module ``bench/bench_flash_attn.py`` (the full benchmark's timing of a case)."""
+    return _bench_module("bench_flash_attn")
+
+
+@pytest.fixture(scope="session")
 def trace_forward():
     """The module ``bench/trace_forward.py`` (the Gluon forward with clock marks)."""
     return _bench_module("trace_forward")

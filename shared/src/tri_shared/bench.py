@@ -73,6 +73,35 @@ def time_fn(
     return statistics.median(samples)
 
 
+# a sleep kernel long enough to cover every call host_time_us enqueues (cycles at about
+# 2 GHz: 0.5 s)
+SLEEP_CYCLES = 1_000_000_000
+
+
+def host_time_us(fn: Callable[[], Any], calls: int = 30, *, warm: bool = True) -> float:
+    """CPU microseconds to issue one call of ``fn`` (after one call to warm up, unless
+    ``warm`` is false).
+
+    On a GPU the calls are issued behind a long sleep kernel, so the GPU never waits for the
+    CPU and no call blocks on the GPU: what the host needs a call, against which the GPU
+    time of the same call says whether it is host-bound (``calls`` of ``fn`` must enqueue
+    less than the sleep's half second of work). On the CPU: wall clock a call.
+    """
+    if warm:
+        fn()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda._sleep(SLEEP_CYCLES)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    if cuda:
+        torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
 @contextmanager
 def env_set(name: str, value: str) -> Iterator[None]:
     """Environment variable ``name`` set to ``value`` inside the block, restored (or removed)
