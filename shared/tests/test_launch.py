@@ -54,6 +54,13 @@ def test_make_grid_accepts_limits_and_names_the_axis_beyond():
         make_grid(2**31)
     with pytest.raises(ValueError, match="1 to 3 axes"):
         make_grid(1, 1, 1, 1)
+    # three axes (the common case, checked first): each bound of each axis
+    assert make_grid(0, 0, 0) == (0, 0, 0)
+    assert all(type(size) is int for size in make_grid(True, 2, 3))
+    for bad, axis in (((2**31, 1, 1), 0), ((1, 65536, 1), 1), ((1, 1, 65536), 2),
+                      ((-1, 1, 1), 0), ((1, -1, 1), 1), ((1, 1, -1), 2)):  # fmt: skip
+        with pytest.raises(ValueError, match=f"grid axis {axis}"):
+            make_grid(*bad)
 
 
 def test_autotune_configs(on_gpu):

@@ -38,12 +38,17 @@ def make_grid(*sizes: int) -> tuple[int, ...]:
     which allows 2**31 - 1 programs; axes 1 and 2 stop at 65535. Raises ``ValueError``
     naming the axis instead of letting the launch fail.
     """
-    if not 1 <= len(sizes) <= 3:
-        raise ValueError(f"grid: expected 1 to 3 axes, got {len(sizes)}")
-    for axis, (size, limit) in enumerate(zip(sizes, MAX_GRID[: len(sizes)], strict=True)):
+    # (on every launch: the common case is checked in one expression)
+    n = len(sizes)
+    if n == 3 and 0 <= sizes[0] <= MAX_GRID[0] and 0 <= sizes[1] <= 65535 >= sizes[2] >= 0:
+        return (int(sizes[0]), int(sizes[1]), int(sizes[2]))
+    if not 1 <= n <= 3:
+        raise ValueError(f"grid: expected 1 to 3 axes, got {n}")
+    for axis in range(n):
+        size, limit = sizes[axis], MAX_GRID[axis]
         if not 0 <= size <= limit:
             raise ValueError(f"grid axis {axis}: expected 0 <= size <= {limit}, got {size}")
-    return tuple(int(s) for s in sizes)
+    return tuple(map(int, sizes))
 
 
 def autotune_configs(configs: Sequence[triton.Config]) -> list[triton.Config]:

@@ -330,9 +330,10 @@ def _gluon_eligible(tensors, varlen: bool, o: _Opts, has_alibi: bool, seqlen_k: 
     if o.has_right and o.win_right != 0:  # causal is the window (-1, 0)
         return False
     for t in tensors:
-        if t.shape[-1] != d or t.stride(3) != 1 or t.stride(2) != d or t.data_ptr() % 16:
+        if t.dim() != 4 or t.shape[3] != d:
             return False
-        if t.stride(0) % 8 or t.stride(1) % 8:
+        stride_b, stride_s, stride_h, stride_d = t.stride()  # (one call: this runs per launch)
+        if stride_d != 1 or stride_h != d or stride_b % 8 or stride_s % 8 or t.data_ptr() % 16:
             return False
     return _gluon_available()
 
@@ -345,6 +346,15 @@ def _gluon_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+@functools.cache
+def _hopper_kernels() -> tuple[Any, Any]:
+    """The modules of the Gluon forward and backward for Hopper, imported on first use (they
+    need Triton with Gluon; an import statement on every launch costs host time)."""
+    from .kernels import attention_hopper, attention_hopper_bwd
+
+    return attention_hopper, attention_hopper_bwd
 
 
 def _gluon_forward_eligible(q, k, v, varlen: bool, o: _Opts, has_alibi: bool) -> bool:
@@ -649,8 +659,7 @@ def _hopper_bwd_launch(
     """(kernel, constexprs, launch options) of a Gluon backward kernel: ``kernel`` is
     ``"dq"``, ``"dkdv"`` or ``"fused"`` (the dK/dV kernel adding dQ too), with the tiles of
     :data:`_HOPPER_BWD_TILES`."""
-    from .kernels import attention_hopper_bwd as bwd
-
+    bwd = _hopper_kernels()[1]
     fn = bwd.flash_bwd_dq_hopper_kernel if kernel == "dq" else bwd.flash_bwd_dkdv_hopper_kernel
     block_m, block_n, num_stages = _HOPPER_BWD_TILES[(kernel, head_dim)]
     constexprs = {
@@ -691,8 +700,6 @@ def _hopper_fwd_launch(
 ) -> tuple[Any, dict[str, Any], dict[str, int]]:
     """(kernel, constexprs, launch options) of the Gluon forward for Hopper; ``pair``: two
     query blocks a unit of work (:func:`_gluon_forward_schedule`)."""
-    from .kernels.attention_hopper import flash_fwd_hopper_kernel
-
     constexprs = {
         "HEAD_DIM": head_dim,
         "BLOCK_M": _HOPPER_FWD_BLOCK_M,
@@ -709,7 +716,8 @@ def _hopper_fwd_launch(
     }
     # 12 warps (two consumer warpgroups and the producer's) at 168 registers a thread fill
     # the register file; setmaxnreg then gives the consumers 240 and the producer 24
-    return flash_fwd_hopper_kernel, constexprs, {"num_warps": 4, "maxnreg": 168}
+    fn = _hopper_kernels()[0].flash_fwd_hopper_kernel
+    return fn, constexprs, {"num_warps": 4, "maxnreg": 168}
 
 
 def _forward_impl(
