@@ -104,6 +104,24 @@ def test_fast_launcher_matches_the_formula_and_reuses_kernels_only_for_equal_key
         assert launcher.num_cached == 5  # six calls, one repeated key
 
 
+def test_fast_launcher_callable_grids_on_kept_kernels(device):
+    """A grid function reading a runtime argument and one reading only a constexpr, each
+    called twice: the second call of a key launches the kept kernel (on a GPU) over the
+    grid the function gives."""
+    launcher = fast_launcher(_axpy_kernel)
+    grids = (  # (the interpreter passes scalars as tensors: int())
+        lambda meta: (cdiv(int(meta["n"]), meta["BLOCK"]),),
+        lambda meta: (cdiv(1000, meta["BLOCK"]),),
+    )
+    for grid in grids:
+        for _ in range(2):
+            x = torch.randn(1000, device=device)
+            y = torch.randn(1000, device=device)
+            out = torch.full_like(x, float("nan"))
+            launcher[grid](x, y, out, 0.5, 1000, BLOCK=32, NEGATE=False, num_warps=1)
+            torch.testing.assert_close(out, 0.5 * x + y)
+
+
 def test_fast_launcher_falls_back_for_runtime_keyword_arguments(device):
     """A runtime argument passed by keyword cannot be keyed: every such launch goes
     through Triton's own."""
