@@ -61,6 +61,10 @@ FLAGS = {
 }
 
 
+# what an attribute held before it was patched, when it was not in the owner's own dict
+_MISSING = object()
+
+
 class _NoKernel:
     """A compiled kernel whose launch does nothing (what the launcher calls on a hit)."""
 
@@ -143,9 +147,6 @@ def hopper_dispatch_on_cpu() -> Iterator[list[str]]:
                 delattr(owner, name)
             else:
                 setattr(owner, name, value)
-
-
-_MISSING = object()
 
 
 class _Bare(torch.autograd.Function):

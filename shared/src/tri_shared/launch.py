@@ -38,10 +38,12 @@ def make_grid(*sizes: int) -> tuple[int, ...]:
     which allows 2**31 - 1 programs; axes 1 and 2 stop at 65535. Raises ``ValueError``
     naming the axis instead of letting the launch fail.
     """
-    # (on every launch: the common case is checked in one expression)
+    # (this runs on every launch: three axes, the common case, are checked without a loop)
     n = len(sizes)
-    if n == 3 and 0 <= sizes[0] <= MAX_GRID[0] and 0 <= sizes[1] <= 65535 >= sizes[2] >= 0:
-        return (int(sizes[0]), int(sizes[1]), int(sizes[2]))
+    if n == 3:
+        x, y, z = sizes
+        if 0 <= x <= MAX_GRID[0] and 0 <= y <= MAX_GRID[1] and 0 <= z <= MAX_GRID[2]:
+            return (int(x), int(y), int(z))
     if not 1 <= n <= 3:
         raise ValueError(f"grid: expected 1 to 3 axes, got {n}")
     for axis in range(n):

@@ -628,8 +628,8 @@ _HOPPER_BWD_TILES: dict[tuple[str, int], tuple[int, int, int]] = {
 }
 
 # How the dK/dV and fused kernels run a step, by constexpr; the alternatives to these
-# defaults are bench_dispatch's "fused-2dq", "fused-late-dk", "split-rounded-p", ...
-# (BENCHMARKS.md, sessions 26-27):
+# defaults are bench_dispatch's "fused-1dq", "fused-late-dk", "split-rounded-p", ...
+# (BENCHMARKS.md, sessions 26-28):
 # - TWO_DQ_BUFFERS_HEAD_DIMS (fused): the head dims at which dQ tiles are staged for the
 #   bulk reductions in two buffers a consumer warpgroup rather than one (DQ_BUFFERS), so a
 #   step need not wait for the previous step's reduction to have read its buffer (16 KiB
