@@ -21,6 +21,7 @@ from tri_shared.bench import (
     results_dir,
     tflops,
     time_fn,
+    timed_calls,
     write_csv,
 )
 
@@ -52,6 +53,31 @@ def test_host_time_us_is_the_time_a_call_takes_to_issue():
     calls.clear()
     host_time_us(call, calls=2, warm=False)
     assert len(calls) == 2
+
+
+class _Timed:
+    @staticmethod
+    def outer(x):
+        return _Timed.inner(x) + 1
+
+    @staticmethod
+    def inner(x):
+        time.sleep(0.001)
+        return 2 * x
+
+
+def test_timed_calls_adds_each_functions_time_and_calls_and_puts_them_back():
+    outer, inner = _Timed.outer, _Timed.inner
+    totals = {"_Timed.inner": [5, 1]}  # added to, not replaced
+    with timed_calls([(_Timed, "outer"), (_Timed, "inner")], totals) as seen:
+        assert seen is totals
+        assert [_Timed.outer(x) for x in (1, 2, 3)] == [3, 5, 7]
+    assert _Timed.outer is outer and _Timed.inner is inner
+    assert totals["_Timed.outer"][1] == 3 and totals["_Timed.inner"][1] == 4
+    # inclusive: the outer function's time holds the inner one's (three sleeps of 1 ms)
+    assert totals["_Timed.outer"][0] >= totals["_Timed.inner"][0] - 5 >= 3_000_000
+    assert _Timed.outer(1) == 3  # untimed again
+    assert totals["_Timed.outer"][1] == 3
 
 
 def test_time_fn_sets_grads_to_none_before_each_call():

@@ -31,7 +31,6 @@ import io
 import pstats
 import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
@@ -43,6 +42,7 @@ from tri_shared.bench import (
     print_table,
     results_dir,
     time_fn,
+    timed_calls,
     write_csv,
 )
 
@@ -172,40 +172,13 @@ def _breakdown_targets() -> list[tuple[object, str]]:
     return targets
 
 
-@contextlib.contextmanager
-def breakdown(totals: dict[str, list[int]]):
-    """Within the block, each of :func:`_breakdown_targets` adds its calls' nanoseconds and
-    count to ``totals[name]``."""
-    saved = []
-    for owner, attr in _breakdown_targets():
-        fn = getattr(owner, attr)
-        name = f"{getattr(owner, '__name__', owner)}.{attr}"
-        slot = totals.setdefault(name, [0, 0])
-
-        def timed(*args, _fn=fn, _slot=slot, **kwargs):
-            start = time.perf_counter_ns()
-            try:
-                return _fn(*args, **kwargs)
-            finally:
-                _slot[0] += time.perf_counter_ns() - start
-                _slot[1] += 1
-
-        saved.append((owner, attr, fn))
-        setattr(owner, attr, timed)
-    try:
-        yield
-    finally:
-        for owner, attr, fn in saved:
-            setattr(owner, attr, fn)
-
-
 def host_breakdown(fn: Callable[[], object], calls: int) -> str:
     """Host µs a call of ``fn`` spends in each timed function (inclusive) and calls a call,
     behind a sleep kernel."""
     fn()
     torch.cuda.synchronize()
     totals: dict[str, list[int]] = {}
-    with breakdown(totals):
+    with timed_calls(_breakdown_targets(), totals):
         fn()  # (the wrappers' first calls)
         torch.cuda.synchronize()
         for slot in totals.values():

@@ -24,7 +24,6 @@ what ``torch.Tensor.is_cuda`` says): ``python3 host_offline.py [--calls=N] [--re
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import statistics
@@ -39,7 +38,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 
 import torch
 
-from tri_shared.bench import choice, int_list, parse_flags
+from tri_shared.bench import choice, int_list, parse_flags, timed_calls
 
 TOKENS = 16384
 HIDDEN = 2048
@@ -183,30 +182,13 @@ _BREAKDOWN = (
 )  # fmt: skip
 
 
-@contextlib.contextmanager
-def _timed(totals: collections.Counter) -> Iterator[None]:
-    """flash_attn_tri.attention's functions of ``_BREAKDOWN`` and the launcher's launch add
-    their calls' nanoseconds to ``totals`` inside the block (nested calls count in each)."""
+def _breakdown_targets() -> list[tuple[object, str]]:
+    """(owner, attribute) of the functions ``--breakdown`` times: ``_BREAKDOWN`` of
+    flash_attn_tri.attention and the launcher's launch."""
     import tri_shared.launch as launch
     from flash_attn_tri import attention
 
-    targets = [(attention, n) for n in _BREAKDOWN] + [(launch.FastLauncher, "_launch")]
-    saved = [(owner, name, getattr(owner, name)) for owner, name in targets]
-    for owner, name, fn in saved:
-
-        def timed(*args, _fn=fn, _name=name, **kwargs):
-            start = time.perf_counter_ns()
-            try:
-                return _fn(*args, **kwargs)
-            finally:
-                totals[_name] += time.perf_counter_ns() - start
-
-        setattr(owner, name, timed)
-    try:
-        yield
-    finally:
-        for owner, name, fn in saved:
-            setattr(owner, name, fn)
+    return [(attention, n) for n in _BREAKDOWN] + [(launch.FastLauncher, "_launch")]
 
 
 def measure(d: int, seqlen: int, causal: bool, calls: int, repeats: int, breakdown: bool) -> dict:
@@ -230,9 +212,9 @@ def measure(d: int, seqlen: int, causal: bool, calls: int, repeats: int, breakdo
         kernels = list(launched)
         fwd_us, fwd_median = _per_call_us(fwd, calls, repeats)
         step_us, step_median = _per_call_us(step, calls, repeats)
-        parts = collections.Counter()
+        parts: dict[str, list[int]] = {}
         if breakdown:
-            with _timed(parts):
+            with timed_calls(_breakdown_targets(), parts):
                 for _ in range(calls):
                     step()
     row = {
@@ -240,7 +222,8 @@ def measure(d: int, seqlen: int, causal: bool, calls: int, repeats: int, breakdo
         "fwd_median_us": fwd_median, "fwdbwd_us": step_us, "fwdbwd_median_us": step_median,
         "kernels": " ".join(kernels),
     }  # fmt: skip
-    row["parts"] = {name: ns / calls / 1e3 for name, ns in parts.most_common()}
+    ranked = sorted(parts.items(), key=lambda item: -item[1][0])
+    row["parts"] = {name: ns / calls / 1e3 for name, (ns, count) in ranked if count}
     return row
 
 
@@ -275,7 +258,7 @@ def main(argv: list[str]) -> int:
                     f"kernels: {row['kernels']}"
                 )
                 for name, us in row["parts"].items():
-                    print(f"    {name:26s} {us:6.1f} µs")
+                    print(f"    {name:50s} {us:6.1f} µs")
     return 0
 
 
