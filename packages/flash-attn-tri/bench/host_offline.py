@@ -1,21 +1,21 @@
 """Host time of flash_attn_tri's Python, measured without a GPU.
 
 A forward+backward at the shapes of ``bench_host.py`` spends 0.6-1.1 ms of CPU time on the
-lent H100 machines, most of it in this package's Python (BENCHMARKS.md, "Host time"); where
-a call's GPU work is that short (D = 128 causal at 1024 tokens) the host sets its pace. This
-tool times that Python on the CPU: the calls take the dispatch they take on a Hopper GPU
-(checks, the choice of kernels, descriptors, the launcher's keys, allocations, autograd),
-with CPU tensors standing in for CUDA ones and every kernel launch stopped at the last
-step, Triton's compiled launcher (which this tool cannot time: on the GPU machines it adds
-some 5-20 µs a launch; the fused backward's copy of dQ is skipped too). Nothing is
-computed; the numbers are for comparing changes to the
-host path, not for the GPU machines, whose CPUs are 2-4× slower than a development one.
+H100 machines measured in BENCHMARKS.md ("Host time"), most of it in this package's Python;
+where a call's GPU work is that short (D = 128 causal at 1024 tokens) the host sets its
+pace. This tool times that Python on the CPU: the calls take the dispatch they take on a
+Hopper GPU (checks, the choice of kernels, descriptors, the launcher's keys, allocations,
+autograd), with CPU tensors standing in for CUDA ones and every kernel launch stopped at
+the last step, Triton's compiled launcher (not timed here: 5-20 µs a launch on those
+machines; the fused backward's copy of dQ is skipped too). Nothing is computed: the
+numbers compare changes to the host path; the GPU machines' CPUs ran it 2-4× slower than
+a development one.
 
-Per case it prints the µs of a forward and of a forward+backward (the least of ``--repeats``
-rounds of ``--calls`` calls, the median beside it), the same for a bare
-``torch.autograd.Function`` that only allocates its outputs and gradients (the floor any
-custom autograd op pays), and with ``--breakdown`` the µs a forward+backward spends inside
-each of the main functions (inclusive).
+It prints, once, the µs of a forward+backward of a bare ``torch.autograd.Function`` that
+only allocates its output and gradients (what any custom autograd op pays), then per case
+the µs of a forward and of a forward+backward (the least of ``--repeats`` rounds of
+``--calls`` calls, the median beside it), the kernels launched, and with ``--breakdown``
+the µs a forward+backward spends inside each of the main functions (inclusive).
 
 Run anywhere (no GPU needed; it refuses to run where CUDA is available, since it changes
 what ``torch.Tensor.is_cuda`` says): ``python3 host_offline.py [--calls=N] [--repeats=R]
