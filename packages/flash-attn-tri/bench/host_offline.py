@@ -28,7 +28,6 @@ import contextlib
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator
 
 # the compiled kernels' launch path is what is timed: Triton's interpreter (which the test
@@ -38,7 +37,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 
 import torch
 
-from tri_shared.bench import choice, int_list, parse_flags, timed_calls
+from tri_shared.bench import choice, host_time_us, int_list, parse_flags, timed_calls
 
 TOKENS = 16384
 HIDDEN = 2048
@@ -163,15 +162,11 @@ class _Bare(torch.autograd.Function):
 
 
 def _per_call_us(fn: Callable[[], object], calls: int, repeats: int) -> tuple[float, float]:
-    """(least, median) µs a call over ``repeats`` rounds of ``calls`` calls."""
+    """(least, median) µs a call over ``repeats`` rounds of ``calls`` calls (after 20 to
+    warm up)."""
     for _ in range(min(calls, 20)):
         fn()
-    rounds = []
-    for _ in range(repeats):
-        start = time.perf_counter_ns()
-        for _ in range(calls):
-            fn()
-        rounds.append((time.perf_counter_ns() - start) / calls / 1e3)
+    rounds = [host_time_us(fn, calls, warm=False) for _ in range(repeats)]
     return min(rounds), statistics.median(rounds)
 
 
