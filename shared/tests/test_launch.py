@@ -122,6 +122,25 @@ def test_fast_launcher_callable_grids_on_kept_kernels(device):
             torch.testing.assert_close(out, 0.5 * x + y)
 
 
+def test_bound_launch_goes_direct_after_a_kept_launch_and_checks_tensors(device):
+    """A bound launch gives what the launcher gives; on a GPU it launches the kept kernel
+    directly from its second call, and a tensor off the alignment or of a dtype the first
+    call did not have goes through the launcher (another kernel, the right result); under
+    the interpreter every call goes through Triton's launch."""
+    bound = fast_launcher(_axpy_kernel).bind(make_grid(cdiv(256, 64)), BLOCK=64, NEGATE=False)
+    base = torch.linspace(-2.0, 2.0, 300, device=device)
+    for start, dtype in ((0, torch.float32), (16, torch.float32), (1, torch.float32),
+                         (0, torch.float16), (0, torch.float32)):  # fmt: skip
+        x = base[start : start + 256].to(dtype)
+        y = torch.ones(256, device=device, dtype=dtype)
+        out = torch.full_like(x, float("nan"))
+        bound(x, y, out, 0.5, 256)
+        torch.testing.assert_close(out, 0.5 * x + y)
+        assert bound.is_direct == (not is_interpreter())
+    with pytest.raises(TypeError, match="grid"):
+        fast_launcher(_axpy_kernel).bind(lambda meta: (1,), BLOCK=64, NEGATE=False)
+
+
 def test_fast_launcher_falls_back_for_runtime_keyword_arguments(device):
     """A runtime argument passed by keyword cannot be keyed: every such launch goes
     through Triton's own."""

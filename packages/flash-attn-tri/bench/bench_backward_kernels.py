@@ -40,17 +40,19 @@ def _parts(kind: str, q, k, v, out, lse, dout, causal: bool):
     d = q.shape[-1]
     o = fa._Opts(d, d**-0.5, -1, 0 if causal else -1, 0.0, 0.0)
     dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
+    if kind in ("split", "fused"):
+        plan = fa._gluon_backward_plan(kind, q, k, dout, out, lse, dq, dk, o, causal)
     if kind == "split":
-        stats = fa._gluon_dq(q, k, v, dout, out, lse, dq, o, causal)  # for dK/dV
+        stats = fa._gluon_dq(q, k, v, dout, out, lse, dq, plan.first)  # for dK/dV
         return [
-            ("dq", 3, lambda: fa._gluon_dq(q, k, v, dout, out, lse, dq, o, causal)),
-            ("dkdv", 4, lambda: fa._gluon_dkdv(q, k, v, dout, stats, dk, dv, o, causal)),
+            ("dq", 3, lambda: fa._gluon_dq(q, k, v, dout, out, lse, dq, plan.first)),
+            ("dkdv", 4, lambda: fa._gluon_dkdv(q, k, v, dout, stats, dk, dv, plan.second)),
         ]
     if kind == "fused":
-        acc, stats = fa._gluon_dq_accumulator(q, out, dout, lse)
+        acc, stats = fa._gluon_dq_accumulator(q, out, dout, lse, plan.first)
         return [
-            ("preprocess", 0, lambda: fa._gluon_dq_accumulator(q, out, dout, lse)),
-            ("fused", 5, lambda: fa._gluon_dkdv(q, k, v, dout, stats, dk, dv, o, causal, acc)),
+            ("preprocess", 0, lambda: fa._gluon_dq_accumulator(q, out, dout, lse, plan.first)),
+            ("fused", 5, lambda: fa._gluon_dkdv(q, k, v, dout, stats, dk, dv, plan.second, acc)),
             ("dq copy", 0, lambda: dq.copy_(acc[:, : q.shape[1]])),
         ]
     # the Triton kernels: the whole backward with the Gluon kernels off (two launches)

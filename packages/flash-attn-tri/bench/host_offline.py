@@ -64,13 +64,17 @@ _MISSING = object()
 
 
 class _NoKernel:
-    """A compiled kernel whose launch does nothing (what the launcher calls on a hit)."""
+    """A compiled kernel whose launch only appends its name to ``launched`` (what the
+    launcher, or a bound launch, calls on a hit)."""
 
     function = None
     packed_metadata = None
 
+    def __init__(self, name: str, launched: list[str]) -> None:
+        self.name, self.launched = name, launched
+
     def run(self, *args: object) -> None:
-        pass
+        self.launched.append(self.name)
 
 
 class _NoDriver:
@@ -105,14 +109,13 @@ def hopper_dispatch_on_cpu() -> Iterator[list[str]]:
         if tail is None:
             raise RuntimeError(f"{self._jit.__name__}: a launch the launcher does not keep")
         config_kwargs = None if config is None else config.all_kwargs()
-        self._kernels[key] = (_NoKernel(), tail, config, config_kwargs)
+        self._kernels[key] = (_NoKernel(self._jit.__name__, launched), tail, config, config_kwargs)
         return real_launch(self, grid, *args, **kwargs)
 
     real_launch = launch.FastLauncher._launch
 
-    def launch_named(self, grid, *args, **kwargs):
+    def launch_without_driver(self, grid, *args, **kwargs):
         self._driver = _NoDriver()
-        launched.append(self._jit.__name__)
         return real_launch(self, grid, *args, **kwargs)
 
     real_check = attention._check_common
@@ -136,10 +139,16 @@ def hopper_dispatch_on_cpu() -> Iterator[list[str]]:
     patch(launch, "is_interpreter", lambda: False)
     patch(launch, "_hooks_installed", lambda: False)
     patch(launch.FastLauncher, "_first_launch", first_launch)
-    patch(launch.FastLauncher, "_launch", launch_named)
+    patch(launch.FastLauncher, "_launch", launch_without_driver)
+    # plans and kept kernels made under these stand-ins must not outlive them (nor be
+    # taken from before)
+    attention._PLANS.clear()
+    launch._LAUNCHERS.clear()
     try:
         yield launched
     finally:
+        attention._PLANS.clear()
+        launch._LAUNCHERS.clear()
         for owner, name, value in reversed(saved):
             if value is _MISSING:
                 delattr(owner, name)
@@ -205,6 +214,12 @@ def measure(d: int, seqlen: int, causal: bool, calls: int, repeats: int, breakdo
     with hopper_dispatch_on_cpu() as launched:
         step()
         kernels = list(launched)
+        step()  # the same signature again: its plan (attention._PLANS)
+        if launched[len(kernels) :] != kernels:
+            raise RuntimeError(
+                f"D={d} causal={causal} S={seqlen}: a first call launched {kernels}, "
+                f"the next {launched[len(kernels) :]}"
+            )
         fwd_us, fwd_median = _per_call_us(fwd, calls, repeats)
         step_us, step_median = _per_call_us(step, calls, repeats)
         parts: dict[str, list[int]] = {}

@@ -37,6 +37,17 @@ def _check(name, actual, expected_f64, pytorch_lowp, factor):
     assert_close(actual, expected_f64, max_rel_err=limit, name=name)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_plans():
+    """Each test starts and ends without plans (``attention._PLANS``): tests replace module
+    functions the plans were made under (``is_hopper``, ``num_sms``, launch recorders)."""
+    from flash_attn_tri import attention
+
+    attention._PLANS.clear()
+    yield
+    attention._PLANS.clear()
+
+
 @pytest.fixture
 def check_grads():
     """``check_grads(outs, refs_f64, refs_lowp, inputs, grad_out)``: compare outputs (2×)

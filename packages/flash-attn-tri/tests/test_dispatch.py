@@ -222,3 +222,36 @@ def test_pinned_configs_are_candidates_or_swept(sweep_configs, kernel):
     assert set(table) <= classes
     if kernel == "fwd":
         assert set(table) == classes
+
+
+def test_plan_keys_follow_signature_switches_and_settings(monkeypatch):
+    """Two calls share a plan only where everything the Gluon dispatch reads is equal: the
+    tensors' shapes, strides, dtypes, devices and 16-byte alignment, the options, the
+    environment switches and the module's settings (which the benchmarks change)."""
+    import torch
+
+    q = torch.zeros(1, 64, 2, 16, dtype=torch.float16)
+    options = (0.25, -1, 0, 0.0, True, 0.0)
+
+    def key(*tensors, opts=options):
+        return attention._plan_key("fwd", opts, tensors or (q, q, q))
+
+    first = key()
+    assert key() == first and hash(key()) == hash(first)
+    shifted = torch.zeros(q.numel() + 1, dtype=q.dtype)[1:].view(q.shape)
+    others = [
+        key(q.transpose(1, 2).contiguous().transpose(1, 2), q, q),  # other strides
+        key(q.float(), q, q),
+        key(shifted, q, q),  # off 16-byte alignment
+        key(torch.zeros(1, 65, 2, 16, dtype=q.dtype), q, q),
+        key(opts=(0.25, -1, -1, 0.0, True, 0.0)),  # not causal
+    ]
+    monkeypatch.setenv("FLASH_ATTN_TRI_GLUON_BWD", "0")
+    others.append(key())
+    monkeypatch.setitem(attention._HOPPER_BWD_STEP, "LATE_DK", True)
+    others.append(key())
+    monkeypatch.setitem(attention._HOPPER_BWD_TILES, ("dq", 64), (64, 64, 3))
+    others.append(key())
+    monkeypatch.setattr(attention, "_HOPPER_FWD_O_VIA_TMA", False)
+    others.append(key())
+    assert len({first, *others}) == len(others) + 1

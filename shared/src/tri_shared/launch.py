@@ -252,6 +252,11 @@ class FastLauncher:
         """Compiled kernels kept for direct launches (one per specialisation key seen)."""
         return len(self._kernels)
 
+    def bind(self, grid: tuple[int, ...], **kwargs: object) -> BoundLaunch:
+        """A :class:`BoundLaunch` of this kernel over ``grid`` (a tuple) with the keyword
+        arguments ``kwargs`` (constexprs and launch options)."""
+        return BoundLaunch(self, grid, kwargs)
+
     def _launch(self, grid: Any, *args: object, **kwargs: object) -> Any:
         driver = self._driver
         if driver is None:
@@ -285,6 +290,27 @@ class FastLauncher:
             *args, *tail,
         )  # fmt: skip
         return kernel
+
+    def _kept(self, args: tuple, kwargs: dict) -> tuple | bool | None:
+        """For :class:`BoundLaunch`, after a launch with ``args`` and ``kwargs``: (compiled
+        kernel, constexpr tail, device, tensor checks) where the launcher kept that launch's
+        kernel and its config has no pre-hook; False where it never will (not keepable, or a
+        pre-hook); None where it may later (a launch hook was installed). The checks are
+        ``(position, dtype, aligned)`` of each tensor argument (``aligned``: its address a
+        multiple of 16)."""
+        if self._driver is None or _hooks_installed():
+            return None
+        device = self._driver.get_current_device()
+        arg_keys = tuple(map(_arg_key, args))
+        hit = self._kernels.get((device, arg_keys, tuple(kwargs.items())))
+        if hit is None or (hit[2] is not None and hit[2].pre_hook is not None):
+            return False
+        checks = tuple(
+            (i, a.dtype, a.data_ptr() % 16 == 0)
+            for i, a in enumerate(args)
+            if isinstance(a, torch.Tensor)
+        )
+        return hit[0], hit[1], device, checks
 
     def _named(self, args: tuple) -> dict[str, object]:
         """The runtime arguments by parameter name (what pre-hooks and grid functions see)."""
@@ -325,6 +351,63 @@ class FastLauncher:
         if any(k not in names and k not in _LAUNCH_OPTIONS for k in kwargs):
             return None
         return tuple(tail)
+
+
+class BoundLaunch:
+    """``bound(*args)``: ``launcher[grid](*args, **kwargs)`` with the grid and the keyword
+    arguments fixed, for a caller that keeps it (one per call signature: shapes, strides,
+    dtypes, options) and launches one kernel with it again and again.
+
+    Calls go through the launcher until it has kept the compiled kernel of one (Triton's
+    launch, compilation, a config without a pre-hook); from then on a call launches that
+    kernel directly, building no key, where the current device and each tensor argument's
+    dtype are that call's, and each tensor aligned to 16 bytes then still is (else it goes
+    through the launcher). The rest of what the kernel was specialised on is the caller's
+    to hold fixed, unchecked: the value classes of its ints (1, multiples of 16, width),
+    the boxes, element types and layouts of its descriptors, its floats, bools and Nones.
+    That holds for arguments derived from the signature the caller keeps the bound launch
+    for (sizes, strides, options). What it saves: the launcher's key, about half of a
+    launch's host time (the other half is Triton's compiled launcher)."""
+
+    __slots__ = ("_direct", "_grid", "_kwargs", "_launcher")
+
+    def __init__(self, launcher: FastLauncher, grid: tuple[int, ...], kwargs: dict) -> None:
+        if callable(grid) or not 1 <= len(grid) <= 3:
+            raise TypeError(f"grid: expected a tuple of 1 to 3 ints, got {grid!r}")
+        self._launcher = launcher
+        self._grid = tuple(grid) + (1,) * (3 - len(grid))
+        self._kwargs = kwargs
+        # (kernel, tail, device, checks) once kept; None until then; False: never
+        self._direct: tuple | bool | None = None
+
+    def __call__(self, *args: object) -> Any:
+        direct = self._direct
+        if direct:
+            kernel, tail, device, checks = direct
+            driver = self._launcher._driver
+            if driver.get_current_device() == device and not _hooks_installed():
+                for i, dtype, aligned in checks:
+                    t = args[i]
+                    if t.dtype is not dtype or (aligned and t.data_ptr() % 16):  # type: ignore[attr-defined]
+                        break
+                else:
+                    x, y, z = self._grid
+                    stream = driver.get_current_stream(device)
+                    kernel.run(
+                        x, y, z, stream, kernel.function, kernel.packed_metadata, None, None,
+                        None, *args, *tail,
+                    )  # fmt: skip
+                    return kernel
+            return self._launcher._launch(self._grid, *args, **self._kwargs)
+        kernel = self._launcher._launch(self._grid, *args, **self._kwargs)
+        if direct is None:
+            self._direct = self._launcher._kept(args, self._kwargs)
+        return kernel
+
+    @property
+    def is_direct(self) -> bool:
+        """Whether calls launch the kept kernel directly (after a first kept launch)."""
+        return bool(self._direct)
 
 
 _LAUNCHERS: dict[int, FastLauncher] = {}

@@ -10,7 +10,7 @@ synchronisation: the dropout seed lives in a device tensor drawn from torch's ge
 import functools
 import math
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -25,6 +25,7 @@ from tri_shared.checks import (
 )
 from tri_shared.dots import ieee_dots
 from tri_shared.launch import (
+    BoundLaunch,
     autotune_configs,
     cdiv,
     fast_launcher,
@@ -477,8 +478,24 @@ def _gluon_forward_schedule(tiles: int, causal: bool, seqlen_k: int, sms: int) -
     return pair, persistent
 
 
-def _gluon_forward(q, k, v, out, lse, qk_scale2: float, causal: bool) -> None:
-    """Launch the Gluon forward for Hopper into ``out`` and ``lse``."""
+class _ForwardPlan(NamedTuple):
+    """The Gluon forward of one call signature (:func:`_plan_key`): its bound launch, the
+    rows of its Q/O and K/V boxes, whether O goes out through the copy engine, and its
+    scalar arguments (sizes, scale and the strides of the outputs ``_forward_impl``
+    allocates)."""
+
+    launch: BoundLaunch
+    rows_q: int
+    rows_k: int
+    o_via_tma: bool
+    out_shape: tuple[int, ...]
+    lse_shape: tuple[int, ...]
+    scalars: tuple
+
+
+def _gluon_forward_plan(q, k, out, lse, qk_scale2: float, causal: bool) -> _ForwardPlan:
+    """The plan of a Gluon forward of ``q``, ``k`` into ``out``, ``lse`` (of the shapes and
+    strides every call of the signature allocates)."""
     batch, seqlen_q, heads, d = q.shape
     seqlen_k, heads_k = k.shape[1], k.shape[2]
     n_m = cdiv(seqlen_q, _HOPPER_FWD_BLOCK_M)
@@ -487,16 +504,25 @@ def _gluon_forward(q, k, v, out, lse, qk_scale2: float, causal: bool) -> None:
     fn, constexprs, options = _hopper_fwd_launch(d, causal, pair)
     n_units = (cdiv(n_m, 2) if pair else n_m) * heads * batch
     grid = make_grid(min(n_units, sms) if persistent else n_units)
-    rows_wg = constexprs["BLOCK_M"] // 2
-    q_desc = _box_descriptor(q, rows_wg)
-    # the output's descriptor, where it goes out through the copy engine (else any one)
-    o_desc = _box_descriptor(out, rows_wg) if constexprs["O_VIA_TMA"] else q_desc
-    k_desc, v_desc = (_box_descriptor(t, constexprs["BLOCK_N"]) for t in (k, v))
-    fast_launcher(fn)[grid](
-        q_desc, k_desc, v_desc, o_desc, out, lse, seqlen_q, seqlen_k, heads, heads // heads_k,
-        n_units, qk_scale2, out.stride(0), out.stride(1), out.stride(2), lse.stride(0),
-        lse.stride(1), **constexprs, **options,
+    scalars = (
+        seqlen_q, seqlen_k, heads, heads // heads_k, n_units, qk_scale2, out.stride(0),
+        out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
     )  # fmt: skip
+    return _ForwardPlan(
+        fast_launcher(fn).bind(grid, **constexprs, **options), constexprs["BLOCK_M"] // 2,
+        constexprs["BLOCK_N"], constexprs["O_VIA_TMA"], tuple(out.shape), tuple(lse.shape),
+        scalars,
+    )  # fmt: skip
+
+
+def _gluon_forward(q, k, v, out, lse, plan: _ForwardPlan) -> None:
+    """Launch the Gluon forward for Hopper into ``out`` and ``lse``
+    (:func:`_gluon_forward_plan`)."""
+    q_desc = _box_descriptor(q, plan.rows_q)
+    # the output's descriptor, where it goes out through the copy engine (else any one)
+    o_desc = _box_descriptor(out, plan.rows_q) if plan.o_via_tma else q_desc
+    k_desc, v_desc = _box_descriptor(k, plan.rows_k), _box_descriptor(v, plan.rows_k)
+    plan.launch(q_desc, k_desc, v_desc, o_desc, out, lse, *plan.scalars)
 
 
 def _gluon_row_stats(q: torch.Tensor, block_m: int) -> torch.Tensor:
@@ -527,83 +553,172 @@ def _row_stats_descriptor(stats: torch.Tensor, block_m: int):
     )  # fmt: skip
 
 
-def _gluon_dq(
-    q, k, v, dout, out, lse, dq, o: _Opts, causal: bool, made: dict | None = None
-) -> torch.Tensor:
-    """Launch the Gluon dQ kernel for Hopper into ``dq`` (laid out like ``q``); returns the
-    row statistics it stores for the dK/dV kernel (:func:`_gluon_row_stats`). ``made`` as
-    for :func:`_box_descriptor`."""
+class _KernelPlan(NamedTuple):
+    """One Gluon backward kernel of one call signature: its bound launch, the rows of its
+    query-side and key-side boxes, its query block (how the row statistics are padded) and
+    its scalar arguments (sizes, scales and the strides of what ``_backward_impl``
+    allocates)."""
+
+    launch: BoundLaunch
+    rows_q: int
+    rows_k: int
+    block_m: int
+    scalars: tuple
+
+
+class _BackwardPlan(NamedTuple):
+    """The Gluon backward of one call signature (:func:`_plan_key`): ``"split"`` (``first``
+    the dQ kernel, ``second`` the dK/dV kernel) or ``"fused"`` (``first`` the kernel that
+    writes the row statistics and zeroes the dQ accumulator, ``second`` the dK/dV kernel
+    adding dQ into it)."""
+
+    kind: str
+    first: _KernelPlan
+    second: _KernelPlan
+
+
+def _gluon_dq_plan(q, k, lse, dq, o: _Opts, causal: bool) -> _KernelPlan:
+    """The plan of the Gluon dQ kernel for ``q``, ``k``, ``lse`` and ``dq``."""
     batch, seqlen_q, heads, d = q.shape
     seqlen_k, heads_k = k.shape[1], k.shape[2]
     fn, constexprs, options = _hopper_bwd_launch("dq", d, causal)
     block_m = constexprs["BLOCK_M"]
-    rows_q, rows_k = block_m // 2, constexprs["BLOCK_N"]
-    stats = _gluon_row_stats(q, block_m)
     grid = make_grid(cdiv(seqlen_q, block_m), heads, batch)
-    fast_launcher(fn)[grid](
+    scalars = (
+        seqlen_q, seqlen_k, heads // heads_k, o.qk_scale2, o.sm_scale, dq.stride(0),
+        dq.stride(1), dq.stride(2), lse.stride(0), lse.stride(1),
+    )  # fmt: skip
+    launch = fast_launcher(fn).bind(grid, **constexprs, **options)
+    return _KernelPlan(launch, block_m // 2, constexprs["BLOCK_N"], block_m, scalars)
+
+
+def _gluon_dq(q, k, v, dout, out, lse, dq, plan: _KernelPlan, made: dict | None = None):
+    """Launch the Gluon dQ kernel for Hopper into ``dq`` (laid out like ``q``;
+    :func:`_gluon_dq_plan`); returns the row statistics it stores for the dK/dV kernel
+    (:func:`_gluon_row_stats`). ``made`` as for :func:`_box_descriptor`."""
+    stats = _gluon_row_stats(q, plan.block_m)
+    rows_q, rows_k = plan.rows_q, plan.rows_k
+    plan.launch(
         _box_descriptor(q, rows_q, made), _box_descriptor(k, rows_k, made),
         _box_descriptor(v, rows_k, made), _box_descriptor(dout, rows_q, made),
-        _box_descriptor(out, rows_q, made), dq, lse, stats,
-        seqlen_q, seqlen_k, heads // heads_k, o.qk_scale2, o.sm_scale, dq.stride(0),
-        dq.stride(1), dq.stride(2), lse.stride(0), lse.stride(1), **constexprs, **options,
+        _box_descriptor(out, rows_q, made), dq, lse, stats, *plan.scalars,
     )  # fmt: skip
     return stats
 
 
-def _gluon_dkdv(
-    q, k, v, dout, stats, dk, dv, o: _Opts, causal: bool, dq_accum=None,
-    made: dict | None = None,
-) -> None:  # fmt: skip
-    """Launch the Gluon dK/dV kernel for Hopper into ``dk`` and ``dv`` (laid out like
-    ``k``); ``stats``: the row statistics (:func:`_gluon_row_stats`, padded to whole query
-    blocks of this kernel). With ``dq_accum`` (fp32, laid out like ``q`` with rows padded
-    to whole query blocks, zeroed) the kernel also adds dQ·scale into it, as bulk
-    reductions of the copy engine. ``made`` as for :func:`_box_descriptor`."""
+def _gluon_dkdv_plan(q, k, dk, o: _Opts, causal: bool, dq_accum=None) -> _KernelPlan:
+    """The plan of the Gluon dK/dV kernel for ``q``, ``k`` into ``dk`` (and ``dv``, laid
+    out alike); with ``dq_accum`` (:func:`_gluon_dq_accumulator`) the fused kernel."""
     batch, seqlen_q, heads, d = q.shape
     seqlen_k, heads_k = k.shape[1], k.shape[2]
     fused = dq_accum is not None
     fn, constexprs, options = _hopper_bwd_launch("fused" if fused else "dkdv", d, causal)
     acc = dq_accum if fused else dk  # (not read without FUSED_DQ)
-    rows_q, rows_k = constexprs["BLOCK_M"], constexprs["BLOCK_N"] // 2
+    grid = make_grid(cdiv(seqlen_k, constexprs["BLOCK_N"]), heads_k, batch)
+    scalars = (
+        seqlen_q, seqlen_k, heads // heads_k, o.qk_scale2, o.sm_scale, dk.stride(0),
+        dk.stride(1), dk.stride(2), acc.stride(0), acc.stride(1), acc.stride(2),
+    )  # fmt: skip
+    launch = fast_launcher(fn).bind(grid, **constexprs, **options)
+    rows_q = constexprs["BLOCK_M"]
+    return _KernelPlan(launch, rows_q, constexprs["BLOCK_N"] // 2, rows_q, scalars)
+
+
+def _gluon_dkdv(
+    q, k, v, dout, stats, dk, dv, plan: _KernelPlan, dq_accum=None, made: dict | None = None
+) -> None:
+    """Launch the Gluon dK/dV kernel for Hopper into ``dk`` and ``dv`` (laid out like
+    ``k``; :func:`_gluon_dkdv_plan`); ``stats``: the row statistics
+    (:func:`_gluon_row_stats`, padded to whole query blocks of this kernel). With
+    ``dq_accum`` (fp32, laid out like ``q`` with rows padded to whole query blocks,
+    zeroed; a plan made with it) the kernel also adds dQ·scale into it, as bulk reductions
+    of the copy engine. ``made`` as for :func:`_box_descriptor`."""
+    rows_q, rows_k = plan.rows_q, plan.rows_k
     if stats.shape[-1] % rows_q:
         raise ValueError(f"stats: expected rows padded to whole {rows_q}, got {stats.shape}")
-    acc_desc = None
-    if fused and constexprs["DQ_VIA_TMA"]:
-        acc_desc = _accumulator_descriptor(dq_accum, rows_q)
-    grid = make_grid(cdiv(seqlen_k, constexprs["BLOCK_N"]), heads_k, batch)
-    fast_launcher(fn)[grid](
+    fused = dq_accum is not None
+    acc = dq_accum if fused else dk
+    # (the fused kernel adds dQ through the copy engine: DQ_VIA_TMA)
+    acc_desc = _accumulator_descriptor(dq_accum, rows_q) if fused else None
+    plan.launch(
         _box_descriptor(q, rows_q, made), _box_descriptor(k, rows_k, made),
         _box_descriptor(v, rows_k, made), _box_descriptor(dout, rows_q, made),
-        _row_stats_descriptor(stats, rows_q), dk, dv, acc, acc_desc, seqlen_q, seqlen_k,
-        heads // heads_k, o.qk_scale2, o.sm_scale, dk.stride(0), dk.stride(1), dk.stride(2),
-        acc.stride(0), acc.stride(1), acc.stride(2), **constexprs, **options,
+        _row_stats_descriptor(stats, rows_q), dk, dv, acc, acc_desc, *plan.scalars,
     )  # fmt: skip
 
 
-def _gluon_dq_accumulator(q, out, dout, lse) -> tuple[torch.Tensor, torch.Tensor]:
+def _gluon_dq_accumulator_plan(q, out, dout, lse, dq_accum, stats) -> _KernelPlan:
+    """The plan of the kernel that writes the fused backward's row statistics and zeroes its
+    dQ accumulator (:func:`_gluon_dq_accumulator`), for tensors of these shapes."""
+    batch, seqlen_q, heads, d = q.shape
+    block_m = _HOPPER_BWD_TILES[("fused", d)][0]
+    rows = stats.shape[-1]
+    grid = make_grid(rows // block_m, heads, batch)
+    scalars = (
+        seqlen_q, *_strides3(out, False), *_strides3(dout, False), *_lse_strides(lse, False),
+        *_strides3(dq_accum, False),
+    )  # fmt: skip
+    launch = fast_launcher(_k._bwd_preprocess_kernel).bind(
+        grid, HEAD_DIM=d, BLOCK_M=block_m, num_warps=4
+    )
+    return _KernelPlan(launch, block_m, block_m, block_m, scalars)
+
+
+def _gluon_dq_accumulator(
+    q, out, dout, lse, plan: _KernelPlan
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For the fused Gluon backward: a zeroed fp32 dQ accumulator ``[batch, rows, heads,
     D]`` and the row statistics (:func:`_gluon_row_stats`), both with rows padded to whole
     query blocks of the dK/dV kernel (so that no reduction box of one sequence spills into
-    the next); one launch."""
-    batch, seqlen_q, heads, d = q.shape
-    block_m = _HOPPER_BWD_TILES[("fused", d)][0]
-    stats = _gluon_row_stats(q, block_m)
+    the next); one launch (:func:`_gluon_dq_accumulator_plan`)."""
+    batch, _, heads, d = q.shape
+    stats = _gluon_row_stats(q, plan.block_m)
     rows = stats.shape[-1]
     dq_accum = torch.empty(batch, rows, heads, d, device=q.device, dtype=torch.float32)
-    fast_launcher(_k._bwd_preprocess_kernel)[make_grid(rows // block_m, heads, batch)](
-        out, dout, lse, stats, dq_accum, seqlen_q, *_strides3(out, False),
-        *_strides3(dout, False), *_lse_strides(lse, False), *_strides3(dq_accum, False),
-        HEAD_DIM=d, BLOCK_M=block_m, num_warps=4,
-    )  # fmt: skip
+    plan.launch(out, dout, lse, stats, dq_accum, *plan.scalars)
     return dq_accum, stats
 
 
-def _gluon_fused_backward(q, k, v, dout, out, lse, dq, dk, dv, o: _Opts, causal: bool) -> None:
+def _gluon_fused_backward(q, k, v, dout, out, lse, dq, dk, dv, plan: _BackwardPlan) -> None:
     """The fused Gluon backward for Hopper: the row statistics and the dQ accumulator, the
     dK/dV kernel adding dQ·scale into it, then dQ in q's dtype."""
-    dq_accum, stats = _gluon_dq_accumulator(q, out, dout, lse)
-    _gluon_dkdv(q, k, v, dout, stats, dk, dv, o, causal, dq_accum)
+    dq_accum, stats = _gluon_dq_accumulator(q, out, dout, lse, plan.first)
+    _gluon_dkdv(q, k, v, dout, stats, dk, dv, plan.second, dq_accum)
     dq.copy_(dq_accum[:, : q.shape[1]])
+
+
+def _gluon_split_backward(q, k, v, dout, out, lse, dq, dk, dv, plan: _BackwardPlan) -> None:
+    """The split Gluon backward for Hopper: the dQ kernel (which stores the row
+    statistics), then the dK/dV kernel."""
+    made = {}  # both kernels take q, k, v and dO in boxes of 64 rows
+    stats = _gluon_dq(q, k, v, dout, out, lse, dq, plan.first, made)
+    _gluon_dkdv(q, k, v, dout, stats, dk, dv, plan.second, made=made)
+
+
+def _gluon_backward(q, k, v, dout, out, lse, dq, dk, dv, plan: _BackwardPlan) -> None:
+    """The Gluon backward for Hopper of ``plan`` into ``dq``, ``dk`` and ``dv``."""
+    run = _gluon_fused_backward if plan.kind == "fused" else _gluon_split_backward
+    run(q, k, v, dout, out, lse, dq, dk, dv, plan)
+
+
+def _gluon_backward_plan(
+    kind: str, q, k, dout, out, lse, dq, dk, o: _Opts, causal: bool
+) -> _BackwardPlan:
+    """The plan of a Gluon backward of ``kind`` (``"split"`` or ``"fused"``) into ``dq``
+    and ``dk`` (``dv`` laid out like ``dk``)."""
+    if kind == "split":
+        return _BackwardPlan(
+            kind, _gluon_dq_plan(q, k, lse, dq, o, causal), _gluon_dkdv_plan(q, k, dk, o, causal)
+        )
+    # the accumulator and the statistics as _gluon_dq_accumulator allocates them (only
+    # their shapes and strides are read here)
+    batch, seqlen_q, heads, d = q.shape
+    block_m = _HOPPER_BWD_TILES[("fused", d)][0]
+    rows = cdiv(seqlen_q, block_m) * block_m
+    dq_accum = torch.empty(batch, rows, heads, d, device="meta", dtype=torch.float32)
+    stats = torch.empty(batch, heads, 2, rows, device="meta", dtype=torch.float32)
+    first = _gluon_dq_accumulator_plan(q, out, dout, lse, dq_accum, stats)
+    return _BackwardPlan(kind, first, _gluon_dkdv_plan(q, k, dk, o, causal, dq_accum))
 
 
 # The Gluon backward's tiles per (kernel, D): (BLOCK_M, BLOCK_N, NUM_STAGES). dQ: BLOCK_M
@@ -720,10 +835,60 @@ def _hopper_fwd_launch(
     return fn, constexprs, {"num_warps": 4, "maxnreg": 168}
 
 
+# ------------------------------------------------------------------------------------------
+# plans: what a call signature launches, decided once
+# ------------------------------------------------------------------------------------------
+
+# The Gluon forwards' and backwards' plans by call signature (:func:`_plan_key`), None for a
+# fixed-length signature they do not take. A repeated call goes straight to its
+# allocations, descriptors and launches: no eligibility checks, no dispatch, and bound
+# launches that build no launcher key (about a third of the host time of a D = 128 causal
+# forward+backward at 1024 tokens, which the host bounds; BENCHMARKS.md). The key holds
+# what the decisions read (tensors' shapes, strides, dtypes, devices and 16-byte alignment,
+# the options, the environment switches and the module's settings), so a changed setting
+# takes a new plan; code that replaces one of the module's functions (tests) clears them.
+_PLANS: dict[tuple, Any] = {}
+_MAX_PLANS = 4096  # signatures kept before all are dropped (shapes that never repeat)
+_UNSEEN = object()
+
+
+def _plan_key(kind: str, options: tuple, tensors: tuple[torch.Tensor, ...]) -> tuple:
+    """The signature of a call for :data:`_PLANS`: ``kind`` ("fwd", "bwd"), its options,
+    the switches and settings its dispatch reads, and each tensor's shape, strides, dtype,
+    device and 16-byte alignment."""
+    env = os.environ
+    settings = (
+        env.get("FLASH_ATTN_TRI_GLUON"), env.get("FLASH_ATTN_TRI_GLUON_BWD"),
+        env.get("FLASH_ATTN_TRI_GLUON_SCHEDULE"), _HOPPER_FWD_O_VIA_TMA, _HOPPER_FWD_BLOCK_M,
+        tuple(_HOPPER_BWD_STEP.items()), tuple(_HOPPER_BWD_TILES.items()),
+    )  # fmt: skip
+    signature = tuple(
+        (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0) for t in tensors
+    )
+    return kind, options, settings, signature
+
+
+def _keep_plan(key: tuple, plan: Any) -> None:
+    if len(_PLANS) >= _MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[key] = plan
+
+
 def _forward_impl(
     q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
     window_left, window_right, softcap, alibi_slopes, dropout_p, rng_state,
 ):  # fmt: skip
+    key = plan = None
+    if cu_seqlens_q is None:  # (varlen calls are not the Gluon kernels')
+        options = (softmax_scale, window_left, window_right, softcap, alibi_slopes is None,
+                   dropout_p)  # fmt: skip
+        key = _plan_key("fwd", options, (q, k, v))
+        plan = _PLANS.get(key, _UNSEEN)
+        if plan is not None and plan is not _UNSEEN:
+            out = torch.empty(plan.out_shape, dtype=q.dtype, device=q.device)
+            lse = torch.empty(plan.lse_shape, dtype=torch.float32, device=q.device)
+            _gluon_forward(q, k, v, out, lse, plan)
+            return out, lse
     varlen, batch, heads, heads_k, seqlen_q, seqlen_k = _geometry(
         q, k, v, cu_seqlens_q, max_seqlen_q, max_seqlen_k
     )
@@ -742,8 +907,13 @@ def _forward_impl(
     rng = rng_state if has_dropout else q
     cu_q = cu_seqlens_q if varlen else q
     cu_k = cu_seqlens_k if varlen else q
-    if _gluon_forward_eligible(q, k, v, varlen, o, has_alibi):
-        _gluon_forward(q, k, v, out, lse, o.qk_scale2, causal=o.has_right)
+    if plan is _UNSEEN:
+        plan = None
+        if _gluon_forward_eligible(q, k, v, varlen, o, has_alibi):
+            plan = _gluon_forward_plan(q, k, out, lse, o.qk_scale2, causal=o.has_right)
+        _keep_plan(key, plan)
+    if plan is not None:
+        _gluon_forward(q, k, v, out, lse, plan)
         return out, lse
     seqlen = max(seqlen_q, seqlen_k)
     pinned = _pinned_config("fwd", q, d, dv, varlen, o, has_alibi, seqlen)
@@ -775,12 +945,24 @@ def _backward_impl(
     softmax_scale, window_left, window_right, softcap, alibi_slopes, dropout_p, rng_state,
     deterministic,
 ):  # fmt: skip
+    if dout.stride(-1) != 1:
+        dout = dout.contiguous()  # read-only: a copy loses nothing
+    key = plan = None
+    if cu_seqlens_q is None:  # (varlen calls are not the Gluon kernels')
+        options = (softmax_scale, window_left, window_right, softcap, alibi_slopes is None,
+                   dropout_p, deterministic)  # fmt: skip
+        key = _plan_key("bwd", options, (q, k, v, dout, out, lse))
+        plan = _PLANS.get(key, _UNSEEN)
+        if plan is not None and plan is not _UNSEEN:
+            dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+            dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+            dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+            _gluon_backward(q, k, v, dout, out, lse, dq, dk, dv, plan)
+            return dq, dk, dv
     varlen, batch, heads, heads_k, seqlen_q, seqlen_k = _geometry(
         q, k, v, cu_seqlens_q, max_seqlen_q, max_seqlen_k
     )
     d, dv_dim = q.shape[-1], v.shape[-1]
-    if dout.stride(-1) != 1:
-        dout = dout.contiguous()  # read-only: a copy loses nothing
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
@@ -796,16 +978,16 @@ def _backward_impl(
     cu_q = cu_seqlens_q if varlen else q
     cu_k = cu_seqlens_k if varlen else q
     # (the Gluon kernels first: they need none of the Triton kernels' arguments below)
-    gluon = _gluon_backward_kind(
-        q, k, v, dout, out, varlen, o, has_alibi, deterministic, max(seqlen_q, seqlen_k)
-    )
-    if gluon == "fused":
-        _gluon_fused_backward(q, k, v, dout, out, lse, dq, dk, dv, o, o.has_right)
-        return dq, dk, dv
-    if gluon == "split":
-        made = {}  # both kernels take q, k, v and dO in boxes of 64 rows
-        stats = _gluon_dq(q, k, v, dout, out, lse, dq, o, o.has_right, made)
-        _gluon_dkdv(q, k, v, dout, stats, dk, dv, o, o.has_right, made=made)
+    if plan is _UNSEEN:
+        kind = _gluon_backward_kind(
+            q, k, v, dout, out, varlen, o, has_alibi, deterministic, max(seqlen_q, seqlen_k)
+        )
+        plan = None
+        if kind is not None:
+            plan = _gluon_backward_plan(kind, q, k, dout, out, lse, dq, dk, o, o.has_right)
+        _keep_plan(key, plan)
+    if plan is not None:
+        _gluon_backward(q, k, v, dout, out, lse, dq, dk, dv, plan)
         return dq, dk, dv
     # rowsum(O · dO) per query row: written by the dQ kernel, read by the dK/dV kernel
     delta = torch.empty_like(lse)
