@@ -879,7 +879,8 @@ def _forward_impl(
     window_left, window_right, softcap, alibi_slopes, dropout_p, rng_state,
 ):  # fmt: skip
     key = plan = None
-    if cu_seqlens_q is None:  # (varlen calls are not the Gluon kernels')
+    # (varlen calls and the head dims the Gluon forward is not for need no key)
+    if cu_seqlens_q is None and _gluon_forward_wanted(q.shape[-1]):
         options = (softmax_scale, window_left, window_right, softcap, alibi_slopes is None,
                    dropout_p)  # fmt: skip
         key = _plan_key("fwd", options, (q, k, v))
@@ -948,7 +949,8 @@ def _backward_impl(
     if dout.stride(-1) != 1:
         dout = dout.contiguous()  # read-only: a copy loses nothing
     key = plan = None
-    if cu_seqlens_q is None:  # (varlen calls are not the Gluon kernels')
+    # (varlen calls and the head dims of no Gluon backward need no key)
+    if cu_seqlens_q is None and q.shape[-1] in (64, 128):
         options = (softmax_scale, window_left, window_right, softcap, alibi_slopes is None,
                    dropout_p, deterministic)  # fmt: skip
         key = _plan_key("bwd", options, (q, k, v, dout, out, lse))
