@@ -155,7 +155,7 @@ def flash_attn_gluon():
     """The Gluon kernels for Hopper: the forward (forced on for D = 64 too with
     ``FLASH_ATTN_TRI_GLUON=1``) with partial blocks at both ends, GQA, causal with rows that
     see no key (sq > sk), a single key block, persistent programs of many tiles; and the
-    backward kernels, fused and split."""
+    backward kernels, fused and split, each call twice (the second from its plan)."""
     from flash_attn_tri import attention, flash_attn_func
     from tri_shared.bench import env_set
 
@@ -173,6 +173,7 @@ def flash_attn_gluon():
             # multiprocessors): pairs of causal tiles, an odd block count, rows that see no
             # key
             attention.num_sms = lambda index=None: 3
+            attention._PLANS.clear()  # (plans made under the real count)
             try:
                 shapes = ((128, True, 1100, 1100), (64, True, 300, 203), (128, False, 300, 203))
                 for d, causal, sq, sk in shapes:
@@ -181,6 +182,7 @@ def flash_attn_gluon():
                     flash_attn_func(q, k, v, causal=causal)
             finally:
                 attention.num_sms = sms
+                attention._PLANS.clear()
     attention._HOPPER_FWD_O_VIA_TMA = o_via_tma
     # the backward kernels, forced on for D = 64 and short causal too: GQA, partial blocks
     for kind in ("1", "fused"):
@@ -191,8 +193,9 @@ def flash_attn_gluon():
                 q = rn(2, sq, 4, d, seed=43).requires_grad_()
                 k = rn(2, sk, 2, d, seed=44).requires_grad_()
                 v = rn(2, sk, 2, d, seed=45).requires_grad_()
-                out = flash_attn_func(q, k, v, causal=causal)
-                out.backward(torch.randn_like(out))
+                for _ in range(2):  # (the second call: the signature's plan)
+                    out = flash_attn_func(q, k, v, causal=causal)
+                    out.backward(torch.randn_like(out))
 
 
 def indexer_loss():
