@@ -154,19 +154,26 @@ class _TracedLaunches:
 
 
 class _Grid:
+    """What ``fast_launcher(fn)`` gives for an instrumented kernel: ``[grid](*args,
+    **kwargs)`` and ``bind(grid, **kwargs)(*args)`` (the plans' bound launches) launch it
+    with a fresh marks buffer first."""
+
     def __init__(self, launches: _TracedLaunches, fn, name: str):
         self.launches, self.fn, self.name = launches, fn, name
 
     def __getitem__(self, grid: tuple[int, ...]):
-        def launch(*args, **kwargs):
-            programs = 1
-            for size in grid:
-                programs *= size
-            marks = torch.zeros(programs, 2, SLOTS, dtype=torch.int64, device="cuda")
-            self.launches.marks[self.name] = marks
-            self.fn[grid](marks, *args, **kwargs)
+        return functools.partial(self._launch, grid)
 
-        return launch
+    def bind(self, grid: tuple[int, ...], **kwargs):
+        return lambda *args: self._launch(grid, *args, **kwargs)
+
+    def _launch(self, grid: tuple[int, ...], *args, **kwargs) -> None:
+        programs = 1
+        for size in grid:
+            programs *= size
+        marks = torch.zeros(programs, 2, SLOTS, dtype=torch.int64, device="cuda")
+        self.launches.marks[self.name] = marks
+        self.fn[grid](marks, *args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -177,6 +184,9 @@ def _swapped_in(module):
 
     launches = _TracedLaunches(module, attention.fast_launcher)
     saved = {name: getattr(bwd, name) for name in KERNELS}
+    # plans hold the launches they were made with: none made before (or with) the swap
+    # may serve a call on the other side of it
+    attention._PLANS.clear()
     try:
         attention.fast_launcher = launches
         for name in KERNELS:
@@ -186,6 +196,7 @@ def _swapped_in(module):
         attention.fast_launcher = launches.fast_launcher
         for name, fn in saved.items():
             setattr(bwd, name, fn)
+        attention._PLANS.clear()
 
 
 def trace(module, d: int, s: int, causal: bool, kind: str) -> dict[str, torch.Tensor]:
