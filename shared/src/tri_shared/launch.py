@@ -387,8 +387,8 @@ class BoundLaunch:
             driver = self._launcher._driver
             if driver.get_current_device() == device and not _hooks_installed():
                 for i, dtype, aligned in checks:
-                    t = args[i]
-                    if t.dtype is not dtype or (aligned and t.data_ptr() % 16):  # type: ignore[attr-defined]
+                    t: Any = args[i]
+                    if t.dtype is not dtype or (aligned and t.data_ptr() % 16):
                         break
                 else:
                     x, y, z = self._grid
