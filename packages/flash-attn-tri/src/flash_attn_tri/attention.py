@@ -525,14 +525,16 @@ def _gluon_forward(q, k, v, out, lse, plan: _ForwardPlan) -> None:
     plan.launch(q_desc, k_desc, v_desc, o_desc, out, lse, *plan.scalars)
 
 
-def _gluon_row_stats(q: torch.Tensor, block_m: int) -> torch.Tensor:
-    """The Gluon backward's row statistics ``[batch, heads, 2, rows]`` fp32 (uninitialised):
-    lse·log2 e and delta = rowsum(O · dO) of each query row, ``rows`` the query length
-    padded to whole blocks of ``block_m`` rows (the writing kernel's; the padding holds
-    +inf and 0). The dK/dV kernel reads them with the copy engine, beside Q and dO."""
+def _gluon_row_stats(q: torch.Tensor, block_m: int, device=None) -> torch.Tensor:
+    """The Gluon backward's row statistics ``[batch, heads, 2, rows]`` fp32 (uninitialised,
+    on ``device``, q's by default): lse·log2 e and delta = rowsum(O · dO) of each query
+    row, ``rows`` the query length padded to whole blocks of ``block_m`` rows (the writing
+    kernel's; the padding holds +inf and 0). The dK/dV kernel reads them with the copy
+    engine, beside Q and dO."""
     batch, seqlen_q, heads, _ = q.shape
     rows = cdiv(seqlen_q, block_m) * block_m
-    return torch.empty(batch, heads, 2, rows, device=q.device, dtype=torch.float32)
+    device = q.device if device is None else device
+    return torch.empty(batch, heads, 2, rows, device=device, dtype=torch.float32)
 
 
 @functools.cache
@@ -647,13 +649,15 @@ def _gluon_dkdv(
     )  # fmt: skip
 
 
-def _gluon_dq_accumulator_plan(q, out, dout, lse, dq_accum, stats) -> _KernelPlan:
+def _gluon_dq_accumulator_plan(q, out, dout, lse) -> _KernelPlan:
     """The plan of the kernel that writes the fused backward's row statistics and zeroes its
-    dQ accumulator (:func:`_gluon_dq_accumulator`), for tensors of these shapes."""
+    dQ accumulator (:func:`_gluon_dq_accumulator`)."""
     batch, seqlen_q, heads, d = q.shape
     block_m = _HOPPER_BWD_TILES[("fused", d)][0]
-    rows = stats.shape[-1]
-    grid = make_grid(rows // block_m, heads, batch)
+    # the accumulator and the statistics as the call will have them (only their shapes and
+    # strides are read here: no memory)
+    dq_accum, stats = _gluon_dq_accumulator_tensors(q, block_m, device="meta")
+    grid = make_grid(stats.shape[-1] // block_m, heads, batch)
     scalars = (
         seqlen_q, *_strides3(out, False), *_strides3(dout, False), *_lse_strides(lse, False),
         *_strides3(dq_accum, False),
@@ -664,17 +668,28 @@ def _gluon_dq_accumulator_plan(q, out, dout, lse, dq_accum, stats) -> _KernelPla
     return _KernelPlan(launch, block_m, block_m, block_m, scalars)
 
 
+def _gluon_dq_accumulator_tensors(
+    q, block_m: int, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused Gluon backward's fp32 dQ accumulator ``[batch, rows, heads, D]`` and row
+    statistics (:func:`_gluon_row_stats`), uninitialised on ``device`` (q's by default),
+    both with rows padded to whole query blocks of ``block_m`` rows (the dK/dV kernel's:
+    no reduction box of one sequence spills into the next)."""
+    batch, _, heads, d = q.shape
+    stats = _gluon_row_stats(q, block_m, device)
+    dq_accum = torch.empty(
+        batch, stats.shape[-1], heads, d, device=stats.device, dtype=torch.float32
+    )
+    return dq_accum, stats
+
+
 def _gluon_dq_accumulator(
     q, out, dout, lse, plan: _KernelPlan
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For the fused Gluon backward: a zeroed fp32 dQ accumulator ``[batch, rows, heads,
-    D]`` and the row statistics (:func:`_gluon_row_stats`), both with rows padded to whole
-    query blocks of the dK/dV kernel (so that no reduction box of one sequence spills into
-    the next); one launch (:func:`_gluon_dq_accumulator_plan`)."""
-    batch, _, heads, d = q.shape
-    stats = _gluon_row_stats(q, plan.block_m)
-    rows = stats.shape[-1]
-    dq_accum = torch.empty(batch, rows, heads, d, device=q.device, dtype=torch.float32)
+    """For the fused Gluon backward: the dQ accumulator, zeroed, and the row statistics
+    (:func:`_gluon_dq_accumulator_tensors`); one launch
+    (:func:`_gluon_dq_accumulator_plan`)."""
+    dq_accum, stats = _gluon_dq_accumulator_tensors(q, plan.block_m)
     plan.launch(out, dout, lse, stats, dq_accum, *plan.scalars)
     return dq_accum, stats
 
@@ -710,14 +725,8 @@ def _gluon_backward_plan(
         return _BackwardPlan(
             kind, _gluon_dq_plan(q, k, lse, dq, o, causal), _gluon_dkdv_plan(q, k, dk, o, causal)
         )
-    # the accumulator and the statistics as _gluon_dq_accumulator allocates them (only
-    # their shapes and strides are read here)
-    batch, seqlen_q, heads, d = q.shape
-    block_m = _HOPPER_BWD_TILES[("fused", d)][0]
-    rows = cdiv(seqlen_q, block_m) * block_m
-    dq_accum = torch.empty(batch, rows, heads, d, device="meta", dtype=torch.float32)
-    stats = torch.empty(batch, heads, 2, rows, device="meta", dtype=torch.float32)
-    first = _gluon_dq_accumulator_plan(q, out, dout, lse, dq_accum, stats)
+    first = _gluon_dq_accumulator_plan(q, out, dout, lse)
+    dq_accum, _ = _gluon_dq_accumulator_tensors(q, first.block_m, device="meta")
     return _BackwardPlan(kind, first, _gluon_dkdv_plan(q, k, dk, o, causal, dq_accum))
 
 
@@ -948,6 +957,9 @@ def _backward_impl(
 ):  # fmt: skip
     if dout.stride(-1) != 1:
         dout = dout.contiguous()  # read-only: a copy loses nothing
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     key = plan = None
     # (varlen calls and the head dims of no Gluon backward need no key)
     if cu_seqlens_q is None and q.shape[-1] in (64, 128):
@@ -956,18 +968,12 @@ def _backward_impl(
         key = _plan_key("bwd", options, (q, k, v, dout, out, lse))
         plan = _PLANS.get(key, _UNSEEN)
         if plan is not None and plan is not _UNSEEN:
-            dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-            dk = torch.empty_like(k, memory_format=torch.contiguous_format)
-            dv = torch.empty_like(v, memory_format=torch.contiguous_format)
             _gluon_backward(q, k, v, dout, out, lse, dq, dk, dv, plan)
             return dq, dk, dv
     varlen, batch, heads, heads_k, seqlen_q, seqlen_k = _geometry(
         q, k, v, cu_seqlens_q, max_seqlen_q, max_seqlen_k
     )
     d, dv_dim = q.shape[-1], v.shape[-1]
-    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
-    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     if batch == 0 or q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     if seqlen_k == 0 or seqlen_q == 0:
