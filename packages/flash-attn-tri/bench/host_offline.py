@@ -11,6 +11,10 @@ machines; the fused backward's copy of dQ is skipped too). Nothing is computed: 
 numbers compare changes to the host path; the GPU machines' CPUs ran it 2-4× slower than
 a development one.
 
+Each case's first call makes the Hopper calls' plans (``attention._PLANS``); its second,
+from the plans, must launch the same kernels with the same arguments (grids, sizes,
+strides, descriptors' boxes), or the tool stops with both lists.
+
 It prints, once, the µs of a forward+backward of a bare ``torch.autograd.Function`` that
 only allocates its output and gradients (what any custom autograd op pays), then per case
 the µs of a forward and of a forward+backward (the least of ``--repeats`` rounds of
@@ -63,18 +67,45 @@ FLAGS = {
 _MISSING = object()
 
 
+def _described(arg: object) -> object:
+    """What a launch argument gives the kernel, comparable between calls: a tensor's shape,
+    strides and dtype; a descriptor's class, sizes, strides, box and element type; any
+    other value itself."""
+    if isinstance(arg, torch.Tensor):
+        return ("tensor", tuple(arg.shape), arg.stride(), arg.dtype)
+    if hasattr(arg, "block_shape") and hasattr(arg, "base"):
+        return (type(arg).__name__, tuple(arg.shape), tuple(arg.strides),
+                tuple(arg.block_shape), arg.base.dtype)  # fmt: skip
+    return arg
+
+
 class _NoKernel:
     """A compiled kernel whose launch only appends its name to ``launched`` (what the
-    launcher, or a bound launch, calls on a hit)."""
+    launcher, or a bound launch, calls on a hit), and, while ``_NoKernel.recorded`` is a
+    list, its name and arguments (:func:`_described`: grid, stream, runtime arguments and
+    constexprs) to that list."""
 
     function = None
     packed_metadata = None
+    recorded: list | None = None
 
     def __init__(self, name: str, launched: list[str]) -> None:
         self.name, self.launched = name, launched
 
     def run(self, *args: object) -> None:
         self.launched.append(self.name)
+        if _NoKernel.recorded is not None:
+            _NoKernel.recorded.append((self.name, tuple(map(_described, args))))
+
+
+def _recorded_launches(fn: Callable[[], object]) -> list:
+    """The launches of one call of ``fn`` with their arguments (:class:`_NoKernel`)."""
+    _NoKernel.recorded = []
+    try:
+        fn()
+        return _NoKernel.recorded
+    finally:
+        _NoKernel.recorded = None
 
 
 class _NoDriver:
@@ -211,14 +242,16 @@ def measure(d: int, seqlen: int, causal: bool, calls: int, repeats: int, breakdo
         out = attention.flash_attn_func(q, k, v, causal=causal)
         return torch.autograd.grad(out, (q, k, v), dout)
 
-    with hopper_dispatch_on_cpu() as launched:
-        step()
-        kernels = list(launched)
-        step()  # the same signature again: its plan (attention._PLANS)
-        if launched[len(kernels) :] != kernels:
+    with hopper_dispatch_on_cpu():
+        first = _recorded_launches(step)
+        kernels = [name for name, _ in first]
+        # the same signature again: its plan (attention._PLANS) must launch the same kernels
+        # with the same arguments as the whole dispatch did
+        again = _recorded_launches(step)
+        if again != first:
             raise RuntimeError(
-                f"D={d} causal={causal} S={seqlen}: a first call launched {kernels}, "
-                f"the next {launched[len(kernels) :]}"
+                f"D={d} causal={causal} S={seqlen}: the planned call's launches differ from "
+                f"the first call's:\n{first}\n{again}"
             )
         fwd_us, fwd_median = _per_call_us(fwd, calls, repeats)
         step_us, step_median = _per_call_us(step, calls, repeats)
