@@ -1,7 +1,8 @@
 """bench/host_offline.py: flash_attn_tri's host path timed without a GPU. Run in a process of
 its own (it makes CPU tensors claim to be CUDA ones); checked here on the CPU, which also
 runs the Hopper dispatch's Python end to end (checks, kernel choice, descriptors, the
-launcher's keys and argument lists) down to the compiled launcher."""
+launcher's keys and argument lists) down to the compiled launcher, and the tool's own check
+that each case's second call, from its plans, launches what its first call launched."""
 
 from __future__ import annotations
 
