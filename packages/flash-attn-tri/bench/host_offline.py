@@ -80,20 +80,18 @@ def _described(arg: object) -> object:
 
 
 class _NoKernel:
-    """A compiled kernel whose launch only appends its name to ``launched`` (what the
-    launcher, or a bound launch, calls on a hit), and, while ``_NoKernel.recorded`` is a
-    list, its name and arguments (:func:`_described`: grid, stream, runtime arguments and
-    constexprs) to that list."""
+    """A compiled kernel whose launch (what the launcher, or a bound launch, calls on a hit)
+    does nothing but, while ``_NoKernel.recorded`` is a list, append its name and arguments
+    (:func:`_described`: grid, stream, runtime arguments and constexprs) to that list."""
 
     function = None
     packed_metadata = None
     recorded: list | None = None
 
-    def __init__(self, name: str, launched: list[str]) -> None:
-        self.name, self.launched = name, launched
+    def __init__(self, name: str) -> None:
+        self.name = name
 
     def run(self, *args: object) -> None:
-        self.launched.append(self.name)
         if _NoKernel.recorded is not None:
             _NoKernel.recorded.append((self.name, tuple(map(_described, args))))
 
@@ -117,14 +115,13 @@ class _NoDriver:
 
 
 @contextlib.contextmanager
-def hopper_dispatch_on_cpu() -> Iterator[list[str]]:
+def hopper_dispatch_on_cpu() -> Iterator[None]:
     """Inside the block, flash_attn_tri calls on CPU tensors take the dispatch of a Hopper
-    GPU and their launches go as far as the compiled launcher; yields the names of the
-    kernels launched (appended in order)."""
+    GPU and their launches go as far as the compiled launcher (:class:`_NoKernel`; what
+    they launch: :func:`_recorded_launches`)."""
     import tri_shared.launch as launch
     from flash_attn_tri import attention
 
-    launched: list[str] = []
     saved = []
 
     def patch(owner: object, name: str, value: object) -> None:
@@ -140,7 +137,7 @@ def hopper_dispatch_on_cpu() -> Iterator[list[str]]:
         if tail is None:
             raise RuntimeError(f"{self._jit.__name__}: a launch the launcher does not keep")
         config_kwargs = None if config is None else config.all_kwargs()
-        self._kernels[key] = (_NoKernel(self._jit.__name__, launched), tail, config, config_kwargs)
+        self._kernels[key] = (_NoKernel(self._jit.__name__), tail, config, config_kwargs)
         return real_launch(self, grid, *args, **kwargs)
 
     real_launch = launch.FastLauncher._launch
@@ -176,7 +173,7 @@ def hopper_dispatch_on_cpu() -> Iterator[list[str]]:
     attention._PLANS.clear()
     launch._LAUNCHERS.clear()
     try:
-        yield launched
+        yield
     finally:
         attention._PLANS.clear()
         launch._LAUNCHERS.clear()
